@@ -1,0 +1,72 @@
+"""Export a torch module to one self-contained ONNX file and check onnxruntime agrees with torch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+OPSET = 18
+
+
+class ExportMismatch(RuntimeError):
+    """onnxruntime's answer differs from torch's by more than the tolerance."""
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_shapes: Any,
+    opset: int = OPSET,
+) -> Path:
+    """Export with the dynamo exporter (see shared ONNX notes) into a single file, no external data."""
+    module.eval()
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            example_inputs,
+            str(path),
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    return path
+
+
+def max_abs_difference(
+    module: torch.nn.Module,
+    path: Path,
+    inputs: dict[str, torch.Tensor],
+) -> float:
+    """Largest absolute difference over every output between torch and onnxruntime on `inputs`."""
+    module.eval()
+    with torch.no_grad():
+        expected = module(*inputs.values())
+    if isinstance(expected, torch.Tensor):
+        expected = (expected,)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+    assert len(got) == len(expected), f"onnx has {len(got)} outputs, torch {len(expected)}"
+    return max(
+        float(np.max(np.abs(g - e.detach().numpy()))) if g.size else 0.0
+        for g, e in zip(got, expected, strict=True)
+    )
+
+
+def verify(module: torch.nn.Module, path: Path, inputs: dict[str, torch.Tensor], tolerance: float) -> float:
+    """Raise ExportMismatch when onnxruntime and torch differ by more than `tolerance`."""
+    diff = max_abs_difference(module, path, inputs)
+    if not diff <= tolerance:
+        raise ExportMismatch(f"{path.name}: max |onnxruntime - torch| = {diff:.3g} > {tolerance:.3g}")
+    return diff
