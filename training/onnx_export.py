@@ -64,9 +64,13 @@ def max_abs_difference(
     )
 
 
-def verify(module: torch.nn.Module, path: Path, inputs: dict[str, torch.Tensor], tolerance: float) -> float:
+def verify(
+    module: torch.nn.Module, path: Path, inputs: dict[str, torch.Tensor], tolerance: float
+) -> float:
     """Raise ExportMismatch when onnxruntime and torch differ by more than `tolerance`."""
     diff = max_abs_difference(module, path, inputs)
     if not diff <= tolerance:
-        raise ExportMismatch(f"{path.name}: max |onnxruntime - torch| = {diff:.3g} > {tolerance:.3g}")
+        raise ExportMismatch(
+            f"{path.name}: max |onnxruntime - torch| = {diff:.3g} > {tolerance:.3g}"
+        )
     return diff

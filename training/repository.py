@@ -31,7 +31,11 @@ def next_version(model_dir: Path) -> int:
 def library_versions() -> dict[str, str]:
     import torch  # only training has torch
 
-    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    return {
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def write_json(path: Path, data: Any) -> None:

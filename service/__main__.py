@@ -1,0 +1,43 @@
+"""`python -m service [--host H] [--port P] [--models-dir DIR] [--workers N]`.
+
+Each option is also an environment variable (SEEDSERVE_HOST, ...); a flag wins over the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import uvicorn
+
+from service.logs import configure_logging
+from service.settings import Settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    parser.add_argument("--host", help="address to bind (SEEDSERVE_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (SEEDSERVE_PORT, default 8000)")
+    parser.add_argument("--models-dir", help="model repository (SEEDSERVE_MODELS_DIR, default models)")
+    parser.add_argument("--workers", type=int, help="server processes (SEEDSERVE_WORKERS, default 1)")
+    args = parser.parse_args()
+    for name in ("host", "port", "models_dir", "workers"):
+        value = getattr(args, name)
+        if value is not None:
+            os.environ[f"SEEDSERVE_{name.upper()}"] = str(value)
+    settings = Settings()  # validates every variable before anything starts
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The application factory: `create_app(settings)` wires settings -> repository -> registry ->
+data plane -> routers. Nothing is loaded at import time; the lifespan loads the models."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+
+from service import __version__
+from service.dataplane import DataPlane
+from service.errors import Overloaded, ServiceError
+from service.metrics import Metrics
+from service.middleware import RequestMiddleware
+from service.registry import Registry
+from service.repository import Repository
+from service.routers import classify, health, models, v2
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, metrics: Metrics | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = metrics or Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = Registry(Repository(settings.models_dir), settings, metrics)
+        app.state.registry = registry
+        app.state.dataplane = DataPlane(registry, metrics, settings)
+        # Loading blocks on onnxruntime; keep the loop free so liveness answers meanwhile.
+        await asyncio.to_thread(registry.load_all_quietly)
+        app.state.started = True
+        ready = sum(s.ready for s in registry.models.values())
+        log.info("ready", extra={"models_ready": ready, "models_total": len(registry.models)})
+        try:
+            yield
+        finally:
+            app.state.started = False
+            app.state.dataplane.close()
+
+    app = FastAPI(
+        title="seedserve",
+        version=__version__,
+        summary="onnxruntime model server: classification, next-word prediction, text and image "
+        "generation, with the Open Inference Protocol and OpenAI-compatible endpoints.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.started = False
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        access_log=settings.access_log,
+    )
+    _add_error_handlers(app)
+    for module in (health, v2, models, classify):
+        app.include_router(module.router)
+
+    @app.get("/metrics", tags=["metrics"], response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus text exposition of every metric."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> Response:
+        headers = {}
+        if isinstance(exc, Overloaded):
+            headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+            problems.append(f"{where}: {error.get('msg', 'invalid')}")
+        return JSONResponse({"error": "; ".join(problems)}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )

@@ -1,0 +1,140 @@
+"""The data plane: validates tensors against a model, runs inference off the event loop, and
+records every request's outcome and timings. Routers translate HTTP and call this."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+import numpy as np
+
+from service.errors import InvalidInput, Overloaded, ServiceError
+from service.metrics import Metrics
+from service.registry import LoadedModel, Registry
+from service.settings import Settings
+from service.tensors import NUMPY_DTYPES
+
+
+class DataPlane:
+    def __init__(self, registry: Registry, metrics: Metrics, settings: Settings) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.settings = settings
+        self.executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer")
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+
+    @asynccontextmanager
+    async def track(self, model: LoadedModel) -> AsyncIterator[None]:
+        """Count one request against `model` by outcome and time it end to end."""
+        labels = (model.name, str(model.version))
+        start = time.perf_counter()
+        outcome = "success"
+        try:
+            yield
+        except InvalidInput:
+            outcome = "invalid"
+            raise
+        except Overloaded:
+            outcome = "rejected"
+            raise
+        except (ServiceError, Exception):
+            outcome = "error"
+            raise
+        finally:
+            self.metrics.inference_requests.labels(*labels, outcome).inc()
+            self.metrics.request_duration.labels(*labels).observe(time.perf_counter() - start)
+
+    async def infer(
+        self,
+        model: LoadedModel,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Validate `inputs` against the model's primary graph and run it."""
+        validate_inputs(model, inputs)
+        names = list(output_names) if output_names else [s.name for s in model.config.outputs]
+        known = {s.name for s in model.config.outputs}
+        for name in names:
+            if name not in known:
+                raise InvalidInput(f"model {model.name!r} has no output {name!r}", param="outputs")
+        results = await self.run(model, "model", inputs, names)
+        return dict(zip(names, results, strict=True))
+
+    async def run(
+        self,
+        model: LoadedModel,
+        role: str,
+        feeds: Mapping[str, np.ndarray],
+        output_names: Sequence[str] | None = None,
+    ) -> list[np.ndarray]:
+        """Run one graph of `model` in the inference thread pool, timing queue and compute."""
+        graph = model.graphs[role]
+        labels = (model.name, str(model.version))
+        queued = time.perf_counter()
+        batch = _batch_size(feeds) if model.config.max_batch_size > 0 else 1
+
+        def work() -> list[np.ndarray]:
+            started = time.perf_counter()
+            self.metrics.queue_duration.labels(*labels).observe(started - queued)
+            results = graph.run(feeds, output_names)
+            self.metrics.compute_duration.labels(*labels).observe(time.perf_counter() - started)
+            return results
+
+        results = await asyncio.get_running_loop().run_in_executor(self.executor, work)
+        self.metrics.batch_size.labels(*labels).observe(batch)
+        self.metrics.inference_count.labels(*labels).inc(batch)
+        return results
+
+
+def _batch_size(feeds: Mapping[str, np.ndarray]) -> int:
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
+def validate_inputs(model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> None:
+    """Reject anything onnxruntime would choke on, naming the tensor and the problem."""
+    config = model.config
+    expected = {spec.name for spec in config.inputs}
+    unknown = set(inputs) - expected
+    if unknown:
+        raise InvalidInput(
+            f"model {model.name!r} has no input {sorted(unknown)[0]!r}; its inputs are "
+            f"{sorted(expected)}",
+            param="inputs",
+        )
+    batch_sizes = set()
+    for spec in config.inputs:
+        if spec.name not in inputs:
+            raise InvalidInput(f"input {spec.name!r} is missing", param="inputs")
+        array = inputs[spec.name]
+        if array.dtype != NUMPY_DTYPES[spec.datatype]:
+            raise InvalidInput(
+                f"input {spec.name!r} must be {spec.datatype}", param=f"inputs.{spec.name}.datatype"
+            )
+        shape = array.shape
+        dims = spec.dims
+        if config.max_batch_size > 0:
+            if not shape:
+                raise InvalidInput(f"input {spec.name!r} needs a batch axis", param=spec.name)
+            if not 1 <= shape[0] <= config.max_batch_size:
+                raise InvalidInput(
+                    f"input {spec.name!r}: batch size {shape[0]} is outside 1..{config.max_batch_size}",
+                    param=f"inputs.{spec.name}.shape",
+                )
+            batch_sizes.add(shape[0])
+            shape = shape[1:]
+        if len(shape) != len(dims) or any(d >= 0 and d != s for d, s in zip(dims, shape, strict=True)):
+            want = ([-1] if config.max_batch_size > 0 else []) + list(dims)
+            raise InvalidInput(
+                f"input {spec.name!r} has shape {list(array.shape)}, expected {want} (-1 = any)",
+                param=f"inputs.{spec.name}.shape",
+            )
+        if any(s == 0 for s in shape):
+            raise InvalidInput(f"input {spec.name!r} has an empty axis", param=spec.name)
+    if len(batch_sizes) > 1:
+        raise InvalidInput(f"inputs disagree on the batch size: {sorted(batch_sizes)}", param="inputs")

@@ -1,0 +1,34 @@
+"""FastAPI dependencies as `Annotated` aliases: routers ask for what they use, nothing global."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.dataplane import DataPlane
+from service.metrics import Metrics
+from service.registry import Registry
+from service.settings import Settings
+
+
+def get_registry(request: Request) -> Registry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+def get_dataplane(request: Request) -> DataPlane:
+    return request.app.state.dataplane  # type: ignore[no-any-return]
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -1,0 +1,87 @@
+"""Prometheus metrics, defined once. Names in base units, `_total` on counters, histograms only."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PREFIX = "seedserve"
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+MODEL = ("model", "version")
+
+
+class Metrics:
+    """Every metric of the service, on one collector registry (a fresh one per app in tests)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.inference_requests = Counter(
+            f"{PREFIX}_inference_requests_total",
+            "Inference requests by model, version and outcome (success, invalid, error, rejected).",
+            [*MODEL, "outcome"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            f"{PREFIX}_inference_request_duration_seconds",
+            "Time from a request reaching the data plane to its answer, in seconds.",
+            MODEL,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_duration = Histogram(
+            f"{PREFIX}_inference_queue_duration_seconds",
+            "Time a request waited before its inference started, in seconds.",
+            MODEL,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute_duration = Histogram(
+            f"{PREFIX}_inference_compute_duration_seconds",
+            "Time spent in onnxruntime per execution, in seconds.",
+            MODEL,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            f"{PREFIX}_inference_batch_size",
+            "Batch size of each onnxruntime execution.",
+            MODEL,
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.inference_count = Counter(
+            f"{PREFIX}_inference_count_total",
+            "Items inferred (a batch of 8 counts 8).",
+            MODEL,
+            registry=r,
+        )
+        self.model_ready = Gauge(
+            f"{PREFIX}_model_ready",
+            "1 when the model version is loaded and ready, 0 when it failed to load.",
+            [*MODEL, "provider"],
+            registry=r,
+        )
+        self.models_loaded = Gauge(
+            f"{PREFIX}_models_loaded", "Model versions loaded and ready.", registry=r
+        )
+        self.http_requests = Counter(
+            f"{PREFIX}_http_requests_total",
+            "HTTP requests by method, route template and status code.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "HTTP request latency by method and route template, in seconds.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.http_in_flight = Gauge(
+            f"{PREFIX}_http_requests_in_flight",
+            "HTTP requests being handled now (health and metrics excluded).",
+            registry=r,
+        )

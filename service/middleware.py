@@ -1,0 +1,105 @@
+"""One pure ASGI middleware for every request: request id, body-size limit, HTTP metrics, access log.
+
+Pure ASGI rather than BaseHTTPMiddleware: it adds no task or copy per request, and it can count
+the body as it streams in, so an oversized chunked upload is cut off without being buffered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import PayloadTooLarge
+from service.metrics import Metrics
+
+log = logging.getLogger("seedserve.access")
+
+UNCOUNTED = ("/metrics", "/v2/health/", "/docs", "/redoc", "/openapi.json", "/static/")
+
+
+class RequestMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, access_log: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = _request_id(headers.get(b"x-request-id"))
+        scope.setdefault("state", {})["request_id"] = request_id
+        limit = self.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            too_large: PayloadTooLarge | None = PayloadTooLarge(
+                f"request body of {int(declared)} bytes is over the {limit}-byte limit", param="body"
+            )
+        else:
+            too_large = None
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            if too_large is not None:
+                raise too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge(f"request body is over the {limit}-byte limit", param="body")
+            return message
+
+        status = 500
+        start = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        path: str = scope["path"]
+        counted = not path.startswith(UNCOUNTED) and path != "/v2/health"
+        if counted:
+            self.metrics.http_in_flight.inc()
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - start
+            if counted:
+                self.metrics.http_in_flight.dec()
+                route = _route_template(scope)
+                method = scope["method"]
+                self.metrics.http_requests.labels(method, route, str(status)).inc()
+                self.metrics.http_duration.labels(method, route).observe(elapsed)
+            if self.access_log:
+                log.info(
+                    "request",
+                    extra={
+                        "request_id": request_id,
+                        "method": scope["method"],
+                        "path": path,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1e3, 3),
+                    },
+                )
+
+
+def _request_id(given: bytes | None) -> str:
+    if given and len(given) <= 128 and given.isascii() and given.decode().isprintable():
+        return given.decode()
+    return uuid.uuid4().hex
+
+
+def _route_template(scope: dict[str, Any]) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"

@@ -1,0 +1,71 @@
+"""Response shapes for the OpenAPI schema. Logic-free: routers fill them, clients read them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="What was wrong, naming the field at fault where there is one.")
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class Prediction(BaseModel):
+    label: str
+    index: int
+    probability: float
+
+
+class Timing(BaseModel):
+    preprocess_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+class ClassifyResponse(BaseModel):
+    model_name: str
+    model_version: str
+    predictions: list[list[Prediction]] = Field(description="One top-k list per image, in order.")
+    timing: Timing
+
+
+class ModelCardSummary(BaseModel):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str = "seedserve"
+    task: str | None
+    family: str | None
+    dataset: str | None
+    versions: list[str]
+    ready: bool
+    reason: str | None = None
+    provider: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCardSummary]

@@ -1,0 +1,286 @@
+"""Open Inference Protocol (KServe V2) infer requests and responses, JSON and binary extension.
+
+Bodies are parsed by hand with orjson rather than through a pydantic model of the whole body:
+tensors are large lists and a generic validator over them costs more than the inference.
+Binary tensors become numpy views of the request body: no copy.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from service.errors import InvalidInput
+from service.tensors import NUMPY_DTYPES
+
+HEADER = "inference-header-content-length"
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass
+class InferRequest:
+    inputs: dict[str, np.ndarray]
+    id: str | None = None
+    outputs: list[RequestedOutput] | None = None  # None: every output
+    binary_output: bool = False  # request-level `binary_data_output`
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_header_length(value: str | None, body_length: int) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) > body_length:
+        raise InvalidInput(
+            f"Inference-Header-Content-Length must be an integer between 0 and the body length "
+            f"({body_length}), not {value!r}",
+            param="Inference-Header-Content-Length",
+        )
+    return int(value)
+
+
+def parse_infer_request(body: bytes, header_length: int | None = None) -> InferRequest:
+    if header_length is None:
+        header, binary = body, memoryview(b"")
+    else:
+        header, binary = body[:header_length], memoryview(body)[header_length:]
+    try:
+        obj = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}", param="body") from None
+    if not isinstance(obj, dict):
+        raise InvalidInput("request body must be a JSON object", param="body")
+    unknown = set(obj) - {"id", "parameters", "inputs", "outputs"}
+    if unknown:
+        raise InvalidInput(f"unknown request fields {sorted(unknown)}", param=sorted(unknown)[0])
+    request_id = obj.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("id must be a string", param="id")
+    parameters = _parameters(obj.get("parameters"), "parameters")
+    raw_inputs = obj.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("inputs must be a non-empty list of tensors", param="inputs")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, raw in enumerate(raw_inputs):
+        name, array, offset = _parse_input(raw, i, binary, offset)
+        if name in inputs:
+            raise InvalidInput(f"input {name!r} given twice", param=f"inputs[{i}].name")
+        inputs[name] = array
+    if offset != len(binary):
+        raise InvalidInput(
+            f"binary data is {len(binary)} bytes but the inputs' binary_data_size add up to {offset}",
+            param="binary_data_size",
+        )
+    binary_output = parameters.get("binary_data_output", False)
+    if not isinstance(binary_output, bool):
+        raise InvalidInput("parameters.binary_data_output must be a boolean", param="parameters")
+    return InferRequest(
+        inputs=inputs,
+        id=request_id,
+        outputs=_parse_outputs(obj.get("outputs"), binary_output),
+        binary_output=binary_output,
+        parameters=parameters,
+    )
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where} must be an object", param=where)
+    return value
+
+
+def _parse_input(raw: Any, i: int, binary: memoryview, offset: int) -> tuple[str, np.ndarray, int]:
+    where = f"inputs[{i}]"
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{where} must be an object", param=where)
+    unknown = set(raw) - {"name", "shape", "datatype", "parameters", "data"}
+    if unknown:
+        raise InvalidInput(f"{where} has unknown fields {sorted(unknown)}", param=where)
+    name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"{where}.name must be a non-empty string", param=f"{where}.name")
+    if datatype not in NUMPY_DTYPES:
+        raise InvalidInput(
+            f"{where}.datatype {datatype!r} is not one of {sorted(NUMPY_DTYPES)}",
+            param=f"{where}.datatype",
+        )
+    if (
+        not isinstance(shape, list)
+        or len(shape) > 16
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape)
+    ):
+        raise InvalidInput(
+            f"{where}.shape must be a list of non-negative integers", param=f"{where}.shape"
+        )
+    count = math.prod(shape)
+    parameters = _parameters(raw.get("parameters"), f"{where}.parameters")
+    size = parameters.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidInput(f"{where}.parameters.binary_data_size must be a non-negative integer")
+        if "data" in raw:
+            raise InvalidInput(f"{where} has both data and binary_data_size", param=where)
+        if offset + size > len(binary):
+            raise InvalidInput(
+                f"{where}: binary_data_size {size} runs past the end of the body", param=where
+            )
+        array = _from_binary(binary[offset : offset + size], datatype, count, where)
+        offset += size
+    elif "data" in raw:
+        array = _from_json(raw["data"], datatype, count, where)
+    else:
+        raise InvalidInput(f"{where} needs data or parameters.binary_data_size", param=where)
+    return name, array.reshape(shape), offset
+
+
+def _from_binary(chunk: memoryview, datatype: str, count: int, where: str) -> np.ndarray:
+    if datatype == "BYTES":
+        items, pos = [], 0
+        while pos < len(chunk):
+            if pos + 4 > len(chunk):
+                raise InvalidInput(f"{where}: truncated BYTES element length", param=where)
+            (length,) = struct.unpack_from("<I", chunk, pos)
+            if pos + 4 + length > len(chunk):
+                raise InvalidInput(f"{where}: BYTES element runs past its data", param=where)
+            items.append(bytes(chunk[pos + 4 : pos + 4 + length]))
+            pos += 4 + length
+        array = np.array(items, dtype=object)
+    else:
+        dtype = NUMPY_DTYPES[datatype].newbyteorder("<")
+        if len(chunk) != count * dtype.itemsize:
+            raise InvalidInput(
+                f"{where}: shape needs {count * dtype.itemsize} bytes of {datatype}, "
+                f"binary_data_size is {len(chunk)}",
+                param=where,
+            )
+        array = np.frombuffer(chunk, dtype=dtype)
+    return _checked(array, datatype, count, where)
+
+
+def _from_json(data: Any, datatype: str, count: int, where: str) -> np.ndarray:
+    if not isinstance(data, list):
+        data = [data]  # a scalar tensor
+    if datatype == "BYTES":
+        try:
+            items = [x.encode() if isinstance(x, str) else bytes(x) for x in _flatten(data)]
+        except (TypeError, ValueError):
+            raise InvalidInput(f"{where}.data must hold strings for BYTES", param=where) from None
+        return _checked(np.array(items, dtype=object), datatype, count, where)
+    try:
+        array = np.asarray(data)
+    except ValueError:
+        raise InvalidInput(f"{where}.data is ragged: rows of different lengths", param=where) from None
+    kind = array.dtype.kind
+    wanted = NUMPY_DTYPES[datatype]
+    if kind not in "biuf" or (kind == "f" and wanted.kind in "biu") or (kind != "b" and wanted.kind == "b"):
+        raise InvalidInput(
+            f"{where}.data holds {_kind_name(kind)} values, which are not {datatype}", param=where
+        )
+    if wanted.kind in "iu" and array.size:
+        info = np.iinfo(wanted)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidInput(f"{where}.data has values out of the {datatype} range", param=where)
+    return _checked(array.astype(wanted, copy=False).reshape(-1), datatype, count, where)
+
+
+def _checked(array: np.ndarray, datatype: str, count: int, where: str) -> np.ndarray:
+    if array.size != count:
+        raise InvalidInput(
+            f"{where}: shape holds {count} elements but {array.size} were given", param=where
+        )
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidInput(f"{where}: data contains NaN or infinity", param=where)
+    return array
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        else:
+            out.append(item)
+    return out
+
+
+def _kind_name(kind: str) -> str:
+    return {"U": "string", "S": "string", "O": "mixed or nested", "f": "floating-point"}.get(kind, kind)
+
+
+def _parse_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise InvalidInput("outputs must be a list", param="outputs")
+    outputs = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInput(f"outputs[{i}] must be an object with a name", param=f"outputs[{i}]")
+        parameters = _parameters(item.get("parameters"), f"outputs[{i}].parameters")
+        binary = parameters.get("binary_data", binary_default)
+        if not isinstance(binary, bool):
+            raise InvalidInput(f"outputs[{i}].parameters.binary_data must be a boolean")
+        outputs.append(RequestedOutput(item["name"], binary))
+    return outputs
+
+
+def encode_infer_response(
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    outputs: list[tuple[str, str, np.ndarray, bool]],
+) -> tuple[bytes, int | None]:
+    """Encode (name, datatype, array, binary) outputs. Returns the body and, when any output is
+    binary, the length of its JSON header for `Inference-Header-Content-Length`."""
+    tensors: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, datatype, array, binary in outputs:
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary:
+            raw = _to_bytes(array, datatype)
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            tensor["data"] = _to_json_data(array, datatype)
+        tensors.append(tensor)
+    response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        response["id"] = request_id
+    response["outputs"] = tensors
+    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+def _to_bytes(array: np.ndarray, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        parts = []
+        for item in array.reshape(-1):
+            raw = item if isinstance(item, bytes) else str(item).encode()
+            parts += [struct.pack("<I", len(raw)), raw]
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def _to_json_data(array: np.ndarray, datatype: str) -> Any:
+    flat = np.ascontiguousarray(array).reshape(-1)
+    if datatype == "BYTES":
+        return [x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in flat]
+    if datatype == "FP16":
+        return flat.astype(np.float32)  # orjson has no float16
+    return flat

@@ -1,0 +1,194 @@
+"""`POST /v1/models/{name}/classify`: pictures in, top-k labels out."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Query, Request
+from starlette.datastructures import UploadFile
+
+from service.deps import DataPlaneDep, RegistryDep, SettingsDep
+from service.errors import InvalidInput, UnsupportedMediaType
+from service.protocol.types import ClassifyResponse, ErrorResponse, Prediction, Timing
+from service.registry import LoadedModel
+from service.settings import Settings
+from service.tasks.classify import softmax, top_k
+from service.tasks.images import ImageSpec, Reframe, decode_image, pixels_to_array, preprocess
+
+router = APIRouter(prefix="/v1/models", tags=["classification"])
+
+CLASSIFY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "One or more PNG/JPEG pictures (repeat the field).",
+                        }
+                    },
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image": {"type": "string", "description": "A base64 PNG/JPEG."},
+                        "images": {"type": "array", "items": {"type": "string"}},
+                        "pixels": {
+                            "type": "array",
+                            "description": "(H, W) or (N, H, W) intensities in [0, 1] or 0-255.",
+                        },
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "/{model_name}/classify",
+    response_model=ClassifyResponse,
+    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}},
+    openapi_extra=CLASSIFY_BODY,
+)
+async def classify(
+    request: Request,
+    registry: RegistryDep,
+    dataplane: DataPlaneDep,
+    settings: SettingsDep,
+    model_name: str,
+    top_k_: int = Query(5, alias="top_k", ge=1, description="How many classes per image."),
+    reframe: Reframe = Query(
+        "auto",
+        description="Crop, scale and centre the object as in training: auto = unless the picture "
+        "already has the model's size.",
+    ),
+    version: str | None = Query(None, description="Model version (default: the newest)."),
+) -> ClassifyResponse:
+    """Classify one or more pictures (multipart files, base64 JSON or pixel arrays)."""
+    model = registry.get(model_name, version)
+    if model.config.task != "classification":
+        raise InvalidInput(f"model {model_name!r} is a {model.config.task} model, not a classifier")
+    if top_k_ > settings.max_top_k:
+        raise InvalidInput(f"top_k must be at most {settings.max_top_k}", param="top_k")
+    async with dataplane.track(model):
+        start = time.perf_counter()
+        images = await read_images(request, settings)
+        spec = ImageSpec.from_config(model.config.preprocessing)
+        batch = np.stack([preprocess(image, spec, reframe) for image in images])
+        prepared = time.perf_counter()
+        outputs = await dataplane.infer(model, {model.config.inputs[0].name: batch}, None)
+        done = time.perf_counter()
+        predictions = top_k(probabilities(model, outputs), model.config.labels, top_k_)
+    return ClassifyResponse(
+        model_name=model.name,
+        model_version=str(model.version),
+        predictions=[[Prediction(**p) for p in row] for row in predictions],
+        timing=Timing(
+            preprocess_ms=(prepared - start) * 1e3,
+            inference_ms=(done - prepared) * 1e3,
+            total_ms=(time.perf_counter() - start) * 1e3,
+        ),
+    )
+
+
+def probabilities(model: LoadedModel, outputs: dict[str, np.ndarray]) -> np.ndarray:
+    if "probabilities" in outputs:
+        return outputs["probabilities"]
+    return softmax(outputs[model.config.outputs[0].name])
+
+
+async def read_images(request: Request, settings: Settings) -> list[np.ndarray]:
+    """Every picture of the request as grayscale (H, W) arrays in [0, 1]."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    limit = settings.max_images_per_request
+    if content_type == "multipart/form-data":
+        images = await _from_multipart(request, settings, limit)
+    elif content_type in {"application/json", ""}:
+        images = _from_json(await request.body(), settings, limit)
+    else:
+        raise UnsupportedMediaType(
+            f"content type {content_type!r} is not accepted: send multipart/form-data "
+            "(field `file`) or application/json",
+            param="content-type",
+        )
+    if not images:
+        raise InvalidInput("no image in the request", param="file")
+    return images
+
+
+async def _from_multipart(request: Request, settings: Settings, limit: int) -> list[np.ndarray]:
+    try:
+        form = await request.form(max_files=limit, max_fields=limit + 8)
+    except Exception as exc:  # starlette raises MultiPartException/HTTPException for bad forms
+        raise InvalidInput(f"malformed multipart body: {getattr(exc, 'detail', exc)}", param="file") from None
+    try:
+        files = form.getlist("file")
+        if len(files) > limit:
+            raise InvalidInput(f"at most {limit} images per request, got {len(files)}", param="file")
+        images = []
+        for i, item in enumerate(files):
+            if not isinstance(item, UploadFile):
+                raise InvalidInput(f"file[{i}] must be an uploaded file, not a text field", param="file")
+            images.append(decode_image(await item.read(), settings.max_image_pixels, f"file[{i}]"))
+        return images
+    finally:
+        await form.close()
+
+
+def _from_json(body: bytes, settings: Settings, limit: int) -> list[np.ndarray]:
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}", param="body") from None
+    if not isinstance(obj, dict):
+        raise InvalidInput("request body must be a JSON object", param="body")
+    unknown = set(obj) - {"image", "images", "pixels"}
+    if unknown:
+        raise InvalidInput(f"unknown fields {sorted(unknown)}", param=sorted(unknown)[0])
+    if len([k for k in ("image", "images", "pixels") if k in obj]) != 1:
+        raise InvalidInput("give exactly one of image, images or pixels", param="image")
+    if "pixels" in obj:
+        return _pixel_images(obj["pixels"], limit)
+    encoded: Any = [obj["image"]] if "image" in obj else obj["images"]
+    field = "image" if "image" in obj else "images"
+    if not isinstance(encoded, list) or not all(isinstance(x, str) for x in encoded):
+        raise InvalidInput(f"{field} must be base64 strings", param=field)
+    if len(encoded) > limit:
+        raise InvalidInput(f"at most {limit} images per request, got {len(encoded)}", param=field)
+    return [
+        decode_image(_b64(text, f"{field}[{i}]"), settings.max_image_pixels, f"{field}[{i}]")
+        for i, text in enumerate(encoded)
+    ]
+
+
+def _pixel_images(pixels: Any, limit: int) -> list[np.ndarray]:
+    depth, probe = 0, pixels
+    while isinstance(probe, list) and probe:
+        depth, probe = depth + 1, probe[0]
+    if depth == 3:
+        if len(pixels) > limit:
+            raise InvalidInput(f"at most {limit} images per request, got {len(pixels)}", param="pixels")
+        return [pixels_to_array(p, f"pixels[{i}]") for i, p in enumerate(pixels)]
+    return [pixels_to_array(pixels)]
+
+
+def _b64(text: str, where: str) -> bytes:
+    if text.startswith("data:"):
+        text = text.partition(",")[2]  # a data URL from a browser canvas
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{where} is not valid base64", param=where) from None

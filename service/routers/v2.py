@@ -1,0 +1,137 @@
+"""Open Inference Protocol (KServe V2) model endpoints, with the binary tensor extension."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from service.deps import DataPlaneDep, RegistryDep
+from service.protocol.types import ErrorResponse, ModelMetadata, TensorMetadata
+from service.protocol.v2 import HEADER, encode_infer_response, parse_header_length, parse_infer_request
+from service.registry import LoadedModel
+
+router = APIRouter(prefix="/v2/models", tags=["open inference protocol"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse},
+    404: {"model": ErrorResponse},
+    503: {"model": ErrorResponse},
+}
+
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "inputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "shape", "datatype"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "shape": {"type": "array", "items": {"type": "integer"}},
+                                    "datatype": {"type": "string"},
+                                    "parameters": {"type": "object"},
+                                    "data": {},
+                                },
+                            },
+                        },
+                        "outputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "parameters": {"type": "object"},
+                                },
+                            },
+                        },
+                    },
+                }
+            },
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "Binary tensor extension: JSON header of "
+                "`Inference-Header-Content-Length` bytes, then the raw tensors.",
+            },
+        },
+    }
+}
+
+
+def metadata(model: LoadedModel, versions: list[int]) -> ModelMetadata:
+    batch = [-1] if model.config.max_batch_size > 0 else []
+    return ModelMetadata(
+        name=model.name,
+        versions=[str(v) for v in versions],
+        platform=model.config.platform,
+        inputs=[TensorMetadata(name=s.name, datatype=s.datatype, shape=batch + list(s.dims)) for s in model.config.inputs],
+        outputs=[TensorMetadata(name=s.name, datatype=s.datatype, shape=batch + list(s.dims)) for s in model.config.outputs],
+        parameters={"task": model.config.task, "provider": model.provider},
+    )
+
+
+@router.get("/{model_name}", response_model=ModelMetadata, responses=ERRORS)
+@router.get("/{model_name}/versions/{model_version}", response_model=ModelMetadata, responses=ERRORS)
+async def model_metadata(registry: RegistryDep, model_name: str, model_version: str | None = None) -> ModelMetadata:
+    """A model's inputs, outputs, versions and platform."""
+    model = registry.get(model_name, model_version)
+    return metadata(model, sorted(registry.models[model_name].versions))
+
+
+@router.get("/{model_name}/ready", responses=ERRORS)
+@router.get("/{model_name}/versions/{model_version}/ready", responses=ERRORS)
+async def model_ready(registry: RegistryDep, model_name: str, model_version: str | None = None) -> Response:
+    """200 when the model (version) is loaded and ready."""
+    registry.get(model_name, model_version)
+    return Response(status_code=200)
+
+
+@router.get("/{model_name}/config", responses=ERRORS)
+@router.get("/{model_name}/versions/{model_version}/config", responses=ERRORS)
+async def model_config(registry: RegistryDep, model_name: str, model_version: str | None = None) -> dict[str, Any]:
+    """The model's config.json (Triton's model-configuration extension)."""
+    return registry.get(model_name, model_version).config.raw
+
+
+@router.post("/{model_name}/infer", responses=ERRORS, openapi_extra=INFER_BODY)
+@router.post("/{model_name}/versions/{model_version}/infer", responses=ERRORS, openapi_extra=INFER_BODY)
+async def infer(
+    request: Request,
+    registry: RegistryDep,
+    dataplane: DataPlaneDep,
+    model_name: str,
+    model_version: str | None = None,
+) -> Response:
+    """Run inference on JSON tensors or binary tensors (binary tensor data extension)."""
+    model = registry.get(model_name, model_version)
+    async with dataplane.track(model):
+        body = await request.body()
+        header_length = parse_header_length(request.headers.get(HEADER), len(body))
+        parsed = parse_infer_request(body, header_length)
+        requested = parsed.outputs
+        names = [o.name for o in requested] if requested is not None else None
+        results = await dataplane.infer(model, parsed.inputs, names)
+        datatypes = {s.name: s.datatype for s in model.config.outputs}
+        binary = {o.name: o.binary for o in requested} if requested is not None else {}
+        outputs = [
+            (name, datatypes[name], array, binary.get(name, parsed.binary_output))
+            for name, array in results.items()
+        ]
+        content, json_length = encode_infer_response(model.name, str(model.version), parsed.id, outputs)
+    if json_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(json_length)},
+    )

@@ -1,0 +1,53 @@
+"""Service settings: every field is an environment variable `SEEDSERVE_<FIELD>` (or a CLI flag)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEEDSERVE_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    """Address to bind."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port to bind."""
+    workers: int = Field(1, ge=1, le=64)
+    """Server processes (each loads every model)."""
+    models_dir: Path = Path("models")
+    """The model repository to serve (Triton layout, see docs/model-repository.md)."""
+    load_versions: int = Field(1, ge=1, le=100)
+    """How many of each model's newest versions to load (Triton's `latest` policy)."""
+
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    """Execution provider: `cuda` if asked for and available (else fall back to cpu), `auto` = cuda
+    when onnxruntime has it, `cpu` = always cpu."""
+    intra_op_threads: int = Field(1, ge=0, le=256)
+    """onnxruntime threads inside one operator (0 = onnxruntime's default, one per core)."""
+    inter_op_threads: int = Field(1, ge=0, le=256)
+    """onnxruntime threads across operators (0 = onnxruntime's default)."""
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    """onnxruntime graph optimisation level."""
+    inference_threads: int = Field(2, ge=1, le=256)
+    """Threads that run onnxruntime calls off the event loop."""
+
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    """Largest request body accepted, in bytes (larger gets 413)."""
+    max_images_per_request: int = Field(64, ge=1)
+    """Most images one classification request may carry."""
+    max_image_pixels: int = Field(16_000_000, ge=1)
+    """Largest decoded image accepted, in pixels (width x height); guards decompression bombs."""
+    max_top_k: int = Field(100, ge=1)
+    """Largest `top_k` a classification request may ask for."""
+
+    strict_readiness: bool = False
+    """Ready only when every model in the repository loaded (else: when at least one did)."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level of the service's JSON logs."""
+    access_log: bool = True
+    """Log one JSON line per request."""

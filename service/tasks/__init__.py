@@ -1,0 +1,1 @@
+"""Task logic between the HTTP layer and onnxruntime: pre/post-processing, decoding, sampling."""

@@ -1,0 +1,290 @@
+"""Class-conditional image generation on onnxruntime: VAE and GAN decoders, pixel and latent
+diffusion (DDIM / DDPM with classifier-free guidance), VAE reconstruction, and PNG encoding.
+
+Everything is driven by the `generation` section of a model's config.json (written by
+training/generate.py; documented in docs/image-generation.md) and by sessions the caller owns:
+`sessions` maps a graph role to an onnxruntime `InferenceSession` — "model" for model.onnx, and
+each key of config["graphs"] ("decoder", "encoder") for the other files of the version.
+
+Numbers, not HTTP: bad requests raise `InvalidInput`; the caller turns it into a response.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from service.errors import InvalidInput
+from service.tasks.diffusion import SAMPLERS, alphas_cumprod, denoise, sampling_timesteps
+
+KINDS = ("decoder", "diffusion", "latent-diffusion")
+MAX_ROWS_PER_CALL = 256  # images per onnxruntime call: bounds the memory of one step
+
+
+class OnnxSession(Protocol):
+    """What we need of an `onnxruntime.InferenceSession`."""
+
+    def run(
+        self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any]
+    ) -> Sequence[Any]: ...
+
+
+Sessions = Mapping[str, OnnxSession]
+StepCallback = Callable[[int, int], None]  # (steps done, total steps); raise to stop
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One denoising step done; the last one (step == total) carries the uint8 images."""
+
+    step: int
+    total: int
+    images: np.ndarray | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+
+
+def label_array(config: Mapping[str, Any], labels: int | Sequence[int], n: int | None) -> np.ndarray:
+    """One int64 class index per image: `labels` repeated n times, or a sequence of n labels."""
+    num_classes = int(config["generation"]["num_classes"])
+    if isinstance(labels, int | np.integer):
+        count = 1 if n is None else n
+        array = np.full(count, int(labels), dtype=np.int64)
+    else:
+        array = np.asarray(list(labels), dtype=np.int64).reshape(-1)
+        if n is not None and n != len(array):
+            raise InvalidInput(f"n = {n} but {len(array)} labels were given", param="n")
+    if len(array) < 1:
+        raise InvalidInput("at least one image must be asked for", param="n")
+    if array.min() < 0 or array.max() >= num_classes:
+        raise InvalidInput(f"labels must lie in [0, {num_classes - 1}]", param="label")
+    return array
+
+
+def diffusion_options(
+    generation: Mapping[str, Any], steps: int | None, guidance: float | None, sampler: str | None
+) -> tuple[int, float, str]:
+    """The request's steps, guidance and sampler, or the model's defaults, checked."""
+    defaults = generation["defaults"]
+    steps = int(defaults["steps"] if steps is None else steps)
+    guidance = float(defaults["guidance"] if guidance is None else guidance)
+    sampler = str(defaults["sampler"] if sampler is None else sampler)
+    total = int(generation["schedule"]["timesteps"])
+    if not 1 <= steps <= total:
+        raise InvalidInput(f"steps must lie in [1, {total}], got {steps}", param="steps")
+    if not (math.isfinite(guidance) and 0.0 <= guidance <= 50.0):
+        raise InvalidInput(f"guidance must lie in [0, 50], got {guidance}", param="guidance")
+    if sampler not in SAMPLERS:
+        raise InvalidInput(f"sampler must be one of {', '.join(SAMPLERS)}", param="sampler")
+    return steps, guidance, sampler
+
+
+# ---------------------------------------------------------------------------------------------
+# Graph calls
+
+
+def run_in_chunks(
+    session: OnnxSession, output: str, feeds: Mapping[str, np.ndarray], rows: int = MAX_ROWS_PER_CALL
+) -> np.ndarray:
+    """Run one output of a graph over row chunks of the feeds (all feeds share the batch axis)."""
+    n = len(next(iter(feeds.values())))
+    parts = []
+    for start in range(0, n, rows):
+        chunk = {name: value[start : start + rows] for name, value in feeds.items()}
+        parts.append(np.asarray(session.run([output], chunk)[0]))
+    return np.concatenate(parts)
+
+
+def decode(spec: Mapping[str, Any], sessions: Sessions, latents: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Latents (N, *latent_shape) -> images as the decoder graph outputs them (N, C, H, W)."""
+    feeds = {spec["latent_input"]: latents.astype(np.float32), spec["label_input"]: labels}
+    return run_in_chunks(sessions[spec["graph"]], spec["output"], feeds)
+
+
+def to_uint8(images: np.ndarray, output_range: Sequence[float]) -> np.ndarray:
+    """(N, C, H, W) floats in output_range -> uint8 (N, H, W), or (N, H, W, C) when C > 1."""
+    low, high = float(output_range[0]), float(output_range[1])
+    scaled = np.clip((images - low) / (high - low), 0.0, 1.0) * 255.0
+    pixels = np.rint(scaled).astype(np.uint8)
+    return pixels[:, 0] if pixels.shape[1] == 1 else pixels.transpose(0, 2, 3, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+
+
+def iter_generate(
+    config: Mapping[str, Any],
+    sessions: Sessions,
+    labels: int | Sequence[int],
+    n: int | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance: float | None = None,
+    sampler: str | None = None,
+) -> Iterator[Progress]:
+    """Generate step by step: yields Progress after each denoising step, the last with images.
+
+    Stopping the iteration (a client went away) stops the work after the current step. The same
+    arguments and seed give the same images: all randomness comes from one numpy Generator.
+    """
+    generation = config["generation"]
+    kind = generation["kind"]
+    if kind not in KINDS:
+        raise ValueError(f"unknown generation kind {kind!r} (known: {', '.join(KINDS)})")
+    label_ids = label_array(config, labels, n)
+    rng = np.random.default_rng(seed)
+    shape = (len(label_ids), *generation["latent_shape"])
+    if kind == "decoder":
+        latents = rng.standard_normal(shape, dtype=np.float32)
+        images = decode(generation["decoder"], sessions, latents, label_ids)
+        yield Progress(1, 1, to_uint8(images, generation["output_range"]))
+        return
+    steps, guidance, sampler = diffusion_options(generation, steps, guidance, sampler)
+    abar = alphas_cumprod(generation["schedule"])
+    total = len(sampling_timesteps(len(abar), steps))
+    spec = generation["denoiser"]
+    session = sessions[spec["graph"]]
+
+    def predict_noise(x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
+        feeds = {spec["sample_input"]: x, spec["timestep_input"]: t, spec["label_input"]: y}
+        return run_in_chunks(session, spec["output"], feeds, 2 * MAX_ROWS_PER_CALL)
+
+    x_t = rng.standard_normal(shape, dtype=np.float32)
+    clip = generation.get("clip_sample")
+    steps_run = denoise(
+        predict_noise,
+        x_t,
+        label_ids,
+        abar,
+        steps,
+        sampler,
+        guidance,
+        int(generation["null_label"]),
+        rng,
+        None if clip is None else float(clip),
+    )
+    for step, x in enumerate(steps_run, start=1):
+        if step < total:
+            yield Progress(step, total)
+            continue
+        if kind == "latent-diffusion":
+            x = decode(generation["decoder"], sessions, x * float(generation["latent_scale"]), label_ids)
+        yield Progress(step, total, to_uint8(x, generation["output_range"]))
+
+
+def generate(
+    config: Mapping[str, Any],
+    sessions: Sessions,
+    labels: int | Sequence[int],
+    n: int | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance: float | None = None,
+    sampler: str | None = None,
+    on_step: StepCallback | None = None,
+) -> np.ndarray:
+    """uint8 images (N, H, W) for the requested class labels; see `iter_generate`.
+
+    `on_step(done, total)` is called after every step; an exception raised there stops the run.
+    """
+    for progress in iter_generate(config, sessions, labels, n, seed, steps, guidance, sampler):
+        if on_step is not None:
+            on_step(progress.step, progress.total)
+        if progress.images is not None:
+            return progress.images
+    raise AssertionError("generation ended without images")
+
+
+# ---------------------------------------------------------------------------------------------
+# VAE: encode and reconstruct
+
+
+def pixels_in_unit_range(config: Mapping[str, Any], images: np.ndarray) -> np.ndarray:
+    """uint8 (or [0, 1] float) images (N, H, W) or (H, W) -> float32 (N, C, H, W) in [0, 1]."""
+    shape = tuple(config["generation"]["image_shape"])
+    array = np.asarray(images)
+    scaled = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+    if scaled.ndim == 2:
+        scaled = scaled[None]
+    if scaled.ndim == 3:
+        scaled = scaled[:, None]
+    if scaled.shape[1:] != shape:
+        raise InvalidInput(f"images must be {list(shape[1:])} pixels, got {list(array.shape)}")
+    if not np.isfinite(scaled).all() or scaled.min() < 0 or scaled.max() > 1:
+        raise InvalidInput("pixel values must lie in [0, 1] (or be uint8)")
+    return scaled
+
+
+def encode(
+    config: Mapping[str, Any], sessions: Sessions, images: np.ndarray, labels: int | Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The VAE posterior of each image: mean and log-variance, (N, latent_dim) each."""
+    generation = config["generation"]
+    if "encoder" not in generation:
+        raise InvalidInput(f"model {config.get('name', '?')!r} has no encoder")
+    spec = generation["encoder"]
+    x = pixels_in_unit_range(config, images)
+    label_ids = label_array(config, labels, len(x))
+    feeds = {spec["image_input"]: x, spec["label_input"]: label_ids}
+    session = sessions[spec["graph"]]
+    mean = run_in_chunks(session, spec["mean_output"], feeds)
+    log_variance = run_in_chunks(session, spec["log_variance_output"], feeds)
+    return mean, log_variance
+
+
+def reconstruct(
+    config: Mapping[str, Any], sessions: Sessions, images: np.ndarray, labels: int | Sequence[int]
+) -> np.ndarray:
+    """Encode to the posterior mean and decode again: uint8 images of the input's shape."""
+    mean, _ = encode(config, sessions, images, labels)
+    generation = config["generation"]
+    label_ids = label_array(config, labels, len(mean))
+    decoded = decode(generation["decoder"], sessions, mean, label_ids)
+    out = to_uint8(decoded, generation["output_range"])
+    return out[0] if np.asarray(images).ndim == 2 else out
+
+
+# ---------------------------------------------------------------------------------------------
+# PNG
+
+
+def to_png(image: np.ndarray) -> bytes:
+    """uint8 (H, W) grayscale or (H, W, 3) RGB -> PNG bytes."""
+    array = np.asarray(image)
+    assert array.dtype == np.uint8, f"expected uint8 pixels, got {array.dtype}"
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def grid(images: np.ndarray, nrow: int, padding: int = 2, scale: int = 1) -> np.ndarray:
+    """Tile uint8 images (N, H, W) into one picture, `nrow` images per row (torchvision's term).
+
+    Missing cells at the end stay black; `scale` enlarges every pixel (small digits in a card).
+    """
+    count, height, width = images.shape[:3]
+    assert nrow >= 1 and count >= 1, "a grid needs at least one image and one column"
+    rows = math.ceil(count / nrow)
+    canvas = np.zeros(
+        (rows * (height + padding) + padding, nrow * (width + padding) + padding, *images.shape[3:]),
+        dtype=np.uint8,
+    )
+    for i, image in enumerate(images):
+        top = padding + (i // nrow) * (height + padding)
+        left = padding + (i % nrow) * (width + padding)
+        canvas[top : top + height, left : left + width] = image
+    return canvas.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else canvas
+
+
+def grid_png(images: np.ndarray, nrow: int, padding: int = 2, scale: int = 1) -> bytes:
+    """PNG of `grid(images, nrow, padding, scale)`."""
+    return to_png(grid(np.asarray(images), nrow, padding, scale))

@@ -1,0 +1,1 @@
+"""Datasets for training: images (MNIST, Fashion-MNIST, digits, user folders) and text."""

@@ -1,0 +1,87 @@
+"""Classifier metrics measured through onnxruntime, the runtime the service uses.
+
+The card's numbers, `python -m training evaluate` and the shipped-model test all go through
+`evaluate_onnx` with the same batch size and thread count, so they agree to the last digit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from training.data.images import load_test_split, normalise
+
+BATCH_SIZE = 500  # fixed: the same batches give bit-identical logits on every re-measurement
+
+
+def onnx_session(path: Path, threads: int = 1) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:
+    """Run the "image" input (N, 1, 28, 28) through the graph in batches: logits (N, classes)."""
+    session = onnx_session(path)
+    batches = [
+        session.run(["logits"], {"image": images[i : i + BATCH_SIZE]})[0]
+        for i in range(0, len(images), BATCH_SIZE)
+    ]
+    return np.concatenate(batches)
+
+
+def classification_metrics(
+    logits: np.ndarray, labels: np.ndarray, class_names: list[str]
+) -> dict[str, Any]:
+    """Accuracy, mean cross-entropy, per-class accuracy and the confusion matrix (rows: truth)."""
+    assert logits.shape == (len(labels), len(class_names)), f"logits {logits.shape} vs labels"
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_probabilities = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    predictions = logits.argmax(axis=1)
+    n = len(class_names)
+    confusion = np.bincount(labels * n + predictions, minlength=n * n).reshape(n, n)
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    return {
+        "accuracy": float((predictions == labels).mean()),
+        "loss": float(-log_probabilities[np.arange(len(labels)), labels].mean()),
+        "per_class_accuracy": {
+            name: float(a) for name, a in zip(class_names, per_class, strict=True)
+        },
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def evaluate_onnx(
+    path: Path, images: np.ndarray, labels: np.ndarray, class_names: list[str]
+) -> dict[str, Any]:
+    return classification_metrics(onnx_logits(path, images), labels, class_names)
+
+
+def latest_version(model_dir: Path) -> Path:
+    versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    if not versions:
+        raise FileNotFoundError(f"no versions in {model_dir}")
+    return max(versions, key=lambda p: int(p.name))
+
+
+def evaluate_shipped(
+    model_dir: Path, data_dir: Path | None = None, image_folder: Path | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Re-measure the latest version of a shipped classifier on its dataset's official test split.
+
+    The images are normalised with the config's preprocessing, as the service would, so a wrong
+    mean or std in config.json shows up here. Returns (metrics, the version's card).
+    """
+    config = json.loads((model_dir / "config.json").read_text())
+    version = latest_version(model_dir)
+    card = json.loads((version / "card.json").read_text())
+    test = load_test_split(config["dataset"], data_dir, image_folder)
+    pre = config["preprocessing"]
+    images = normalise(test.images, pre["mean"], pre["std"]).numpy()
+    return evaluate_onnx(version / "model.onnx", images, test.labels, config["labels"]), card
