@@ -6,7 +6,10 @@ Each option is also an environment variable (SEEDSERVE_HOST, ...); a flag wins o
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
+from types import FrameType
 
 import uvicorn
 
@@ -18,8 +21,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
     parser.add_argument("--host", help="address to bind (SEEDSERVE_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (SEEDSERVE_PORT, default 8000)")
-    parser.add_argument("--models-dir", help="model repository (SEEDSERVE_MODELS_DIR, default models)")
-    parser.add_argument("--workers", type=int, help="server processes (SEEDSERVE_WORKERS, default 1)")
+    parser.add_argument(
+        "--models-dir", help="model repository (SEEDSERVE_MODELS_DIR, default models)"
+    )
+    parser.add_argument(
+        "--workers", type=int, help="server processes (SEEDSERVE_WORKERS, default 1)"
+    )
     args = parser.parse_args()
     for name in ("host", "port", "models_dir", "workers"):
         value = getattr(args, name)
@@ -27,6 +34,10 @@ def main() -> None:
             os.environ[f"SEEDSERVE_{name.upper()}"] = str(value)
     settings = Settings()  # validates every variable before anything starts
     configure_logging(settings.log_level)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal to the handler
+    # that was installed before it: make that one a no-op so a clean shutdown exits with 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stopped)
     uvicorn.run(
         "service.app:create_app",
         factory=True,
@@ -37,6 +48,10 @@ def main() -> None:
         access_log=False,
         timeout_graceful_shutdown=30,
     )
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    logging.getLogger("seedserve").info("stopped", extra={"signal": signal.Signals(signum).name})
 
 
 if __name__ == "__main__":

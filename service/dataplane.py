@@ -128,7 +128,9 @@ def validate_inputs(model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> Non
                 )
             batch_sizes.add(shape[0])
             shape = shape[1:]
-        if len(shape) != len(dims) or any(d >= 0 and d != s for d, s in zip(dims, shape, strict=True)):
+        if len(shape) != len(dims) or any(
+            d >= 0 and d != s for d, s in zip(dims, shape, strict=True)
+        ):
             want = ([-1] if config.max_batch_size > 0 else []) + list(dims)
             raise InvalidInput(
                 f"input {spec.name!r} has shape {list(array.shape)}, expected {want} (-1 = any)",
@@ -137,4 +139,6 @@ def validate_inputs(model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> Non
         if any(s == 0 for s in shape):
             raise InvalidInput(f"input {spec.name!r} has an empty axis", param=spec.name)
     if len(batch_sizes) > 1:
-        raise InvalidInput(f"inputs disagree on the batch size: {sorted(batch_sizes)}", param="inputs")
+        raise InvalidInput(
+            f"inputs disagree on the batch size: {sorted(batch_sizes)}", param="inputs"
+        )

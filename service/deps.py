@@ -13,19 +13,19 @@ from service.settings import Settings
 
 
 def get_registry(request: Request) -> Registry:
-    return request.app.state.registry  # type: ignore[no-any-return]
+    return request.app.state.registry
 
 
 def get_dataplane(request: Request) -> DataPlane:
-    return request.app.state.dataplane  # type: ignore[no-any-return]
+    return request.app.state.dataplane
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics  # type: ignore[no-any-return]
+    return request.app.state.metrics
 
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,7 +21,9 @@ UNCOUNTED = ("/metrics", "/v2/health/", "/docs", "/redoc", "/openapi.json", "/st
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, access_log: bool) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, access_log: bool
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
@@ -39,7 +40,8 @@ class RequestMiddleware:
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             too_large: PayloadTooLarge | None = PayloadTooLarge(
-                f"request body of {int(declared)} bytes is over the {limit}-byte limit", param="body"
+                f"request body of {int(declared)} bytes is over the {limit}-byte limit",
+                param="body",
             )
         else:
             too_large = None
@@ -53,7 +55,9 @@ class RequestMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise PayloadTooLarge(f"request body is over the {limit}-byte limit", param="body")
+                    raise PayloadTooLarge(
+                        f"request body is over the {limit}-byte limit", param="body"
+                    )
             return message
 
         status = 500
@@ -63,7 +67,10 @@ class RequestMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
             await send(message)
 
         path: str = scope["path"]
@@ -99,7 +106,7 @@ def _request_id(given: bytes | None) -> str:
     return uuid.uuid4().hex
 
 
-def _route_template(scope: dict[str, Any]) -> str:
+def _route_template(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else "unmatched"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -94,10 +95,8 @@ class Registry:
     def load_all_quietly(self) -> None:
         """Load every model; a broken one is reported not ready and does not stop the others."""
         for name in self.repository.model_names():
-            try:
+            with contextlib.suppress(ServiceError):  # already logged and recorded on its state
                 self.load(name)
-            except ServiceError:
-                pass
 
     def unload(self, name: str) -> None:
         with self._lock:
@@ -135,7 +134,9 @@ class Registry:
             try:
                 graphs[role] = Graph(path, self.settings)
             except Exception as exc:  # onnxruntime raises its own types for corrupt files
-                raise ModelLoadError(f"model {name!r} version {version}: {filename}: {exc}") from None
+                raise ModelLoadError(
+                    f"model {name!r} version {version}: {filename}: {exc}"
+                ) from None
         model = LoadedModel(name, version, config, graphs, self.repository.card(name, version))
         check_signature(model)
         prepare = PREPARERS.get(config.task)
@@ -194,4 +195,6 @@ def warm_up(model: LoadedModel) -> None:
     try:
         model.primary.run(feeds)
     except Exception as exc:
-        raise ModelLoadError(f"model {model.name!r} version {model.version}: warm-up failed: {exc}") from None
+        raise ModelLoadError(
+            f"model {model.name!r} version {model.version}: warm-up failed: {exc}"
+        ) from None

@@ -91,11 +91,17 @@ def _tensor_specs(items: Any, where: str) -> tuple[TensorSpec, ...]:
     specs = []
     for item in items:
         try:
-            spec = TensorSpec(str(item["name"]), str(item["datatype"]), tuple(int(d) for d in item["dims"]))
+            spec = TensorSpec(
+                str(item["name"]), str(item["datatype"]), tuple(int(d) for d in item["dims"])
+            )
         except (KeyError, TypeError, ValueError):
-            raise ModelLoadError(f"config.json: each of {where} needs name, datatype and dims") from None
+            raise ModelLoadError(
+                f"config.json: each of {where} needs name, datatype and dims"
+            ) from None
         if spec.datatype not in DATATYPES:
-            raise ModelLoadError(f"config.json: {where} {spec.name!r} has unknown datatype {spec.datatype!r}")
+            raise ModelLoadError(
+                f"config.json: {where} {spec.name!r} has unknown datatype {spec.datatype!r}"
+            )
         specs.append(spec)
     return tuple(specs)
 
@@ -104,15 +110,20 @@ def parse_config(data: Any, name: str) -> ModelConfig:
     if not isinstance(data, dict):
         raise ModelLoadError("config.json: must be a JSON object")
     if data.get("name", name) != name:
-        raise ModelLoadError(f"config.json: name {data.get('name')!r} does not match folder {name!r}")
+        raise ModelLoadError(
+            f"config.json: name {data.get('name')!r} does not match folder {name!r}"
+        )
     task = data.get("task")
     if task not in TASKS:
         raise ModelLoadError(f"config.json: task must be one of {sorted(TASKS)}, not {task!r}")
     graphs = data.get("graphs") or {}
     if not isinstance(graphs, dict) or not all(
-        isinstance(v, str) and v.endswith(".onnx") and "/" not in v and "\\" not in v for v in graphs.values()
+        isinstance(v, str) and v.endswith(".onnx") and "/" not in v and "\\" not in v
+        for v in graphs.values()
     ):
-        raise ModelLoadError("config.json: graphs must map roles to .onnx file names in the version folder")
+        raise ModelLoadError(
+            "config.json: graphs must map roles to .onnx file names in the version folder"
+        )
     try:
         max_batch_size = int(data.get("max_batch_size", 0))
     except (TypeError, ValueError):
@@ -175,7 +186,9 @@ class Repository:
     def graph_path(self, name: str, version: int, filename: str) -> Path:
         path = (self.version_dir(name, version) / filename).resolve()
         if path.parent != self.version_dir(name, version).resolve() or path.suffix != ".onnx":
-            raise ModelLoadError(f"graph {filename!r} must be an .onnx file inside the version folder")
+            raise ModelLoadError(
+                f"graph {filename!r} must be an .onnx file inside the version folder"
+            )
         if not path.is_file():
             raise ModelLoadError(f"model {name!r} version {version} has no {filename}")
         return path

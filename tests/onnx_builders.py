@@ -54,15 +54,23 @@ def classifier_config(name: str, max_batch_size: int = 64) -> dict:
         ],
         "labels": DIGIT_LABELS,
         "preprocessing": {
-            "type": "image", "height": 28, "width": 28, "channels": 1,
-            "mean": 0.1307, "std": 0.3081, "background": "dark", "center": "mass",
-        },  # fmt: skip
+            "type": "image",
+            "height": 28,
+            "width": 28,
+            "channels": 1,
+            "mean": 0.1307,
+            "std": 0.3081,
+            "background": "dark",
+            "center": "mass",
+        },
         "graphs": {},
         "batching": {"max_queue_delay_ms": 0, "preferred_batch_sizes": []},
     }
 
 
-def write_classifier(root: Path, name: str = "linear-test", version: int = 1, seed: int = 0) -> Path:
+def write_classifier(
+    root: Path, name: str = "linear-test", version: int = 1, seed: int = 0
+) -> Path:
     model_dir = root / name
     (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
     (model_dir / "config.json").write_text(json.dumps(classifier_config(name)))

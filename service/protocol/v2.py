@@ -129,7 +129,9 @@ def _parse_input(raw: Any, i: int, binary: memoryview, offset: int) -> tuple[str
     size = parameters.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise InvalidInput(f"{where}.parameters.binary_data_size must be a non-negative integer")
+            raise InvalidInput(
+                f"{where}.parameters.binary_data_size must be a non-negative integer"
+            )
         if "data" in raw:
             raise InvalidInput(f"{where} has both data and binary_data_size", param=where)
         if offset + size > len(binary):
@@ -181,10 +183,16 @@ def _from_json(data: Any, datatype: str, count: int, where: str) -> np.ndarray:
     try:
         array = np.asarray(data)
     except ValueError:
-        raise InvalidInput(f"{where}.data is ragged: rows of different lengths", param=where) from None
+        raise InvalidInput(
+            f"{where}.data is ragged: rows of different lengths", param=where
+        ) from None
     kind = array.dtype.kind
     wanted = NUMPY_DTYPES[datatype]
-    if kind not in "biuf" or (kind == "f" and wanted.kind in "biu") or (kind != "b" and wanted.kind == "b"):
+    if (
+        kind not in "biuf"
+        or (kind == "f" and wanted.kind in "biu")
+        or (kind != "b" and wanted.kind == "b")
+    ):
         raise InvalidInput(
             f"{where}.data holds {_kind_name(kind)} values, which are not {datatype}", param=where
         )
@@ -192,7 +200,9 @@ def _from_json(data: Any, datatype: str, count: int, where: str) -> np.ndarray:
         info = np.iinfo(wanted)
         if array.min() < info.min or array.max() > info.max:
             raise InvalidInput(f"{where}.data has values out of the {datatype} range", param=where)
-    return _checked(array.astype(wanted, copy=False).reshape(-1), datatype, count, where)
+    with np.errstate(over="ignore"):  # an overflow becomes inf, which _checked refuses
+        converted = array.astype(wanted, copy=False).reshape(-1)
+    return _checked(converted, datatype, count, where)
 
 
 def _checked(array: np.ndarray, datatype: str, count: int, where: str) -> np.ndarray:
@@ -218,7 +228,9 @@ def _flatten(data: list[Any]) -> list[Any]:
 
 
 def _kind_name(kind: str) -> str:
-    return {"U": "string", "S": "string", "O": "mixed or nested", "f": "floating-point"}.get(kind, kind)
+    return {"U": "string", "S": "string", "O": "mixed or nested", "f": "floating-point"}.get(
+        kind, kind
+    )
 
 
 def _parse_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput] | None:

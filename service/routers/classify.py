@@ -60,7 +60,11 @@ CLASSIFY_BODY = {
 @router.post(
     "/{model_name}/classify",
     response_model=ClassifyResponse,
-    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}},
+    responses={
+        400: {"model": ErrorResponse},
+        404: {"model": ErrorResponse},
+        413: {"model": ErrorResponse},
+    },
     openapi_extra=CLASSIFY_BODY,
 )
 async def classify(
@@ -133,15 +137,21 @@ async def _from_multipart(request: Request, settings: Settings, limit: int) -> l
     try:
         form = await request.form(max_files=limit, max_fields=limit + 8)
     except Exception as exc:  # starlette raises MultiPartException/HTTPException for bad forms
-        raise InvalidInput(f"malformed multipart body: {getattr(exc, 'detail', exc)}", param="file") from None
+        raise InvalidInput(
+            f"malformed multipart body: {getattr(exc, 'detail', exc)}", param="file"
+        ) from None
     try:
         files = form.getlist("file")
         if len(files) > limit:
-            raise InvalidInput(f"at most {limit} images per request, got {len(files)}", param="file")
+            raise InvalidInput(
+                f"at most {limit} images per request, got {len(files)}", param="file"
+            )
         images = []
         for i, item in enumerate(files):
             if not isinstance(item, UploadFile):
-                raise InvalidInput(f"file[{i}] must be an uploaded file, not a text field", param="file")
+                raise InvalidInput(
+                    f"file[{i}] must be an uploaded file, not a text field", param="file"
+                )
             images.append(decode_image(await item.read(), settings.max_image_pixels, f"file[{i}]"))
         return images
     finally:
@@ -180,7 +190,9 @@ def _pixel_images(pixels: Any, limit: int) -> list[np.ndarray]:
         depth, probe = depth + 1, probe[0]
     if depth == 3:
         if len(pixels) > limit:
-            raise InvalidInput(f"at most {limit} images per request, got {len(pixels)}", param="pixels")
+            raise InvalidInput(
+                f"at most {limit} images per request, got {len(pixels)}", param="pixels"
+            )
         return [pixels_to_array(p, f"pixels[{i}]") for i, p in enumerate(pixels)]
     return [pixels_to_array(pixels)]
 

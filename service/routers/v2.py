@@ -8,7 +8,12 @@ from fastapi import APIRouter, Request, Response
 
 from service.deps import DataPlaneDep, RegistryDep
 from service.protocol.types import ErrorResponse, ModelMetadata, TensorMetadata
-from service.protocol.v2 import HEADER, encode_infer_response, parse_header_length, parse_infer_request
+from service.protocol.v2 import (
+    HEADER,
+    encode_infer_response,
+    parse_header_length,
+    parse_infer_request,
+)
 from service.registry import LoadedModel
 
 router = APIRouter(prefix="/v2/models", tags=["open inference protocol"])
@@ -74,15 +79,25 @@ def metadata(model: LoadedModel, versions: list[int]) -> ModelMetadata:
         name=model.name,
         versions=[str(v) for v in versions],
         platform=model.config.platform,
-        inputs=[TensorMetadata(name=s.name, datatype=s.datatype, shape=batch + list(s.dims)) for s in model.config.inputs],
-        outputs=[TensorMetadata(name=s.name, datatype=s.datatype, shape=batch + list(s.dims)) for s in model.config.outputs],
+        inputs=[
+            TensorMetadata(name=s.name, datatype=s.datatype, shape=batch + list(s.dims))
+            for s in model.config.inputs
+        ],
+        outputs=[
+            TensorMetadata(name=s.name, datatype=s.datatype, shape=batch + list(s.dims))
+            for s in model.config.outputs
+        ],
         parameters={"task": model.config.task, "provider": model.provider},
     )
 
 
 @router.get("/{model_name}", response_model=ModelMetadata, responses=ERRORS)
-@router.get("/{model_name}/versions/{model_version}", response_model=ModelMetadata, responses=ERRORS)
-async def model_metadata(registry: RegistryDep, model_name: str, model_version: str | None = None) -> ModelMetadata:
+@router.get(
+    "/{model_name}/versions/{model_version}", response_model=ModelMetadata, responses=ERRORS
+)
+async def model_metadata(
+    registry: RegistryDep, model_name: str, model_version: str | None = None
+) -> ModelMetadata:
     """A model's inputs, outputs, versions and platform."""
     model = registry.get(model_name, model_version)
     return metadata(model, sorted(registry.models[model_name].versions))
@@ -90,7 +105,9 @@ async def model_metadata(registry: RegistryDep, model_name: str, model_version: 
 
 @router.get("/{model_name}/ready", responses=ERRORS)
 @router.get("/{model_name}/versions/{model_version}/ready", responses=ERRORS)
-async def model_ready(registry: RegistryDep, model_name: str, model_version: str | None = None) -> Response:
+async def model_ready(
+    registry: RegistryDep, model_name: str, model_version: str | None = None
+) -> Response:
     """200 when the model (version) is loaded and ready."""
     registry.get(model_name, model_version)
     return Response(status_code=200)
@@ -98,13 +115,17 @@ async def model_ready(registry: RegistryDep, model_name: str, model_version: str
 
 @router.get("/{model_name}/config", responses=ERRORS)
 @router.get("/{model_name}/versions/{model_version}/config", responses=ERRORS)
-async def model_config(registry: RegistryDep, model_name: str, model_version: str | None = None) -> dict[str, Any]:
+async def model_config(
+    registry: RegistryDep, model_name: str, model_version: str | None = None
+) -> dict[str, Any]:
     """The model's config.json (Triton's model-configuration extension)."""
     return registry.get(model_name, model_version).config.raw
 
 
 @router.post("/{model_name}/infer", responses=ERRORS, openapi_extra=INFER_BODY)
-@router.post("/{model_name}/versions/{model_version}/infer", responses=ERRORS, openapi_extra=INFER_BODY)
+@router.post(
+    "/{model_name}/versions/{model_version}/infer", responses=ERRORS, openapi_extra=INFER_BODY
+)
 async def infer(
     request: Request,
     registry: RegistryDep,
@@ -127,7 +148,9 @@ async def infer(
             (name, datatypes[name], array, binary.get(name, parsed.binary_output))
             for name, array in results.items()
         ]
-        content, json_length = encode_infer_response(model.name, str(model.version), parsed.id, outputs)
+        content, json_length = encode_infer_response(
+            model.name, str(model.version), parsed.id, outputs
+        )
     if json_length is None:
         return Response(content, media_type="application/json")
     return Response(

@@ -34,7 +34,10 @@ def alphas_cumprod(schedule: Mapping[str, Any]) -> np.ndarray:
         betas = np.linspace(float(schedule["beta_start"]), float(schedule["beta_end"]), steps)
     elif kind == "cosine":
         s, max_beta = float(schedule.get("s", 0.008)), float(schedule.get("max_beta", 0.999))
-        f = np.cos((np.arange(steps + 1, dtype=np.float64) / steps + s) / (1 + s) * math.pi / 2) ** 2
+        f = (
+            np.cos((np.arange(steps + 1, dtype=np.float64) / steps + s) / (1 + s) * math.pi / 2)
+            ** 2
+        )
         betas = np.minimum(1 - f[1:] / f[:-1], max_beta)
     else:
         raise ValueError(f"unknown noise schedule {kind!r} (known: linear, cosine)")

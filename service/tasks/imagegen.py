@@ -52,7 +52,9 @@ class Progress:
 # Requests
 
 
-def label_array(config: Mapping[str, Any], labels: int | Sequence[int], n: int | None) -> np.ndarray:
+def label_array(
+    config: Mapping[str, Any], labels: int | Sequence[int], n: int | None
+) -> np.ndarray:
     """One int64 class index per image: `labels` repeated n times, or a sequence of n labels."""
     num_classes = int(config["generation"]["num_classes"])
     if isinstance(labels, int | np.integer):
@@ -92,7 +94,10 @@ def diffusion_options(
 
 
 def run_in_chunks(
-    session: OnnxSession, output: str, feeds: Mapping[str, np.ndarray], rows: int = MAX_ROWS_PER_CALL
+    session: OnnxSession,
+    output: str,
+    feeds: Mapping[str, np.ndarray],
+    rows: int = MAX_ROWS_PER_CALL,
 ) -> np.ndarray:
     """Run one output of a graph over row chunks of the feeds (all feeds share the batch axis)."""
     n = len(next(iter(feeds.values())))
@@ -103,7 +108,9 @@ def run_in_chunks(
     return np.concatenate(parts)
 
 
-def decode(spec: Mapping[str, Any], sessions: Sessions, latents: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def decode(
+    spec: Mapping[str, Any], sessions: Sessions, latents: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
     """Latents (N, *latent_shape) -> images as the decoder graph outputs them (N, C, H, W)."""
     feeds = {spec["latent_input"]: latents.astype(np.float32), spec["label_input"]: labels}
     return run_in_chunks(sessions[spec["graph"]], spec["output"], feeds)
@@ -177,7 +184,9 @@ def iter_generate(
             yield Progress(step, total)
             continue
         if kind == "latent-diffusion":
-            x = decode(generation["decoder"], sessions, x * float(generation["latent_scale"]), label_ids)
+            x = decode(
+                generation["decoder"], sessions, x * float(generation["latent_scale"]), label_ids
+            )
         yield Progress(step, total, to_uint8(x, generation["output_range"]))
 
 
@@ -212,7 +221,9 @@ def pixels_in_unit_range(config: Mapping[str, Any], images: np.ndarray) -> np.nd
     """uint8 (or [0, 1] float) images (N, H, W) or (H, W) -> float32 (N, C, H, W) in [0, 1]."""
     shape = tuple(config["generation"]["image_shape"])
     array = np.asarray(images)
-    scaled = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+    scaled = (
+        array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+    )
     if scaled.ndim == 2:
         scaled = scaled[None]
     if scaled.ndim == 3:
@@ -275,7 +286,11 @@ def grid(images: np.ndarray, nrow: int, padding: int = 2, scale: int = 1) -> np.
     assert nrow >= 1 and count >= 1, "a grid needs at least one image and one column"
     rows = math.ceil(count / nrow)
     canvas = np.zeros(
-        (rows * (height + padding) + padding, nrow * (width + padding) + padding, *images.shape[3:]),
+        (
+            rows * (height + padding) + padding,
+            nrow * (width + padding) + padding,
+            *images.shape[3:],
+        ),
         dtype=np.uint8,
     )
     for i, image in enumerate(images):

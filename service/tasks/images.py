@@ -88,7 +88,9 @@ def pixels_to_array(pixels: Any, where: str = "pixels") -> np.ndarray:
     except (TypeError, ValueError):
         raise InvalidInput(f"{where} must be a 2-D array of numbers", param=where) from None
     if array.ndim != 2 or min(array.shape) < 1:
-        raise InvalidInput(f"{where} must be a 2-D array, got shape {list(array.shape)}", param=where)
+        raise InvalidInput(
+            f"{where} must be a 2-D array, got shape {list(array.shape)}", param=where
+        )
     if not np.isfinite(array).all():
         raise InvalidInput(f"{where} contains NaN or infinity", param=where)
     if array.min() < 0 or array.max() > 255:
@@ -123,10 +125,8 @@ def reframe_object(gray: np.ndarray, spec: ImageSpec) -> np.ndarray:
         return np.zeros((height, width), dtype=np.float32)
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     crop = gray[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    if spec.center == "mass":
-        box = round(min(height, width) * 20 / 28)  # MNIST: 20x20 box in a 28x28 frame
-    else:
-        box = min(height, width)
+    # MNIST: a 20x20 box in the 28x28 frame; otherwise the object fills the frame.
+    box = round(min(height, width) * 20 / 28) if spec.center == "mass" else min(height, width)
     scale = box / max(crop.shape)
     new_h, new_w = max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale))
     patch = _resize(crop, new_w, new_h)
@@ -136,8 +136,8 @@ def reframe_object(gray: np.ndarray, spec: ImageSpec) -> np.ndarray:
         ys, xs = np.indices(patch.shape)
         cy = float((ys * patch).sum() / total) if total else new_h / 2
         cx = float((xs * patch).sum() / total) if total else new_w / 2
-        top = int(round(height / 2 - cy))
-        left = int(round(width / 2 - cx))
+        top = round(height / 2 - cy)
+        left = round(width / 2 - cx)
         top = min(max(top, 0), height - new_h)
         left = min(max(left, 0), width - new_w)
     else:
@@ -148,4 +148,6 @@ def reframe_object(gray: np.ndarray, spec: ImageSpec) -> np.ndarray:
 
 def _resize(gray: np.ndarray, width: int, height: int) -> np.ndarray:
     image = Image.fromarray(gray.astype(np.float32), mode="F")
-    return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.float32).clip(0, 1)
+    return np.asarray(
+        image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.float32
+    ).clip(0, 1)

@@ -114,7 +114,9 @@ class WordTokenizer:
     """Word-level vocabulary: id 0 is `<unk>`, id 1 the paragraph break (also the start token)."""
 
     def __init__(self, words: list[str], lowercase: bool = False) -> None:
-        assert words[:2] == [UNK, PARAGRAPH], "vocabulary must start with <unk> and the paragraph token"
+        assert words[:2] == [UNK, PARAGRAPH], (
+            "vocabulary must start with <unk> and the paragraph token"
+        )
         assert len(set(words)) == len(words), "vocabulary has duplicate words"
         self.words = words
         self.lowercase = lowercase
@@ -139,7 +141,9 @@ class WordTokenizer:
             pieces = (piece for piece, _, _ in split_words(text))
             counts.update(p.lower() if lowercase else p for p in pieces)
         counts.pop(PARAGRAPH, None)
-        ranked = sorted((c for c in counts.items() if c[1] >= min_count), key=lambda c: (-c[1], c[0]))
+        ranked = sorted(
+            (c for c in counts.items() if c[1] >= min_count), key=lambda c: (-c[1], c[0])
+        )
         words = [UNK, PARAGRAPH] + [w for w, _ in ranked[: vocab_size - 2]]
         return cls(words, lowercase=lowercase)
 
