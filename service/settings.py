@@ -10,7 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SEEDSERVE_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="SEEDSERVE_", extra="forbid", use_attribute_docstrings=True
+    )
 
     host: str = "127.0.0.1"
     """Address to bind."""
@@ -51,3 +53,13 @@ class Settings(BaseSettings):
     """Log level of the service's JSON logs."""
     access_log: bool = True
     """Log one JSON line per request."""
+
+
+def settings_table() -> str:
+    """The README's configuration table, generated so the docs cannot drift from the code."""
+    rows = ["| variable | default | what it does |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        default = info.default.as_posix() if isinstance(info.default, Path) else info.default
+        text = " ".join((info.description or "").split())
+        rows.append(f"| `SEEDSERVE_{name.upper()}` | `{default}` | {text} |")
+    return "\n".join(rows)
