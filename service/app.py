@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
             yield
         finally:
             app.state.started = False
-            app.state.dataplane.close()
+            await app.state.dataplane.close()
 
     app = FastAPI(
         title="seedserve",

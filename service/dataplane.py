@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 import numpy as np
 
+from service.batching import Batcher, BatchPolicy
 from service.errors import InvalidInput, Overloaded, ServiceError
 from service.metrics import Metrics
 from service.registry import LoadedModel, Registry
@@ -25,8 +26,44 @@ class DataPlane:
         self.settings = settings
         self.executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer")
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        for state in list(self.registry.models.values()):
+            for model in state.versions.values():
+                for batcher in model.batchers.values():
+                    await batcher.close()
         self.executor.shutdown(wait=True)
+
+    def policy(self, model: LoadedModel) -> BatchPolicy | None:
+        """The batching policy of the model's primary graph: config.json, then settings."""
+        config, settings = model.config, self.settings
+        if not settings.batching or config.max_batch_size <= 0:
+            return None
+        delay_ms = settings.max_queue_delay_ms
+        if delay_ms is None:
+            delay_ms = float(config.batching.get("max_queue_delay_ms", 0.0))
+        preferred = tuple(int(p) for p in config.batching.get("preferred_batch_sizes", ()))
+        return BatchPolicy(
+            max_batch_size=config.max_batch_size,
+            max_queue_delay_s=delay_ms / 1e3,
+            preferred_batch_sizes=tuple(p for p in preferred if 0 < p <= config.max_batch_size),
+            max_queue_size=settings.max_queue_size,
+            concurrency=settings.inference_threads,
+        )
+
+    def batcher(self, model: LoadedModel) -> Batcher | None:
+        batcher = model.batchers.get("model")
+        if batcher is None:
+            policy = self.policy(model)
+            if policy is None:
+                return None
+            labels = (model.name, str(model.version))
+            batcher = Batcher(model.primary, policy, self.executor, self.metrics, labels)
+            model.batchers["model"] = batcher
+        return batcher
+
+    def deadline(self) -> float | None:
+        timeout = self.settings.request_timeout_s
+        return time.perf_counter() + timeout if timeout > 0 else None
 
     @asynccontextmanager
     async def track(self, model: LoadedModel) -> AsyncIterator[None]:
@@ -62,8 +99,13 @@ class DataPlane:
         for name in names:
             if name not in known:
                 raise InvalidInput(f"model {model.name!r} has no output {name!r}", param="outputs")
-        results = await self.run(model, "model", inputs, names)
-        return dict(zip(names, results, strict=True))
+        batcher = self.batcher(model)
+        if batcher is None:
+            results = await self.run(model, "model", inputs, names)
+            return dict(zip(names, results, strict=True))
+        outputs = await batcher.submit(inputs, self.deadline())
+        everything = dict(zip(model.primary.output_names, outputs, strict=True))
+        return {name: everything[name] for name in names}
 
     async def run(
         self,

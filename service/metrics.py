@@ -58,6 +58,18 @@ class Metrics:
             MODEL,
             registry=r,
         )
+        self.queue_depth = Gauge(
+            f"{PREFIX}_inference_queue_depth",
+            "Requests waiting in the model's batching queue.",
+            MODEL,
+            registry=r,
+        )
+        self.rejected = Counter(
+            f"{PREFIX}_inference_rejected_total",
+            "Requests shed before inference, by reason (queue_full, deadline).",
+            [*MODEL, "reason"],
+            registry=r,
+        )
         self.model_ready = Gauge(
             f"{PREFIX}_model_ready",
             "1 when the model version is loaded and ready, 0 when it failed to load.",

@@ -29,6 +29,7 @@ class LoadedModel:
     graphs: dict[str, Graph]  # "model" is the primary graph
     card: dict[str, Any] | None
     resources: dict[str, Any] = field(default_factory=dict)  # task-specific: tokenizer, schedule...
+    batchers: dict[str, Any] = field(default_factory=dict)  # graph role -> Batcher, made on first use
 
     @property
     def primary(self) -> Graph:

@@ -37,6 +37,16 @@ class Settings(BaseSettings):
     inference_threads: int = Field(2, ge=1, le=256)
     """Threads that run onnxruntime calls off the event loop."""
 
+    batching: bool = True
+    """Dynamic batching for models whose config allows it (max_batch_size > 0)."""
+    max_queue_delay_ms: float | None = Field(None, ge=0, le=10_000)
+    """How long the first request of a batch may wait for company, in milliseconds; unset = each
+    model's config.json `batching.max_queue_delay_ms`; 0 = no waiting (queued requests still batch)."""
+    max_queue_size: int = Field(256, ge=1)
+    """Requests that may wait per model; beyond it requests get 503 with Retry-After at once."""
+    request_timeout_s: float = Field(0.0, ge=0)
+    """A request still queued after this many seconds is dropped before inference (0 = never)."""
+
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     """Largest request body accepted, in bytes (larger gets 413)."""
     max_images_per_request: int = Field(64, ge=1)

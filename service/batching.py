@@ -1,0 +1,231 @@
+"""Dynamic batching in the spirit of Triton's dynamic batcher.
+
+Requests for the same graph that arrive together are stacked along the batch axis into one
+onnxruntime call, up to `max_batch_size`, waiting at most `max_queue_delay` for company after the
+first one arrives (0: no waiting, but whatever is already queued still goes together). Results are
+split back to each caller. Only requests whose non-batch shapes and dtypes agree are stacked.
+
+The queue is bounded: when it is full a request is refused at once (503 + Retry-After) instead of
+waiting behind work the server cannot finish in time, and a request whose deadline passes while
+queued is dropped before inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import Overloaded
+from service.metrics import Metrics
+from service.runtime import Graph
+
+Signature = tuple[tuple[str, tuple[int, ...], str], ...]
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int
+    max_queue_delay_s: float = 0.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 1024  # requests waiting, not items
+    concurrency: int = 1  # batches of this graph running at once
+
+
+@dataclass
+class Pending:
+    feeds: Mapping[str, np.ndarray]
+    size: int
+    signature: Signature
+    future: asyncio.Future[list[np.ndarray]]
+    enqueued: float
+    deadline: float | None
+    taken: bool = field(default=False)
+
+
+class Batcher:
+    def __init__(
+        self,
+        graph: Graph,
+        policy: BatchPolicy,
+        executor: Executor,
+        metrics: Metrics,
+        labels: tuple[str, str],
+    ) -> None:
+        self.graph = graph
+        self.policy = policy
+        self.executor = executor
+        self.metrics = metrics
+        self.labels = labels
+        self._queue: deque[Pending] = deque()
+        self._arrived = asyncio.Event()
+        self._slots = asyncio.Semaphore(policy.concurrency)
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._depth = metrics.queue_depth.labels(*labels)
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    async def submit(
+        self, feeds: Mapping[str, np.ndarray], deadline: float | None = None
+    ) -> list[np.ndarray]:
+        """Queue one request (its own batch axis first) and wait for its slice of the outputs."""
+        if len(self._queue) >= self.policy.max_queue_size:
+            self.metrics.rejected.labels(*self.labels, "queue_full").inc()
+            raise Overloaded(
+                f"model {self.labels[0]!r} has {len(self._queue)} requests queued, its limit; retry later",
+                retry_after_s=1.0,
+            )
+        loop = asyncio.get_running_loop()
+        first = next(iter(feeds.values()))
+        pending = Pending(
+            feeds=feeds,
+            size=int(first.shape[0]),
+            signature=tuple((k, v.shape[1:], v.dtype.str) for k, v in feeds.items()),
+            future=loop.create_future(),
+            enqueued=time.perf_counter(),
+            deadline=deadline,
+        )
+        self._queue.append(pending)
+        self._depth.set(len(self._queue))
+        self._arrived.set()
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._dispatch_forever())
+        return await pending.future
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            while self._queue:
+                # Take a slot first: while every slot is busy, requests keep queueing and the
+                # next batch grows, and the queue counts only what has not started.
+                await self._slots.acquire()
+                await self._wait_for_company()
+                batch = self._take()
+                self._depth.set(len(self._queue))
+                if not batch:
+                    self._slots.release()
+                    continue
+                task = asyncio.get_running_loop().create_task(self._execute(batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+
+    async def _wait_for_company(self) -> None:
+        """Hold the first request up to max_queue_delay while the batch is not yet worth running."""
+        delay = self.policy.max_queue_delay_s
+        if delay <= 0:
+            await asyncio.sleep(0)  # let requests already in flight on the loop join
+            return
+        until = self._queue[0].enqueued + delay
+        while (
+            self._queued_items() < self._target() and (remaining := until - time.perf_counter()) > 0
+        ):
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+
+    def _target(self) -> int:
+        preferred = self.policy.preferred_batch_sizes
+        return max(preferred) if preferred else self.policy.max_batch_size
+
+    def _queued_items(self) -> int:
+        return sum(p.size for p in self._queue)
+
+    def _take(self) -> list[Pending]:
+        """Requests for one batch: same signature as the oldest, at most max_batch_size items,
+        cut at the largest preferred size reachable. Drops cancelled and expired requests."""
+        now = time.perf_counter()
+        head: Pending | None = None
+        batch: list[Pending] = []
+        total = 0
+        limit = self.policy.max_batch_size
+        keep: deque[Pending] = deque()
+        while self._queue:
+            item = self._queue.popleft()
+            if item.future.done():  # the client went away
+                continue
+            if item.deadline is not None and now > item.deadline:
+                self.metrics.rejected.labels(*self.labels, "deadline").inc()
+                item.future.set_exception(
+                    Overloaded(
+                        "the request's deadline passed while it was queued", retry_after_s=1.0
+                    )
+                )
+                continue
+            if head is None:
+                head = item
+            if item.signature == head.signature and (total + item.size <= limit or not batch):
+                batch.append(item)
+                total += item.size
+            else:
+                keep.append(item)
+        self._queue = keep
+        preferred = [p for p in self.policy.preferred_batch_sizes if p <= total]
+        if preferred and total not in preferred:
+            batch, total = self._trim(batch, max(preferred))
+        return batch
+
+    def _trim(self, batch: list[Pending], size: int) -> tuple[list[Pending], int]:
+        taken: list[Pending] = []
+        left: list[Pending] = []
+        total = 0
+        for item in batch:
+            if not left and (total + item.size <= size or not taken):
+                taken.append(item)
+                total += item.size
+            else:
+                left.append(item)
+        self._queue.extendleft(reversed(left))  # back at the front, in arrival order
+        return taken, total
+
+    async def _execute(self, batch: list[Pending]) -> None:
+        try:
+            started = time.perf_counter()
+            for item in batch:
+                self.metrics.queue_duration.labels(*self.labels).observe(started - item.enqueued)
+            names = [k for k, _, _ in batch[0].signature]
+            if len(batch) == 1:
+                feeds = dict(batch[0].feeds)
+            else:
+                feeds = {k: np.concatenate([item.feeds[k] for item in batch]) for k in names}
+            total = sum(item.size for item in batch)
+            try:
+                outputs = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self._run, feeds
+                )
+            except Exception as exc:
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                return
+            self.metrics.batch_size.labels(*self.labels).observe(total)
+            self.metrics.inference_count.labels(*self.labels).inc(total)
+            offset = 0
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_result([out[offset : offset + item.size] for out in outputs])
+                offset += item.size
+        finally:
+            self._slots.release()
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        started = time.perf_counter()
+        outputs = self.graph.run(feeds)
+        self.metrics.compute_duration.labels(*self.labels).observe(time.perf_counter() - started)
+        return outputs

@@ -1,0 +1,207 @@
+"""The dynamic batcher: stacks concurrent requests, splits results back, sheds load when full."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx_builders import write_classifier
+
+from service.batching import Batcher, BatchPolicy
+from service.errors import Overloaded
+from service.metrics import Metrics
+from service.runtime import Graph
+from service.settings import Settings
+
+
+class SlowGraph:
+    """A real graph whose runs are recorded (and can be held) to observe batching."""
+
+    def __init__(self, graph: Graph, hold: threading.Event | None = None) -> None:
+        self.graph = graph
+        self.output_names = graph.output_names
+        self.batch_sizes: list[int] = []
+        self.hold = hold
+
+    def run(self, feeds, output_names=None):
+        if self.hold is not None:
+            self.hold.wait(5)
+        self.batch_sizes.append(int(feeds["image"].shape[0]))
+        return self.graph.run(feeds, output_names)
+
+
+@pytest.fixture
+def graph(tmp_path: Path) -> Graph:
+    model_dir = write_classifier(tmp_path, "m")
+    return Graph(model_dir / "1" / "model.onnx", Settings())
+
+
+def images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 1, 28, 28), dtype=np.float32)
+
+
+def make(
+    graph, policy: BatchPolicy, hold: threading.Event | None = None
+) -> tuple[Batcher, SlowGraph, Metrics]:
+    slow = SlowGraph(graph, hold)
+    metrics = Metrics()
+    return Batcher(slow, policy, ThreadPoolExecutor(2), metrics, ("m", "1")), slow, metrics  # type: ignore[arg-type]
+
+
+def test_concurrent_requests_share_runs_and_get_their_own_answers(graph: Graph) -> None:
+    batcher, slow, _ = make(graph, BatchPolicy(max_batch_size=64, max_queue_delay_s=0.05))
+    inputs = [images(1 + i % 3, seed=i) for i in range(20)]
+
+    async def main() -> list[list[np.ndarray]]:
+        return await asyncio.gather(*(batcher.submit({"image": x}) for x in inputs))
+
+    results = asyncio.run(main())
+    assert sum(slow.batch_sizes) == sum(len(x) for x in inputs)
+    assert len(slow.batch_sizes) < 5  # 20 requests, a handful of runs
+    for x, (logits, probabilities) in zip(inputs, results, strict=True):
+        want = graph.run({"image": x})
+        np.testing.assert_allclose(logits, want[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(probabilities, want[1], rtol=1e-5, atol=1e-6)
+
+
+def test_max_batch_size_is_respected(graph: Graph) -> None:
+    batcher, slow, _ = make(graph, BatchPolicy(max_batch_size=4, max_queue_delay_s=0.05))
+
+    async def main() -> None:
+        await asyncio.gather(*(batcher.submit({"image": images(1, i)}) for i in range(10)))
+
+    asyncio.run(main())
+    assert max(slow.batch_sizes) <= 4
+    assert sum(slow.batch_sizes) == 10
+
+
+def test_preferred_batch_size_cuts_the_batch(graph: Graph) -> None:
+    hold = threading.Event()
+    batcher, slow, _ = make(
+        graph, BatchPolicy(max_batch_size=64, preferred_batch_sizes=(4,), concurrency=1), hold
+    )
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(batcher.submit({"image": images(1, i)})) for i in range(11)]
+        await asyncio.sleep(0.05)
+        hold.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    assert sum(slow.batch_sizes) == 11
+    assert 4 in slow.batch_sizes
+    assert max(slow.batch_sizes) <= 4
+
+
+def test_zero_delay_still_batches_what_is_queued(graph: Graph) -> None:
+    hold = threading.Event()
+    batcher, slow, _ = make(graph, BatchPolicy(max_batch_size=64, concurrency=1), hold)
+
+    async def main() -> None:
+        first = asyncio.create_task(batcher.submit({"image": images(1, 0)}))
+        await asyncio.sleep(0.02)  # the first run is held; the rest queue behind it
+        rest = [asyncio.create_task(batcher.submit({"image": images(1, i)})) for i in range(1, 9)]
+        await asyncio.sleep(0.02)
+        hold.set()
+        await asyncio.gather(first, *rest)
+
+    asyncio.run(main())
+    assert slow.batch_sizes == [1, 8]
+
+
+def test_full_queue_is_refused_at_once(graph: Graph) -> None:
+    hold = threading.Event()
+    batcher, _, metrics = make(
+        graph, BatchPolicy(max_batch_size=1, max_queue_size=3, concurrency=1), hold
+    )
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(batcher.submit({"image": images(1, 0)}))]
+        await asyncio.sleep(0.02)  # running, held
+        tasks += [asyncio.create_task(batcher.submit({"image": images(1, i)})) for i in range(1, 4)]
+        await asyncio.sleep(0.02)  # three queued behind it: the limit
+        started = time.perf_counter()
+        with pytest.raises(Overloaded) as refused:
+            await batcher.submit({"image": images(1, 9)})
+        assert time.perf_counter() - started < 0.05
+        assert refused.value.retry_after_s > 0
+        hold.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    assert metrics.rejected.labels("m", "1", "queue_full")._value.get() == 1
+
+
+def test_expired_requests_are_dropped_before_inference(graph: Graph) -> None:
+    hold = threading.Event()
+    batcher, slow, metrics = make(graph, BatchPolicy(max_batch_size=8, concurrency=1), hold)
+
+    async def main() -> None:
+        first = asyncio.create_task(batcher.submit({"image": images(1, 0)}))
+        await asyncio.sleep(0.01)
+        late = asyncio.create_task(
+            batcher.submit({"image": images(1, 1)}, deadline=time.perf_counter() + 0.01)
+        )
+        await asyncio.sleep(0.05)
+        hold.set()
+        await first
+        with pytest.raises(Overloaded, match="deadline"):
+            await late
+
+    asyncio.run(main())
+    assert slow.batch_sizes == [1]
+    assert metrics.rejected.labels("m", "1", "deadline")._value.get() == 1
+
+
+def test_cancelled_request_is_skipped(graph: Graph) -> None:
+    hold = threading.Event()
+    batcher, slow, _ = make(graph, BatchPolicy(max_batch_size=8, concurrency=1), hold)
+
+    async def main() -> None:
+        first = asyncio.create_task(batcher.submit({"image": images(1, 0)}))
+        await asyncio.sleep(0.01)
+        gone = asyncio.create_task(batcher.submit({"image": images(2, 1)}))
+        kept = asyncio.create_task(batcher.submit({"image": images(1, 2)}))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        hold.set()
+        await asyncio.gather(first, kept)
+
+    asyncio.run(main())
+    assert slow.batch_sizes == [1, 1]
+
+
+def test_different_shapes_are_not_stacked(graph: Graph) -> None:
+    hold = threading.Event()
+    batcher, slow, _ = make(graph, BatchPolicy(max_batch_size=8, concurrency=1), hold)
+
+    class TwoShapes(SlowGraph):
+        def run(self, feeds, output_names=None):
+            self.hold.wait(5)
+            self.batch_sizes.append(feeds["image"].shape)
+            return [feeds["image"][:, :1, 0, 0]]
+
+    shapes = TwoShapes(graph, hold)
+    batcher.graph = shapes  # type: ignore[assignment]
+
+    async def main() -> None:
+        a = [
+            asyncio.create_task(batcher.submit({"image": np.zeros((1, 1, 28, 28), np.float32)}))
+            for _ in range(3)
+        ]
+        b = [
+            asyncio.create_task(batcher.submit({"image": np.zeros((1, 1, 14, 14), np.float32)}))
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0.02)
+        hold.set()
+        await asyncio.gather(*a, *b)
+
+    asyncio.run(main())
+    assert sorted((s[0], s[2]) for s in shapes.batch_sizes) == [(2, 14), (3, 28)]
+    assert not slow.batch_sizes
