@@ -15,13 +15,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from service import __version__
-from service.dataplane import DataPlane
+from service.dataplane import DataPlane, poll_repository
 from service.errors import Overloaded, ServiceError
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
 from service.registry import Registry
 from service.repository import Repository
-from service.routers import classify, health, models, v2
+from service.routers import classify, health, models, repository, v2
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,17 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
         app.state.started = True
         ready = sum(s.ready for s in registry.models.values())
         log.info("ready", extra={"models_ready": ready, "models_total": len(registry.models)})
+        poller = None
+        if settings.poll_interval_s > 0:
+            poller = asyncio.create_task(
+                poll_repository(app.state.dataplane, settings.poll_interval_s)
+            )
         try:
             yield
         finally:
             app.state.started = False
+            if poller is not None:
+                poller.cancel()
             await app.state.dataplane.close()
 
     app = FastAPI(
@@ -64,7 +71,7 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
         access_log=settings.access_log,
     )
     _add_error_handlers(app)
-    for module in (health, v2, models, classify):
+    for module in (health, v2, repository, models, classify):
         app.include_router(module.router)
 
     @app.get("/metrics", tags=["metrics"], response_class=Response)

@@ -66,6 +66,7 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._slots = asyncio.Semaphore(policy.concurrency)
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self._running: set[asyncio.Task[None]] = set()
         self._depth = metrics.queue_depth.labels(*labels)
 
@@ -101,8 +102,12 @@ class Batcher:
         return await pending.future
 
     async def close(self) -> None:
+        """Finish every queued and running request, then stop the dispatcher. A request that
+        still arrives afterwards (it picked this model version just before a swap) restarts it."""
+        self._closing = True
+        self._arrived.set()
         if self._task is not None:
-            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
 
@@ -123,6 +128,8 @@ class Batcher:
                 task = asyncio.get_running_loop().create_task(self._execute(batch))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
+            if self._closing:
+                return
 
     async def _wait_for_company(self) -> None:
         """Hold the first request up to max_queue_delay while the batch is not yet worth running."""

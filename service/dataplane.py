@@ -4,6 +4,7 @@ records every request's outcome and timings. Routers translate HTTP and call thi
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,8 @@ from service.metrics import Metrics
 from service.registry import LoadedModel, Registry
 from service.settings import Settings
 from service.tensors import NUMPY_DTYPES
+
+log = logging.getLogger(__name__)
 
 
 class DataPlane:
@@ -32,6 +35,19 @@ class DataPlane:
                 for batcher in model.batchers.values():
                     await batcher.close()
         self.executor.shutdown(wait=True)
+
+    async def load(self, name: str) -> None:
+        """(Re)load a model in a thread; the old versions serve until the swap, then drain."""
+        replaced = await asyncio.to_thread(self.registry.load, name)
+        await self._drain(replaced)
+
+    async def unload(self, name: str) -> None:
+        await self._drain(self.registry.unload(name))
+
+    async def _drain(self, models: list[LoadedModel]) -> None:
+        for model in models:
+            for batcher in model.batchers.values():
+                await batcher.close()
 
     def policy(self, model: LoadedModel) -> BatchPolicy | None:
         """The batching policy of the model's primary graph: config.json, then settings."""
@@ -184,3 +200,43 @@ def validate_inputs(model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> Non
         raise InvalidInput(
             f"inputs disagree on the batch size: {sorted(batch_sizes)}", param="inputs"
         )
+
+
+async def poll_repository(dataplane: DataPlane, interval_s: float) -> None:
+    """Triton's poll mode: load new models and new versions, reload changed configs, unload models
+    whose folder is gone. A broken new version is reported and the old one keeps serving."""
+    registry = dataplane.registry
+    seen: dict[str, tuple[int, float]] = {}
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            on_disk = set(registry.repository.model_names())
+            for name in sorted(set(registry.models) - on_disk):
+                await dataplane.unload(name)
+            for name in sorted(on_disk):
+                stamp = await asyncio.to_thread(_stamp, registry, name)
+                if name in seen and seen[name] == stamp:
+                    continue
+                first = name not in seen
+                seen[name] = stamp
+                if (
+                    first
+                    and registry.models.get(name)
+                    and stamp[0] == max(registry.models[name].versions, default=-1)
+                ):
+                    continue  # loaded at start-up, unchanged since
+                await dataplane.load(name)
+        except ServiceError:
+            continue  # logged by the registry; the next round tries again only on change
+        except Exception:
+            log.exception("repository poll failed")
+
+
+def _stamp(registry: Registry, name: str) -> tuple[int, float]:
+    """Newest version on disk and the config's modification time: what a reload depends on."""
+    try:
+        versions = registry.repository.versions(name)
+        config = registry.repository.model_dir(name) / "config.json"
+        return (max(versions, default=-1), config.stat().st_mtime if config.exists() else 0.0)
+    except ServiceError:
+        return (-1, 0.0)

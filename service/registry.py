@@ -29,7 +29,9 @@ class LoadedModel:
     graphs: dict[str, Graph]  # "model" is the primary graph
     card: dict[str, Any] | None
     resources: dict[str, Any] = field(default_factory=dict)  # task-specific: tokenizer, schedule...
-    batchers: dict[str, Any] = field(default_factory=dict)  # graph role -> Batcher, made on first use
+    batchers: dict[str, Any] = field(
+        default_factory=dict
+    )  # graph role -> Batcher, made on first use
 
     @property
     def primary(self) -> Graph:
@@ -74,24 +76,34 @@ class Registry:
         for name in self.repository.model_names():
             self.load(name)
 
-    def load(self, name: str) -> ModelState:
-        """Load the newest version(s) of `name`, then swap them in; on failure keep what serves."""
+    def load(self, name: str) -> list[LoadedModel]:
+        """Load the newest version(s) of `name` fully (warm-up included), then swap them in.
+
+        On failure nothing that serves changes: the error is raised and, if the model had no
+        working version, recorded as its reason. Returns the versions the swap replaced, for the
+        caller to drain.
+        """
         try:
             loaded = self._load_versions(name)
+        except ModelNotFound:
+            raise  # nothing by that name in the repository: nothing to record
         except ServiceError as exc:
             log.error("model %s failed to load: %s", name, exc.message)
             with self._lock:
                 state = self.models.setdefault(name, ModelState(name))
                 if not state.versions:
                     state.reason = exc.message
-                    self._report(state)
+                    self.metrics.model_ready.labels(name, "", "").set(0)
             raise
         with self._lock:
-            state = ModelState(name, loaded)
-            self.models[name] = state
-            self._report(state)
+            old = self.models.get(name)
+            self.models[name] = ModelState(name, loaded)
+            self._clear_gauges(old)
+            for version, model in loaded.items():
+                self.metrics.model_ready.labels(name, str(version), model.provider).set(1)
+            self._count_loaded()
         log.info("model %s loaded versions %s", name, sorted(loaded))
-        return state
+        return [m for v, m in (old.versions if old else {}).items() if loaded.get(v) is not m]
 
     def load_all_quietly(self) -> None:
         """Load every model; a broken one is reported not ready and does not stop the others."""
@@ -99,14 +111,28 @@ class Registry:
             with contextlib.suppress(ServiceError):  # already logged and recorded on its state
                 self.load(name)
 
-    def unload(self, name: str) -> None:
+    def unload(self, name: str) -> list[LoadedModel]:
+        """Stop serving `name`; returns the versions removed, for the caller to drain."""
         with self._lock:
             state = self.models.pop(name, None)
+            if state is None:
+                raise ModelNotFound(f"model {name!r} is not loaded")
+            self._clear_gauges(state)
+            self._count_loaded()
+        log.info("model %s unloaded", name)
+        return list(state.versions.values())
+
+    def _clear_gauges(self, state: ModelState | None) -> None:
         if state is None:
-            raise ModelNotFound(f"model {name!r} is not loaded")
-        for version in state.versions:
-            self.metrics.model_ready.remove(name, str(version), state.versions[version].provider)
-        self._count_loaded()
+            return
+        for version, model in state.versions.items():
+            with contextlib.suppress(KeyError):
+                self.metrics.model_ready.remove(state.name, str(version), model.provider)
+        with contextlib.suppress(KeyError):
+            self.metrics.model_ready.remove(state.name, "", "")
+
+    def _count_loaded(self) -> None:
+        self.metrics.models_loaded.set(sum(len(s.versions) for s in self.models.values()))
 
     def get(self, name: str, version: str | None = None) -> LoadedModel:
         state = self.models.get(name)
@@ -145,16 +171,6 @@ class Registry:
             prepare(model, self.repository)
         warm_up(model)
         return model
-
-    def _report(self, state: ModelState) -> None:
-        for version, model in state.versions.items():
-            self.metrics.model_ready.labels(state.name, str(version), model.provider).set(1)
-        if not state.versions:
-            self.metrics.model_ready.labels(state.name, "", "").set(0)
-        self._count_loaded()
-
-    def _count_loaded(self) -> None:
-        self.metrics.models_loaded.set(sum(len(s.versions) for s in self.models.values()))
 
 
 def check_signature(model: LoadedModel) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -59,10 +59,24 @@ class Settings(BaseSettings):
     strict_readiness: bool = False
     """Ready only when every model in the repository loaded (else: when at least one did)."""
 
+    api_key: SecretStr | None = None
+    """Bearer key every inference and model endpoint requires (unset = open). Never logged."""
+    admin_api_key: SecretStr | None = None
+    """Bearer key for the model-repository endpoints (load/unload/index); unset = those are off."""
+    poll_interval_s: float = Field(0.0, ge=0)
+    """Look for new, changed or removed models in the repository this often (0 = never)."""
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the service's JSON logs."""
     access_log: bool = True
     """Log one JSON line per request."""
+
+    @field_validator("api_key", "admin_api_key")
+    @classmethod
+    def _strong_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("API keys must be at least 16 characters")
+        return value
 
 
 def settings_table() -> str:
@@ -70,6 +84,7 @@ def settings_table() -> str:
     rows = ["| variable | default | what it does |", "|---|---|---|"]
     for name, info in Settings.model_fields.items():
         default = info.default.as_posix() if isinstance(info.default, Path) else info.default
+        default = "unset" if default is None else default
         text = " ".join((info.description or "").split())
         rows.append(f"| `SEEDSERVE_{name.upper()}` | `{default}` | {text} |")
     return "\n".join(rows)

@@ -69,3 +69,10 @@ class ModelCardSummary(BaseModel):
 class ModelList(BaseModel):
     object: str = "list"
     data: list[ModelCardSummary]
+
+
+class RepositoryModel(BaseModel):
+    name: str
+    version: str | None = None
+    state: str = Field(description="READY or UNAVAILABLE.")
+    reason: str | None = None

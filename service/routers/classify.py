@@ -12,6 +12,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
 
+from service.auth import InferenceAuth
 from service.deps import DataPlaneDep, RegistryDep, SettingsDep
 from service.errors import InvalidInput, UnsupportedMediaType
 from service.protocol.types import ClassifyResponse, ErrorResponse, Prediction, Timing
@@ -20,7 +21,7 @@ from service.settings import Settings
 from service.tasks.classify import softmax, top_k
 from service.tasks.images import ImageSpec, Reframe, decode_image, pixels_to_array, preprocess
 
-router = APIRouter(prefix="/v1/models", tags=["classification"])
+router = APIRouter(prefix="/v1/models", tags=["classification"], dependencies=[InferenceAuth])
 
 CLASSIFY_BODY = {
     "requestBody": {

@@ -7,12 +7,13 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from service.auth import InferenceAuth
 from service.deps import RegistryDep
 from service.errors import ModelNotFound
 from service.protocol.types import ErrorResponse, ModelCardSummary, ModelList
 from service.registry import ModelState
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[InferenceAuth])
 
 # Card metrics worth showing in a listing; the full card is at /v1/models/{name}.
 HEADLINE = ("test_accuracy", "test_perplexity", "class_consistency", "fcd")

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from service.auth import InferenceAuth
 from service.deps import DataPlaneDep, RegistryDep
 from service.protocol.types import ErrorResponse, ModelMetadata, TensorMetadata
 from service.protocol.v2 import (
@@ -16,7 +17,9 @@ from service.protocol.v2 import (
 )
 from service.registry import LoadedModel
 
-router = APIRouter(prefix="/v2/models", tags=["open inference protocol"])
+router = APIRouter(
+    prefix="/v2/models", tags=["open inference protocol"], dependencies=[InferenceAuth]
+)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse},
