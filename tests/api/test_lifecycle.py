@@ -115,6 +115,10 @@ def test_no_request_fails_during_reloads(models_dir: Path) -> None:
         for version in range(2, 6):
             write_classifier(models_dir, "linear-test", version=version, seed=version)
             assert admin(client, "/v2/repository/models/linear-test/load").status_code == 200
+            seen = len(statuses)
+            deadline = time.monotonic() + 10
+            while len(statuses) < seen + 10 and time.monotonic() < deadline:
+                time.sleep(0.01)  # let traffic flow against the new version before the next swap
         stop.set()
         for thread in threads:
             thread.join()
