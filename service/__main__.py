@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
+import tempfile
 from types import FrameType
 
 import uvicorn
@@ -34,6 +36,11 @@ def main() -> None:
             os.environ[f"SEEDSERVE_{name.upper()}"] = str(value)
     settings = Settings()  # validates every variable before anything starts
     configure_logging(settings.log_level)
+    metrics_dir = None
+    if settings.workers > 1:
+        # Each worker writes its metrics to files here; /metrics merges them (see service/metrics.py).
+        metrics_dir = tempfile.mkdtemp(prefix="seedserve-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal to the handler
     # that was installed before it: make that one a no-op so a clean shutdown exits with 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -48,6 +55,8 @@ def main() -> None:
         access_log=False,
         timeout_graceful_shutdown=30,
     )
+    if metrics_dir is not None:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _stopped(signum: int, frame: FrameType | None) -> None:

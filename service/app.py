@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from service import __version__
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
     @app.get("/metrics", tags=["metrics"], response_class=Response)
     async def prometheus_metrics() -> Response:
         """Prometheus text exposition of every metric."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 PREFIX = "seedserve"
 LATENCY_BUCKETS = (
@@ -17,6 +20,10 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # With several worker processes (`--workers N`), prometheus_client writes every sample to
+        # files in PROMETHEUS_MULTIPROC_DIR and /metrics merges them; gauges then need a rule
+        # for combining processes.
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         r = self.registry
         self.inference_requests = Counter(
             f"{PREFIX}_inference_requests_total",
@@ -63,6 +70,7 @@ class Metrics:
             "Requests waiting in the model's batching queue.",
             MODEL,
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.rejected = Counter(
             f"{PREFIX}_inference_rejected_total",
@@ -75,9 +83,13 @@ class Metrics:
             "1 when the model version is loaded and ready, 0 when it failed to load.",
             [*MODEL, "provider"],
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.models_loaded = Gauge(
-            f"{PREFIX}_models_loaded", "Model versions loaded and ready.", registry=r
+            f"{PREFIX}_models_loaded",
+            "Model versions loaded and ready.",
+            registry=r,
+            multiprocess_mode="livemin",
         )
         self.http_requests = Counter(
             f"{PREFIX}_http_requests_total",
@@ -96,4 +108,13 @@ class Metrics:
             f"{PREFIX}_http_requests_in_flight",
             "HTTP requests being handled now (health and metrics excluded).",
             registry=r,
+            multiprocess_mode="livesum",
         )
+
+    def exposition(self) -> bytes:
+        """The text exposition: this process's registry, or every worker's samples merged."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.multiprocess_dir)
+        return generate_latest(merged)

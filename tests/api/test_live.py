@@ -70,3 +70,15 @@ def test_sigterm_exits_cleanly(models_dir: Path) -> None:
     with live_server(models_dir) as server:
         assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
     assert server.returncode == 0
+
+
+def test_several_workers_merge_their_metrics(models_dir: Path) -> None:
+    env = {"SEEDSERVE_WORKERS": "2"}
+    with live_server(models_dir, env=env) as server, httpx.Client(base_url=server.url) as client:
+        for _ in range(20):
+            client.post("/v1/models/linear-test/classify", json={"pixels": [[0.0] * 28] * 28})
+        text = client.get("/metrics").text
+    line = 'seedserve_http_requests_total{method="POST",route="/v1/models/{model_name}/classify",status="200"}'
+    (sample,) = [row for row in text.splitlines() if row.startswith(line)]
+    assert float(sample.split()[-1]) == 20.0  # whichever worker answered, all are counted
+    assert server.returncode == 0
