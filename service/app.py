@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 
 from service import __version__
 from service.dataplane import DataPlane, poll_repository
+from service.docs import add_docs
 from service.errors import Overloaded, ServiceError
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
@@ -60,6 +61,8 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
         summary="onnxruntime model server: classification, next-word prediction, text and image "
         "generation, with the Open Inference Protocol and OpenAI-compatible endpoints.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -71,6 +74,7 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
         access_log=settings.access_log,
     )
     _add_error_handlers(app)
+    add_docs(app)
     for module in (health, v2, repository, models, classify):
         app.include_router(module.router)
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from service import __version__
 from service.deps import RegistryDep
-from service.protocol.types import ErrorResponse, ServerMetadata
+from service.protocol.types import ServerMetadata
 
 router = APIRouter(prefix="/v2", tags=["health"])
 
@@ -19,7 +19,7 @@ async def server_metadata() -> ServerMetadata:
     return ServerMetadata(name="seedserve", version=__version__, extensions=EXTENSIONS)
 
 
-@router.get("/health/live", responses={200: {"description": "The server is live."}})
+@router.get("/health/live", response_class=Response, responses={200: {"description": "Live."}})
 async def live() -> Response:
     """Liveness: the process answers."""
     return Response(status_code=200)
@@ -27,7 +27,8 @@ async def live() -> Response:
 
 @router.get(
     "/health/ready",
-    responses={200: {"description": "Ready."}, 503: {"model": ErrorResponse}},
+    response_class=Response,
+    responses={200: {"description": "Ready."}, 503: {"description": "Not ready."}},
 )
 async def ready(request: Request, registry: RegistryDep) -> Response:
     """Readiness: start-up finished and at least one model (every model, if strict) is ready."""

@@ -27,6 +27,36 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse},
 }
 
+READY: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The model (version) is ready."},
+    404: {"model": ErrorResponse},
+    503: {"model": ErrorResponse},
+}
+
+INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: {
+        "description": "Output tensors; binary ones follow the JSON header "
+        "(`Inference-Header-Content-Length`).",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["model_name", "outputs"],
+                    "properties": {
+                        "model_name": {"type": "string"},
+                        "model_version": {"type": "string"},
+                        "id": {"type": "string"},
+                        "outputs": {"type": "array", "items": {"type": "object"}},
+                    },
+                }
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    413: {"model": ErrorResponse},
+}
+
 INFER_BODY = {
     "requestBody": {
         "required": True,
@@ -106,8 +136,10 @@ async def model_metadata(
     return metadata(model, sorted(registry.models[model_name].versions))
 
 
-@router.get("/{model_name}/ready", responses=ERRORS)
-@router.get("/{model_name}/versions/{model_version}/ready", responses=ERRORS)
+@router.get("/{model_name}/ready", response_class=Response, responses=READY)
+@router.get(
+    "/{model_name}/versions/{model_version}/ready", response_class=Response, responses=READY
+)
 async def model_ready(
     registry: RegistryDep, model_name: str, model_version: str | None = None
 ) -> Response:
@@ -125,9 +157,17 @@ async def model_config(
     return registry.get(model_name, model_version).config.raw
 
 
-@router.post("/{model_name}/infer", responses=ERRORS, openapi_extra=INFER_BODY)
 @router.post(
-    "/{model_name}/versions/{model_version}/infer", responses=ERRORS, openapi_extra=INFER_BODY
+    "/{model_name}/infer",
+    response_class=Response,
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_BODY,
+)
+@router.post(
+    "/{model_name}/versions/{model_version}/infer",
+    response_class=Response,
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_BODY,
 )
 async def infer(
     request: Request,
