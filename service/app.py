@@ -22,7 +22,7 @@ from service.metrics import Metrics
 from service.middleware import RequestMiddleware
 from service.registry import Registry
 from service.repository import Repository
-from service.routers import classify, health, models, repository, v2
+from service.routers import classify, health, images, models, repository, v2
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
     )
     _add_error_handlers(app)
     add_docs(app)
-    for module in (health, v2, repository, models, classify):
+    for module in (health, v2, repository, models, classify, images):
         app.include_router(module.router)
 
     @app.get("/metrics", tags=["metrics"], response_class=Response)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import numpy as np
 
@@ -20,6 +22,7 @@ from service.settings import Settings
 from service.tensors import NUMPY_DTYPES
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class DataPlane:
@@ -28,12 +31,16 @@ class DataPlane:
         self.metrics = metrics
         self.settings = settings
         self.executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer")
+        # Generation loops hold a thread for many steps: keep them off the inference pool.
+        self.task_executor = ThreadPoolExecutor(settings.task_threads, thread_name_prefix="task")
+        self._tasks_running: dict[tuple[str, int], int] = {}
 
     async def close(self) -> None:
         for state in list(self.registry.models.values()):
             for model in state.versions.values():
                 for batcher in model.batchers.values():
                     await batcher.close()
+        self.task_executor.shutdown(wait=True)
         self.executor.shutdown(wait=True)
 
     async def load(self, name: str) -> None:
@@ -48,6 +55,41 @@ class DataPlane:
         for model in models:
             for batcher in model.batchers.values():
                 await batcher.close()
+
+    async def run_task(
+        self,
+        model: LoadedModel,
+        work: Callable[[threading.Event], T],
+        disconnected: Callable[[], Awaitable[bool]] | None = None,
+    ) -> T:
+        """Run a long task (a sampling or decoding loop) in the task pool.
+
+        `work` gets an Event that is set when the client goes away; it should check it between
+        steps and stop. Beyond `max_concurrent_generations` per model the request is refused.
+        """
+        key = (model.name, model.version)
+        limit = self.settings.max_concurrent_generations
+        if self._tasks_running.get(key, 0) >= limit:
+            self.metrics.rejected.labels(model.name, str(model.version), "busy").inc()
+            raise Overloaded(
+                f"model {model.name!r} is running {limit} generations, its limit; retry later"
+            )
+        self._tasks_running[key] = self._tasks_running.get(key, 0) + 1
+        gauge = self.metrics.tasks_in_flight.labels(model.name, str(model.version))
+        gauge.inc()
+        cancel = threading.Event()
+        job = asyncio.get_running_loop().run_in_executor(self.task_executor, work, cancel)
+        try:
+            while disconnected is not None and not job.done():
+                done, _ = await asyncio.wait({job}, timeout=0.1)
+                if not done and await disconnected():
+                    cancel.set()
+                    break
+            return await job
+        finally:
+            cancel.set()  # also stops the work when this coroutine itself is cancelled
+            self._tasks_running[key] -= 1
+            gauge.dec()
 
     def policy(self, model: LoadedModel) -> BatchPolicy | None:
         """The batching policy of the model's primary graph: config.json, then settings."""

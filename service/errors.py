@@ -54,3 +54,9 @@ class ModelLoadError(ServiceError):
     """A model version could not be loaded; the service keeps serving the others."""
 
     status_code = 400
+
+
+class Cancelled(ServiceError):
+    """The client went away; the work stopped early. Nobody is left to read the answer."""
+
+    status_code = 499

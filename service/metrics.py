@@ -78,6 +78,49 @@ class Metrics:
             [*MODEL, "reason"],
             registry=r,
         )
+        self.generated_images = Counter(
+            f"{PREFIX}_generated_images_total", "Images generated.", MODEL, registry=r
+        )
+        self.denoising_steps = Counter(
+            f"{PREFIX}_denoising_steps_total",
+            "Denoising steps executed (one step over a whole batch counts once).",
+            MODEL,
+            registry=r,
+        )
+        self.generation_duration = Histogram(
+            f"{PREFIX}_generation_duration_seconds",
+            "Time to generate one request's images or text, in seconds.",
+            MODEL,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.generated_tokens = Counter(
+            f"{PREFIX}_generated_tokens_total", "Tokens generated.", MODEL, registry=r
+        )
+        self.prompt_tokens = Counter(
+            f"{PREFIX}_prompt_tokens_total", "Prompt tokens processed.", MODEL, registry=r
+        )
+        self.time_to_first_token = Histogram(
+            f"{PREFIX}_time_to_first_token_seconds",
+            "Time from a generation request to its first token, in seconds.",
+            MODEL,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inter_token_latency = Histogram(
+            f"{PREFIX}_inter_token_latency_seconds",
+            "Time between consecutive generated tokens, in seconds.",
+            MODEL,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tasks_in_flight = Gauge(
+            f"{PREFIX}_generation_tasks_in_flight",
+            "Generation requests running now.",
+            MODEL,
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.model_ready = Gauge(
             f"{PREFIX}_model_ready",
             "1 when the model version is loaded and ready, 0 when it failed to load.",

@@ -59,6 +59,17 @@ class Settings(BaseSettings):
     strict_readiness: bool = False
     """Ready only when every model in the repository loaded (else: when at least one did)."""
 
+    task_threads: int = Field(8, ge=1, le=256)
+    """Threads that run generation loops (diffusion sampling, token decoding)."""
+    max_concurrent_generations: int = Field(16, ge=1)
+    """Generation requests running at once per model; more get 503 with Retry-After."""
+    max_images_per_generation: int = Field(64, ge=1)
+    """Largest `n` of an image-generation request."""
+    max_diffusion_steps: int = Field(1000, ge=1)
+    """Most denoising steps one image-generation request may ask for."""
+    max_denoising_work: int = Field(16384, ge=1)
+    """Most image-steps per request: n x steps (x 2 with classifier-free guidance)."""
+
     api_key: SecretStr | None = None
     """Bearer key every inference and model endpoint requires (unset = open). Never logged."""
     admin_api_key: SecretStr | None = None

@@ -78,3 +78,202 @@ def write_classifier(
     card = {"name": name, "version": version, "metrics": {"test_accuracy": 0.1}}
     (model_dir / str(version) / "card.json").write_text(json.dumps(card))
     return model_dir
+
+
+def _save(
+    model_dir: Path, config: dict, graphs: dict[str, onnx.ModelProto], version: int = 1
+) -> Path:
+    (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.json").write_text(json.dumps(config))
+    for filename, graph in graphs.items():
+        onnx.checker.check_model(graph)
+        onnx.save(graph, str(model_dir / str(version) / filename))
+    return model_dir
+
+
+def _model(
+    nodes: list, name: str, inputs: list, outputs: list, initializers: list
+) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def decoder_onnx(latent_dim: int = 8, classes: int = 10, seed: int = 0) -> onnx.ModelProto:
+    """(latent (N, D), label (N,)) -> image (N, 1, 28, 28) in [0, 1]: a linear map plus a
+    per-class pattern, through a sigmoid. Deterministic, cheap, and its class is recoverable."""
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(0, 0.3, (latent_dim, 784)).astype(np.float32)
+    patterns = rng.normal(0, 2.0, (classes + 1, 784)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["latent", "weight"], ["mixed"]),
+        helper.make_node("Gather", ["patterns", "label"], ["pattern"], axis=0),
+        helper.make_node("Add", ["mixed", "pattern"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["flat"]),
+        helper.make_node("Reshape", ["flat", "shape"], ["image"]),
+    ]
+    return _model(
+        nodes,
+        "decoder",
+        [
+            helper.make_tensor_value_info("latent", TensorProto.FLOAT, ["batch", latent_dim]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
+        ],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+        [
+            numpy_helper.from_array(weight, "weight"),
+            numpy_helper.from_array(patterns, "patterns"),
+            numpy_helper.from_array(np.array([-1, 1, 28, 28], dtype=np.int64), "shape"),
+        ],
+    )
+
+
+def denoiser_onnx(classes: int = 10, seed: int = 0) -> onnx.ModelProto:
+    """(x (N,1,28,28), t (N,), label (N,)) -> eps: 0.5 x + a per-class pattern scaled by t."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.normal(0, 0.1, (classes + 1, 1, 28, 28)).astype(np.float32)
+    nodes = [
+        helper.make_node("Mul", ["x", "half"], ["scaled"]),
+        helper.make_node("Gather", ["patterns", "label"], ["pattern"], axis=0),
+        helper.make_node("Cast", ["t"], ["t_float"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["t_float", "per_step"], ["t_scaled"]),
+        helper.make_node("Reshape", ["t_scaled", "column"], ["t_column"]),
+        helper.make_node("Mul", ["pattern", "t_column"], ["shift"]),
+        helper.make_node("Add", ["scaled", "shift"], ["eps"]),
+    ]
+    return _model(
+        nodes,
+        "denoiser",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 28, 28]),
+            helper.make_tensor_value_info("t", TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
+        ],
+        [helper.make_tensor_value_info("eps", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+        [
+            numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half"),
+            numpy_helper.from_array(np.array(0.001, dtype=np.float32), "per_step"),
+            numpy_helper.from_array(np.array([-1, 1, 1, 1], dtype=np.int64), "column"),
+            numpy_helper.from_array(patterns, "patterns"),
+        ],
+    )
+
+
+def _generator_config(
+    name: str, generation: dict, inputs: list, outputs: list, graphs: dict
+) -> dict:
+    return {
+        "name": name,
+        "task": "image-generation",
+        "family": name.split("-")[0],
+        "dataset": "test",
+        "platform": "onnxruntime_onnx",
+        "max_batch_size": 512,
+        "inputs": inputs,
+        "outputs": outputs,
+        "labels": DIGIT_LABELS,
+        "graphs": graphs,
+        "generation": generation,
+    }
+
+
+def write_decoder_generator(root: Path, name: str = "gan-test", with_encoder: bool = False) -> Path:
+    generation: dict = {
+        "kind": "decoder",
+        "image_shape": [1, 28, 28],
+        "latent_shape": [8],
+        "output_range": [0.0, 1.0],
+        "num_classes": 10,
+        "decoder": {
+            "graph": "model",
+            "latent_input": "latent",
+            "label_input": "label",
+            "output": "image",
+        },
+    }
+    graphs = {"model.onnx": decoder_onnx()}
+    extra: dict[str, str] = {}
+    if with_encoder:
+        generation["encoder"] = {
+            "graph": "encoder",
+            "image_input": "pixels",
+            "label_input": "label",
+            "mean_output": "mean",
+            "log_variance_output": "log_variance",
+        }
+        graphs["encoder.onnx"] = encoder_onnx()
+        extra = {"encoder": "encoder.onnx"}
+    config = _generator_config(
+        name,
+        generation,
+        [
+            {"name": "latent", "datatype": "FP32", "dims": [8]},
+            {"name": "label", "datatype": "INT64", "dims": []},
+        ],
+        [{"name": "image", "datatype": "FP32", "dims": [1, 28, 28]}],
+        extra,
+    )
+    return _save(root / name, config, graphs)
+
+
+def encoder_onnx(latent_dim: int = 8, seed: int = 1) -> onnx.ModelProto:
+    """(pixels (N,1,28,28), label (N,)) -> mean, log_variance (N, D): a linear projection."""
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(0, 0.05, (784, latent_dim)).astype(np.float32)
+    nodes = [
+        helper.make_node("Flatten", ["pixels"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "weight"], ["mean"]),
+        helper.make_node("Mul", ["mean", "zero"], ["log_variance"]),
+    ]
+    return _model(
+        nodes,
+        "encoder",
+        [
+            helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 1, 28, 28]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
+        ],
+        [
+            helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["batch", latent_dim]),
+            helper.make_tensor_value_info("log_variance", TensorProto.FLOAT, ["batch", latent_dim]),
+        ],
+        [
+            numpy_helper.from_array(weight, "weight"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        ],
+    )
+
+
+def write_diffusion_generator(root: Path, name: str = "diffusion-test") -> Path:
+    generation = {
+        "kind": "diffusion",
+        "image_shape": [1, 28, 28],
+        "latent_shape": [1, 28, 28],
+        "output_range": [-1.0, 1.0],
+        "num_classes": 10,
+        "denoiser": {
+            "graph": "model",
+            "sample_input": "x",
+            "timestep_input": "t",
+            "label_input": "label",
+            "output": "eps",
+        },
+        "prediction": "epsilon",
+        "schedule": {"type": "linear", "timesteps": 100, "beta_start": 0.0001, "beta_end": 0.02},
+        "null_label": 10,
+        "clip_sample": 1.0,
+        "samplers": ["ddim", "ddpm"],
+        "defaults": {"sampler": "ddim", "steps": 10, "guidance": 2.0},
+    }
+    config = _generator_config(
+        name,
+        generation,
+        [
+            {"name": "x", "datatype": "FP32", "dims": [1, 28, 28]},
+            {"name": "t", "datatype": "INT64", "dims": []},
+            {"name": "label", "datatype": "INT64", "dims": []},
+        ],
+        [{"name": "eps", "datatype": "FP32", "dims": [1, 28, 28]}],
+        {},
+    )
+    return _save(root / name, config, {"model.onnx": denoiser_onnx()})

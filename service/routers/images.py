@@ -1,0 +1,291 @@
+"""Image generation: the OpenAI images API shape, PNG endpoints for browsers and curl, and VAE
+reconstruction. Sampling runs in the task pool and stops when the client goes away."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import threading
+import time
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.auth import InferenceAuth
+from service.deps import DataPlaneDep, RegistryDep, SettingsDep
+from service.errors import Cancelled, InvalidInput
+from service.protocol.types import ErrorResponse
+from service.registry import LoadedModel
+from service.routers.classify import read_images
+from service.settings import Settings
+from service.tasks import imagegen
+from service.tasks.images import ImageSpec, preprocess
+from service.tasks.labels import label_from_prompt, resolve_label
+
+router = APIRouter(tags=["image generation"], dependencies=[InferenceAuth])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse},
+    404: {"model": ErrorResponse},
+    503: {"model": ErrorResponse},
+}
+PNG: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: {"content": {"image/png": {}}, "description": "A PNG: one image, or a grid of them."},
+}
+Sampler = Literal["ddim", "ddpm"]
+
+
+class ImageGenerationRequest(BaseModel):
+    """OpenAI's images request; a class label stands in for the free-text prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="A generator, e.g. `diffusion-mnist`.")
+    prompt: str | None = Field(None, max_length=1000, description="Text naming a class.")
+    label: int | str | None = Field(None, description="Class index or name for every image.")
+    labels: list[int | str] | None = Field(None, description="One class per image.")
+    n: int | None = Field(None, ge=1, description="Images to generate (default 1).")
+    size: str | None = Field(None, description="Must be the model's size, e.g. `28x28`.")
+    response_format: Literal["b64_json", "png"] = Field(
+        "b64_json", description="`b64_json` (OpenAI) or `png`: one PNG grid as the body."
+    )
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Same seed, same images.")
+    steps: int | None = Field(None, ge=1, description="Denoising steps (diffusion).")
+    guidance: float | None = Field(None, ge=0, le=50, description="Classifier-free guidance.")
+    sampler: Sampler | None = Field(None, description="`ddim` or `ddpm` (diffusion).")
+    user: str | None = Field(None, description="Accepted for compatibility; unused.")
+
+
+class GeneratedImage(BaseModel):
+    b64_json: str
+    revised_prompt: str = Field(description="The class that was drawn.")
+
+
+class ImageGenerationResponse(BaseModel):
+    created: int
+    data: list[GeneratedImage]
+    model: str
+    seed: int
+    labels: list[str]
+
+
+def generator(registry: Any, name: str, version: str | None = None) -> LoadedModel:
+    model: LoadedModel = registry.get(name, version)
+    if model.config.task != "image-generation":
+        raise InvalidInput(
+            f"model {name!r} is a {model.config.task} model, not an image generator", param="model"
+        )
+    return model
+
+
+def class_ids(
+    model: LoadedModel,
+    label: int | str | None,
+    labels: list[int | str] | None,
+    prompt: str | None,
+    n: int | None,
+) -> list[int]:
+    names = model.config.labels
+    if labels is not None:
+        if label is not None:
+            raise InvalidInput("give label or labels, not both", param="labels")
+        if n is not None and n != len(labels):
+            raise InvalidInput(f"n = {n} but {len(labels)} labels were given", param="n")
+        if not labels:
+            raise InvalidInput("labels must not be empty", param="labels")
+        return [resolve_label(x, names, f"labels[{i}]") for i, x in enumerate(labels)]
+    if label is not None:
+        index = resolve_label(label, names)
+    elif prompt:
+        index = label_from_prompt(prompt, names)
+    else:
+        index = 0
+    return [index] * (n or 1)
+
+
+def check_work(
+    model: LoadedModel, settings: Settings, count: int, steps: int | None, guidance: float | None
+) -> None:
+    if count > settings.max_images_per_generation:
+        raise InvalidInput(
+            f"n must be at most {settings.max_images_per_generation}, got {count}", param="n"
+        )
+    generation = model.config.raw.get("generation", {})
+    if generation.get("kind") == "decoder":
+        return
+    defaults = generation.get("defaults", {})
+    steps = int(defaults.get("steps", 1) if steps is None else steps)
+    guidance = float(defaults.get("guidance", 1.0) if guidance is None else guidance)
+    if steps > settings.max_diffusion_steps:
+        raise InvalidInput(f"steps must be at most {settings.max_diffusion_steps}", param="steps")
+    work = count * steps * (1 if guidance in (0.0, 1.0) else 2)
+    if work > settings.max_denoising_work:
+        raise InvalidInput(
+            f"n x steps{' x 2 (guidance)' if guidance not in (0.0, 1.0) else ''} = {work} is over "
+            f"the limit of {settings.max_denoising_work} image-steps per request",
+            param="n",
+        )
+
+
+async def generate_images(
+    request: Request,
+    dataplane: Any,
+    settings: Settings,
+    model: LoadedModel,
+    ids: list[int],
+    seed: int,
+    steps: int | None,
+    guidance: float | None,
+    sampler: str | None,
+) -> np.ndarray:
+    check_work(model, settings, len(ids), steps, guidance)
+    sessions = {role: graph.session for role, graph in model.graphs.items()}
+    labels = (model.name, str(model.version))
+    metrics = dataplane.metrics
+
+    def work(cancel: threading.Event) -> np.ndarray:
+        def on_step(done: int, total: int) -> None:
+            metrics.denoising_steps.labels(*labels).inc()
+            if cancel.is_set():
+                raise Cancelled("the client went away; generation stopped")
+
+        return imagegen.generate(
+            model.config.raw, sessions, ids, None, seed, steps, guidance, sampler, on_step
+        )
+
+    async with dataplane.track(model):
+        start = time.perf_counter()
+        images: np.ndarray = await dataplane.run_task(model, work, request.is_disconnected)
+        metrics.generation_duration.labels(*labels).observe(time.perf_counter() - start)
+        metrics.generated_images.labels(*labels).inc(len(images))
+    return images
+
+
+def check_size(model: LoadedModel, size: str | None) -> None:
+    if size is None:
+        return
+    _, height, width = model.config.raw["generation"]["image_shape"]
+    if size not in {f"{width}x{height}"}:
+        raise InvalidInput(f"size must be {width}x{height} for this model", param="size")
+
+
+@router.post(
+    "/v1/images/generations",
+    response_model=ImageGenerationResponse,
+    responses={**ERRORS, 200: {"content": {"image/png": {}}}},
+)
+async def images_generations(
+    body: ImageGenerationRequest,
+    request: Request,
+    registry: RegistryDep,
+    dataplane: DataPlaneDep,
+    settings: SettingsDep,
+) -> Any:
+    """Generate class-conditional images (OpenAI images API shape)."""
+    model = generator(registry, body.model)
+    check_size(model, body.size)
+    ids = class_ids(model, body.label, body.labels, body.prompt, body.n)
+    seed = secrets.randbits(31) if body.seed is None else body.seed
+    images = await generate_images(
+        request, dataplane, settings, model, ids, seed, body.steps, body.guidance, body.sampler
+    )
+    names = [model.config.labels[i] for i in ids]
+    if body.response_format == "png":
+        return png_response(images, len(images), seed)
+    return ImageGenerationResponse(
+        created=int(time.time()),
+        data=[
+            GeneratedImage(
+                b64_json=base64.b64encode(imagegen.to_png(image)).decode(), revised_prompt=name
+            )
+            for image, name in zip(images, names, strict=True)
+        ],
+        model=model.name,
+        seed=seed,
+        labels=names,
+    )
+
+
+def png_response(images: np.ndarray, nrow: int, seed: int, scale: int = 1) -> Response:
+    if len(images) == 1 and scale == 1:
+        content = imagegen.to_png(images[0])
+    else:
+        content = imagegen.grid_png(images, min(nrow, len(images)), scale=scale)
+    return Response(content, media_type="image/png", headers={"X-Seed": str(seed)})
+
+
+@router.api_route(
+    "/v1/models/{model_name}/generate-image",
+    methods=["GET", "POST"],
+    response_class=Response,
+    responses=PNG,
+)
+async def generate_image(
+    request: Request,
+    registry: RegistryDep,
+    dataplane: DataPlaneDep,
+    settings: SettingsDep,
+    model_name: str,
+    label: str | None = Query(None, description="Class index or name (default: the first class)."),
+    n: int = Query(1, ge=1, description="Images; more than one come back as a grid."),
+    per_class: bool = Query(False, description="n images of every class, one row per class."),
+    seed: int | None = Query(None, ge=0, lt=2**63),
+    steps: int | None = Query(None, ge=1),
+    guidance: float | None = Query(None, ge=0, le=50),
+    sampler: Sampler | None = Query(None),
+    nrow: int | None = Query(None, ge=1, le=256, description="Images per grid row (default n)."),
+    scale: int = Query(1, ge=1, le=16, description="Enlarge every pixel this many times."),
+    version: str | None = Query(None),
+) -> Response:
+    """Generate and return a PNG (one image, or a grid), for browsers and curl."""
+    model = generator(registry, model_name, version)
+    if per_class:
+        ids = [c for c in range(len(model.config.labels)) for _ in range(n)]
+    else:
+        ids = class_ids(model, _label_value(label), None, None, n)
+    seed = secrets.randbits(31) if seed is None else seed
+    images = await generate_images(
+        request, dataplane, settings, model, ids, seed, steps, guidance, sampler
+    )
+    return png_response(images, nrow or n, seed, scale)
+
+
+def _label_value(label: str | None) -> int | str | None:
+    return int(label) if label is not None and label.isdigit() else label
+
+
+@router.post("/v1/models/{model_name}/reconstruct", response_class=Response, responses=PNG)
+async def reconstruct(
+    request: Request,
+    registry: RegistryDep,
+    dataplane: DataPlaneDep,
+    settings: SettingsDep,
+    model_name: str,
+    label: str = Query(..., description="The picture's class (the VAE is class-conditional)."),
+    version: str | None = Query(None),
+) -> Response:
+    """Upload pictures (as for classify); get the VAE's reconstructions back as one PNG."""
+    model = generator(registry, model_name, version)
+    if "encoder" not in model.config.raw.get("generation", {}):
+        raise InvalidInput(
+            f"model {model_name!r} has no encoder: only VAEs reconstruct", param="model"
+        )
+    pictures = await read_images(request, settings)
+    _, height, width = model.config.raw["generation"]["image_shape"]
+    spec = ImageSpec(
+        height=height, width=width, center=model.config.preprocessing.get("center", "mass")
+    )
+    pixels = np.stack([preprocess(p, spec)[0] for p in pictures])
+    index = resolve_label(_label_value(label) or 0, model.config.labels)
+    sessions = {role: graph.session for role, graph in model.graphs.items()}
+    async with dataplane.track(model):
+        images = await dataplane.run_task(
+            model,
+            lambda cancel: imagegen.reconstruct(
+                model.config.raw, sessions, pixels, [index] * len(pixels)
+            ),
+        )
+    return png_response(images, len(images), 0)
