@@ -45,9 +45,12 @@ def alphas_cumprod(schedule: Mapping[str, Any]) -> np.ndarray:
 
 
 def sampling_timesteps(total: int, steps: int) -> np.ndarray:
-    """`steps` timesteps from T-1 down to 0, evenly spaced; steps == T gives every timestep."""
+    """`steps` timesteps from T-1 down to 0, evenly spaced; steps == T gives every timestep.
+
+    Always starts at T-1 (the chain starts from pure noise) and, from two steps on, ends at 0.
+    """
     assert 1 <= steps <= total, f"steps must be in [1, {total}], got {steps}"
-    return np.unique(np.linspace(0, total - 1, steps).round().astype(np.int64))[::-1].copy()
+    return np.linspace(total - 1, 0, steps).round().astype(np.int64)
 
 
 def guided_noise(
@@ -98,7 +101,7 @@ def denoise(
         raise ValueError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
     eta = 1.0 if sampler == "ddpm" else 0.0
     timesteps = sampling_timesteps(len(abar), steps)
-    x = noise.astype(np.float32)
+    x: np.ndarray = noise.astype(np.float32)
     for i, t in enumerate(timesteps):
         a = float(abar[t])
         a_prev = float(abar[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
