@@ -1,16 +1,18 @@
 """`python -m training <command> ...`: one entry point for every family.
 
     python -m training train cnn --dataset mnist [--epochs 3 --lr 1e-3 ...]
-    python -m training train-all            # reproduce every shipped model
-    python -m training evaluate cnn-mnist   # re-measure a shipped model
+    python -m training evaluate cnn --dataset mnist   # re-measure the shipped ONNX file
+    python -m training train-all [--models-dir DIR]   # reproduce every shipped model
 
-Each family module exposes `FAMILIES` (names it trains) and `main(family, argv)`.
+Each family module exposes `main(command, family, argv) -> int` and `train_all(models_dir)`.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+from pathlib import Path
 
 # family -> module implementing it
 MODULES = {
@@ -30,9 +32,24 @@ MODULES = {
     "diffusion": "training.generate",
     "latent-diffusion": "training.generate",
 }
+# train-all order: the classifiers first, since the generators are scored with them
+SHIPPING_ORDER = ("training.classify", "training.lm", "training.generate")
+
+
+def train_all(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training train-all")
+    parser.add_argument("--models-dir", type=Path, default=None, help="default: the repo's models/")
+    args = parser.parse_args(argv)
+    for name in SHIPPING_ORDER:
+        status = int(importlib.import_module(name).train_all(args.models_dir) or 0)
+        if status:
+            return status
+    return 0
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["train-all"]:
+        return train_all(argv[1:])
     if len(argv) < 2 or argv[0] not in {"train", "evaluate"}:
         print(__doc__)
         return 2

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import shutil
 import sys
 import tempfile
@@ -82,7 +81,7 @@ SHIPPED_RUNS: list[tuple[str, list[str]]] = [
     ("cnn", ["--dataset", "fashion-mnist", "--epochs", "15", "--lr", "2e-3", "--shift", "2"]),
     ("mlp", ["--dataset", "mnist", "--epochs", "15", "--lr", "1e-3"]),
     ("mlp", ["--dataset", "fashion-mnist", "--epochs", "20", "--lr", "1e-3"]),
-    ("logreg", ["--dataset", "mnist", "--epochs", "10", "--lr", "1e-3", "--weight-decay", "1e-4"]),
+    ("logreg", ["--dataset", "mnist", "--epochs", "10", "--lr", "1e-3"]),
     ("logreg", ["--dataset", "fashion-mnist", "--epochs", "10", "--lr", "1e-3"]),
 ]
 
@@ -173,7 +172,9 @@ def fit(
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             if step % 50 == 0:
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
+                bar.set_postfix(
+                    loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False
+                )
         val_loss, val_accuracy = loss_and_accuracy(model, data.val_x, data.val_y)
         history.append(
             {
@@ -263,6 +264,7 @@ def train(family: str, cfg: TrainConfig, model_cfg: Any) -> Path:
     cfg.models_dir.mkdir(parents=True, exist_ok=True)
     # Staged inside the repository so publishing is a rename on the same file system.
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=cfg.models_dir))
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide the version from a service run as another user
     try:
         exported = WithProbabilities(model).eval()
         onnx_path = staging / "model.onnx"
@@ -280,8 +282,8 @@ def train(family: str, cfg: TrainConfig, model_cfg: Any) -> Path:
         max_abs_diff = verify(exported, onnx_path, {"image": verified}, cfg.tolerance)
         test = evaluate_onnx(onnx_path, data.test_x.numpy(), data.test_y.numpy(), data.labels)
         print(
-            f"{name}: test accuracy {test['accuracy']:.4f} (onnxruntime; torch {torch_accuracy:.4f}), "
-            f"max |onnx - torch| {max_abs_diff:.2g}",
+            f"{name}: test accuracy {test['accuracy']:.4f} with onnxruntime "
+            f"({torch_accuracy:.4f} in torch), max |onnx - torch| {max_abs_diff:.2g}",
             flush=True,
         )
         plot_curves(

@@ -8,7 +8,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only: training runs headless
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def plot_curves(history: list[dict[str, float]], best_epoch: int, path: Path, title: str) -> Path:
@@ -86,7 +86,10 @@ def classifier_card_markdown(
                         ["splits", ", ".join(f"{k} {v:,}" for k, v in dataset["splits"].items())],
                     ],
                 ),
-                "Config: `" + ", ".join(f"{k}={v}" for k, v in config.items()) + "`",
+                "Training config: `"
+                + " ".join(f"{k}={v}" for k, v in config.items() if k != "model" and v is not None)
+                + "`",
+                "Model config: `" + " ".join(f"{k}={v}" for k, v in config["model"].items()) + "`",
                 "![training curves](curves.png)",
                 "## Export",
                 f"ONNX opset {export['opset']}; onnxruntime and torch agree to "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,11 @@ def library_versions() -> dict[str, str]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Write through a temporary file and a rename: a service reading the file while it is
+    rewritten (config.json of a live model) sees the old or the new content, never half."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(partial, path)
 
 
 def publish_version(

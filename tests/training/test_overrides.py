@@ -1,0 +1,78 @@
+"""Command-line options come from the dataclass configs; anything else is refused."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from training import classify
+from training.overrides import OptionError, apply_overrides
+
+
+@dataclass
+class Example:
+    epochs: int = 1
+    lr: float = 0.1
+    widths: tuple[int, ...] = (1, 2)
+    data_dir: Path | None = None
+    shuffle: bool = True
+
+
+def test_values_are_converted_to_the_field_types() -> None:
+    (config,) = apply_overrides(
+        [
+            "--epochs",
+            "3",
+            "--lr=2e-3",
+            "--widths",
+            "8,16,32",
+            "--data-dir",
+            "/x",
+            "--shuffle",
+            "no",
+        ],
+        Example(),
+    )
+    assert config == Example(3, 2e-3, (8, 16, 32), Path("/x"), False)
+    (config,) = apply_overrides(["--data-dir", "none"], Example(data_dir=Path("/y")))
+    assert config.data_dir is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epoch", "3"], "unknown option --epoch"),
+        (["--epochs", "three"], "--epochs expects int"),
+        (["--epochs", "1.5"], "--epochs expects int"),
+        (["--lr", "fast"], "--lr expects float"),
+        (["--shuffle", "maybe"], "expects true or false"),
+        (["--epochs"], "needs a value"),
+        (["epochs", "3"], "expected --option"),
+    ],
+)
+def test_bad_options_are_refused(argv: list[str], message: str) -> None:
+    with pytest.raises(OptionError, match=message):
+        apply_overrides(argv, Example())
+
+
+def test_train_cli_rejects_unknown_options_and_wrong_types(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert classify.main("train", "cnn", ["--dataset", "digits", "--learning-rate", "1"]) == 2
+    assert "unknown option --learning-rate" in capsys.readouterr().err
+    assert classify.main("train", "mlp", ["--epochs", "ten"]) == 2
+    assert "--epochs expects int" in capsys.readouterr().err
+    assert classify.main("train", "cnn", ["--widths", "8,x"]) == 2
+    # the number of classes follows from the data: not an option
+    assert classify.main("train", "logreg", ["--num-classes", "3"]) == 2
+    assert "unknown option --num-classes" in capsys.readouterr().err
+    assert classify.main("train", "vit", []) == 2
+    assert classify.main("evaluate", "cnn", ["--epochs", "1"]) == 2
+
+
+def test_help_lists_model_and_training_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert classify.main("train", "cnn", ["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--widths" in out and "--batch-size" in out and "--num-classes" not in out
