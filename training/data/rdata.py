@@ -154,7 +154,9 @@ class Unserializer:
         if kind in (PACKAGESXP, NAMESPACESXP, PERSISTSXP):
             self.int()  # always 0: the names are written as a string vector without its flags
             names = [self.string(self.int()) for _ in range(self.int())]
-            obj = RObject({PACKAGESXP: "package", NAMESPACESXP: "namespace"}.get(kind, "persistent"), names)
+            obj = RObject(
+                {PACKAGESXP: "package", NAMESPACESXP: "namespace"}.get(kind, "persistent"), names
+            )
             self.refs.append(obj)
             return obj
         if kind == SYMSXP:
@@ -260,7 +262,9 @@ class Unserializer:
             obj = RObject(state.value[0].kind, state.value[0].value)  # state = list(x, meta)
         elif class_name == "deferred_string":
             source = state.value[0][1]  # state = pairlist(original vector, info)
-            obj = RObject("character", [None if v is None else format_number(v) for v in source.value])
+            obj = RObject(
+                "character", [None if v is None else format_number(v) for v in source.value]
+            )
         else:
             raise RFormatError(f"unsupported ALTREP class {class_name!r}")
         obj.attributes = attributes_of(attrib)

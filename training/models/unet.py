@@ -69,6 +69,7 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(g, c1)
         self.conv_out = nn.Conv2d(c1, config.image_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)  # start by predicting zero noise: a stable first step
+        assert self.conv_out.bias is not None
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
