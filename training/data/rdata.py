@@ -23,6 +23,7 @@ import gzip
 import lzma
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,11 +98,11 @@ class Unserializer:
         if magic != b"X\n":
             raise RFormatError(f"only XDR serialization is supported, header is {magic!r}")
         self.pos = 2
-        version = self.int()
-        self.int()  # writer's R version
-        self.int()  # minimal reader version
+        version = self.int32()
+        self.int32()  # writer's R version
+        self.int32()  # minimal reader version
         if version == 3:
-            self.bytes(self.int())  # native encoding name, e.g. "UTF-8"
+            self.bytes(self.int32())  # native encoding name, e.g. "UTF-8"
         elif version != 2:
             raise RFormatError(f"unsupported serialization version {version}")
         return self.item()
@@ -114,18 +115,18 @@ class Unserializer:
         self.pos += n
         return chunk
 
-    def int(self) -> int:
+    def int32(self) -> int:
         return int(struct.unpack(">i", self.bytes(4))[0])
 
     def length(self) -> int:
-        n = self.int()
+        n = self.int32()
         if n == -1:  # long vector: two more words
-            upper, lower = self.int(), self.int()
+            upper, lower = self.int32(), self.int32()
             n = (upper << 32) + lower
         return n
 
     def string(self, flags: int) -> str | None:
-        n = self.int()
+        n = self.int32()
         if n == -1:
             return None  # NA_character_
         raw = self.bytes(n)
@@ -135,13 +136,13 @@ class Unserializer:
 
     # -- items ---------------------------------------------------------------------------------
     def item(self) -> RObject:
-        flags = self.int()
+        flags = self.int32()
         kind = flags & 0xFF
         has_attr = bool(flags & (1 << 9))
         has_tag = bool(flags & (1 << 10))
 
         if kind == REFSXP:
-            index = flags >> 8 or self.int()
+            index = flags >> 8 or self.int32()
             return self.refs[index - 1]
         if kind in (NILVALUE_SXP, NILSXP):
             return NULL
@@ -152,8 +153,8 @@ class Unserializer:
         if kind in (UNBOUNDVALUE_SXP, MISSINGARG_SXP):
             return RObject("marker", None)
         if kind in (PACKAGESXP, NAMESPACESXP, PERSISTSXP):
-            self.int()  # always 0: the names are written as a string vector without its flags
-            names = [self.string(self.int()) for _ in range(self.int())]
+            self.int32()  # always 0: the names are written as a string vector without its flags
+            names = [self.string(self.int32()) for _ in range(self.int32())]
             obj = RObject(
                 {PACKAGESXP: "package", NAMESPACESXP: "namespace"}.get(kind, "persistent"), names
             )
@@ -166,7 +167,7 @@ class Unserializer:
         if kind == ENVSXP:
             obj = RObject("environment", {})
             self.refs.append(obj)  # registered before its contents, which may refer back to it
-            self.int()  # locked
+            self.int32()  # locked
             enclosure, frame, hashtab, attrib = self.item(), self.item(), self.item(), self.item()
             obj.value = dict(bindings(frame)) | dict(bindings(hashtab))
             obj.attributes = attributes_of(attrib)
@@ -179,7 +180,7 @@ class Unserializer:
         if kind == CHARSXP:
             return RObject("char", self.string(flags))
         if kind in (SPECIALSXP, BUILTINSXP):
-            return RObject("builtin", self.bytes(self.int()).decode())
+            return RObject("builtin", self.bytes(self.int32()).decode())
         if kind == EXTPTRSXP:
             obj = RObject("externalptr", None)
             self.refs.append(obj)
@@ -208,7 +209,7 @@ class Unserializer:
         while True:
             tag = self.item().value if has_tag else None
             obj.value.append((tag, self.item()))
-            flags = self.int()
+            flags = self.int32()
             cdr_kind = flags & 0xFF
             # The arguments of a call are LISTSXP cells; a closure's or promise's CDR is its body.
             same_list = cdr_kind in (LISTSXP, ATTRLISTSXP) or (cdr_kind == DOTSXP == kind)
@@ -241,7 +242,7 @@ class Unserializer:
         if kind == STRSXP:
             out = []
             for _ in range(n):
-                flags = self.int()
+                flags = self.int32()
                 if flags & 0xFF != CHARSXP:
                     raise RFormatError(f"string vector element has type {flags & 0xFF}")
                 out.append(self.string(flags))
@@ -357,9 +358,12 @@ class LazyLoadDB:
             data = zlib.decompress(blob[4:])
         else:  # 2 = bzip2, 3 = xz: one type byte follows the length ("Z", "2", "X", or "0" = none)
             kind, payload = blob[4:5], blob[5:]
-            data = {b"Z": zlib.decompress, b"2": bz2.decompress, b"X": lzma.decompress}.get(
-                kind, lambda b: b
-            )(payload)
+            decompressors: dict[bytes, Callable[[bytes], bytes]] = {
+                b"Z": zlib.decompress,
+                b"2": bz2.decompress,
+                b"X": lzma.decompress,
+            }
+            data = decompressors[kind](payload) if kind in decompressors else payload
         if len(data) != size:
             raise RFormatError(f"entry at {offset}: {len(data)} bytes, index says {size}")
         return data
