@@ -6,6 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+# Largest accepted seed: 2**53 - 1 survives every JSON parser (JavaScript numbers included).
+MAX_SEED = 2**53 - 1
+
 
 class ErrorResponse(BaseModel):
     error: str = Field(description="What was wrong, naming the field at fault where there is one.")

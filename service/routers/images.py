@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.auth import InferenceAuth
 from service.deps import DataPlaneDep, RegistryDep, SettingsDep
 from service.errors import Cancelled, InvalidInput
-from service.protocol.types import ErrorResponse
+from service.protocol.types import MAX_SEED, ErrorResponse
 from service.registry import LoadedModel
 from service.routers.classify import read_images
 from service.settings import Settings
@@ -52,7 +52,7 @@ class ImageGenerationRequest(BaseModel):
     response_format: Literal["b64_json", "png"] = Field(
         "b64_json", description="`b64_json` (OpenAI) or `png`: one PNG grid as the body."
     )
-    seed: int | None = Field(None, ge=0, lt=2**63, description="Same seed, same images.")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Same seed, same images.")
     steps: int | None = Field(None, ge=1, description="Denoising steps (diffusion).")
     guidance: float | None = Field(None, ge=0, le=50, description="Classifier-free guidance.")
     sampler: Sampler | None = Field(None, description="`ddim` or `ddpm` (diffusion).")
@@ -217,11 +217,17 @@ def png_response(images: np.ndarray, nrow: int, seed: int, scale: int = 1) -> Re
     return Response(content, media_type="image/png", headers={"X-Seed": str(seed)})
 
 
-@router.api_route(
+@router.get(
     "/v1/models/{model_name}/generate-image",
-    methods=["GET", "POST"],
     response_class=Response,
     responses=PNG,
+    operation_id="generate_image_get",
+)
+@router.post(
+    "/v1/models/{model_name}/generate-image",
+    response_class=Response,
+    responses=PNG,
+    operation_id="generate_image_post",
 )
 async def generate_image(
     request: Request,
@@ -232,7 +238,7 @@ async def generate_image(
     label: str | None = Query(None, description="Class index or name (default: the first class)."),
     n: int = Query(1, ge=1, description="Images; more than one come back as a grid."),
     per_class: bool = Query(False, description="n images of every class, one row per class."),
-    seed: int | None = Query(None, ge=0, lt=2**63),
+    seed: int | None = Query(None, ge=0, le=MAX_SEED),
     steps: int | None = Query(None, ge=1),
     guidance: float | None = Query(None, ge=0, le=50),
     sampler: Sampler | None = Query(None),
