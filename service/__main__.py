@@ -53,7 +53,7 @@ def main() -> None:
         workers=settings.workers,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
     if metrics_dir is not None:
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from service import __version__
 from service.dataplane import DataPlane, poll_repository
@@ -22,7 +23,17 @@ from service.metrics import Metrics
 from service.middleware import RequestMiddleware
 from service.registry import Registry
 from service.repository import Repository
-from service.routers import classify, health, images, models, repository, v2
+from service.routers import (
+    classify,
+    completions,
+    health,
+    images,
+    models,
+    playground,
+    repository,
+    text,
+    v2,
+)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,7 +86,7 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
     )
     _add_error_handlers(app)
     add_docs(app)
-    for module in (health, v2, repository, models, classify, images):
+    for module in (health, v2, repository, models, classify, images, playground, text, completions):
         app.include_router(module.router)
 
     @app.get("/metrics", tags=["metrics"], response_class=Response)
@@ -93,6 +104,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, Overloaded):
             headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
         return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_disconnected(request: Request, exc: ClientDisconnect) -> Response:
+        # The client went away mid-upload: no one reads this answer, and it is no server error.
+        return Response(status_code=499)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

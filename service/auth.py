@@ -9,10 +9,11 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 
 from service.deps import SettingsDep
 from service.errors import Forbidden, Unauthorized
+from service.settings import Settings
 
 
 def _presented(authorization: str | None) -> str | None:
@@ -26,13 +27,14 @@ def _matches(presented: str | None, key: str) -> bool:
     return presented is not None and hmac.compare_digest(presented.encode(), key.encode())
 
 
-async def require_inference_key(
-    settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
-) -> None:
+async def require_inference_key(request: Request) -> None:
+    # On every inference request: read the header directly rather than through sub-dependencies,
+    # which FastAPI would solve per request even when no key is set.
+    settings: Settings = request.app.state.settings
     key = settings.api_key.get_secret_value() if settings.api_key else None
     if key is None:
         return
-    presented = _presented(authorization)
+    presented = _presented(request.headers.get("authorization"))
     admin = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
     if not (_matches(presented, key) or (admin is not None and _matches(presented, admin))):
         raise Unauthorized("a valid API key is required: send `Authorization: Bearer <key>`")

@@ -88,6 +88,9 @@ class DataPlane:
             return await job
         finally:
             cancel.set()  # also stops the work when this coroutine itself is cancelled
+            # Nobody awaits `job` once this coroutine is cancelled: take its outcome so asyncio
+            # does not log "exception was never retrieved" for a stopped task.
+            job.add_done_callback(lambda f: f.cancelled() or f.exception())
             self._tasks_running[key] -= 1
             gauge.dec()
 
@@ -152,6 +155,9 @@ class DataPlane:
     ) -> dict[str, np.ndarray]:
         """Validate `inputs` against the model's primary graph and run it."""
         validate_inputs(model, inputs)
+        check = model.resources.get("check_inputs")  # the task's own checks (graph indices...)
+        if check is not None:
+            check(inputs, self.settings)
         names = list(output_names) if output_names else [s.name for s in model.config.outputs]
         known = {s.name for s in model.config.outputs}
         for name in names:

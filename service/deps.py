@@ -11,20 +11,23 @@ from service.metrics import Metrics
 from service.registry import Registry
 from service.settings import Settings
 
+# `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per
+# dependency per request that cost more than the inference of a small model.
 
-def get_registry(request: Request) -> Registry:
+
+async def get_registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-def get_dataplane(request: Request) -> DataPlane:
+async def get_dataplane(request: Request) -> DataPlane:
     return request.app.state.dataplane
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 

@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PayloadTooLarge
@@ -46,22 +47,26 @@ class RequestMiddleware:
         else:
             too_large = None
         received = 0
+        refused: PayloadTooLarge | None = None  # set once the body was cut off at the limit
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused
             if too_large is not None:
+                refused = too_large
                 raise too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise PayloadTooLarge(
+                    refused = PayloadTooLarge(
                         f"request body is over the {limit}-byte limit", param="body"
                     )
+                    raise refused
             return message
 
         status = 500
         start = time.perf_counter()
+        replaced = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -73,12 +78,35 @@ class RequestMiddleware:
                 ]
             await send(message)
 
+        async def send_or_refuse(message: Message) -> None:
+            nonlocal replaced
+            if refused is None:
+                await send_with_id(message)
+                return
+            # Whatever the app made of the failed read (FastAPI's body parser turns any error
+            # into a 400), a body over the limit is answered with the 413, once.
+            if not replaced:
+                replaced = True
+                body = orjson.dumps({"error": refused.message})
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
+                await send_with_id(
+                    {
+                        "type": "http.response.start",
+                        "status": refused.status_code,
+                        "headers": headers,
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+
         path: str = scope["path"]
         counted = not path.startswith(UNCOUNTED) and path != "/v2/health"
         if counted:
             self.metrics.http_in_flight.inc()
         try:
-            await self.app(scope, limited_receive, send_with_id)
+            await self.app(scope, limited_receive, send_or_refuse)
         finally:
             elapsed = time.perf_counter() - start
             if counted:

@@ -142,7 +142,8 @@ class Registry:
             raise ModelNotReady(f"model {name!r} is not ready: {state.reason}")
         if version is None or version == "":
             return state.versions[max(state.versions)]
-        if not version.isdigit() or int(version) not in state.versions:
+        # isascii: str.isdigit also accepts digits such as '²' that int() refuses
+        if not (version.isascii() and version.isdigit()) or int(version) not in state.versions:
             raise ModelNotFound(f"model {name!r} has no loaded version {version!r}")
         return state.versions[int(version)]
 

@@ -168,7 +168,9 @@ class Repository:
 
     def versions(self, name: str) -> list[int]:
         return sorted(
-            int(p.name) for p in self.model_dir(name).iterdir() if p.is_dir() and p.name.isdigit()
+            int(p.name)
+            for p in self.model_dir(name).iterdir()
+            if p.is_dir() and p.name.isascii() and p.name.isdigit()  # int('²') fails
         )
 
     def config(self, name: str) -> ModelConfig:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import logging
+import os
+import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +62,70 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     # Several sessions share few cores: spinning threads would steal them from each other.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.enable_cpu_mem_arena = settings.cpu_memory_arena
     options.log_severity_level = 3
     return options
+
+
+def served_file(path: Path, settings: Settings) -> Path:
+    """`model.int8.onnx` beside `model.onnx` when int8 serving is on and the version has one."""
+    if settings.int8:
+        quantized = path.with_name(f"{path.stem}.int8.onnx")
+        if quantized.is_file():
+            return quantized
+    return path
+
+
+@functools.cache
+def _cpu_tag() -> str:
+    """Optimised graphs (NCHWc layouts) depend on the instruction set: key the cache by it."""
+    flags = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line
+                break
+    return hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:8]
+
+
+def cached_graph_path(path: Path, settings: Settings) -> Path | None:
+    """Where the optimised form of `path` is (or will be) cached; None when caching is off."""
+    if settings.optimized_model_cache is None or settings.graph_optimization == "disable":
+        return None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:24]
+    name = f"{digest}-{settings.graph_optimization}-ort{ort.__version__}-{_cpu_tag()}.onnx"
+    return settings.optimized_model_cache / name
+
+
+def create_session(
+    path: Path, settings: Settings, providers: Sequence[str]
+) -> ort.InferenceSession:
+    """A session for `path`; on CPU with a cache folder, the optimisation done at the first load
+    is saved there and later loads skip it."""
+    options = session_options(settings)
+    cached = cached_graph_path(path, settings) if providers[0] == CPU else None
+    if cached is not None and cached.is_file():
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            return ort.InferenceSession(str(cached), sess_options=options, providers=providers)
+        except Exception as exc:  # a damaged cache file: optimise again and overwrite it
+            log.warning("ignoring the cached optimised graph %s: %s", cached, exc)
+            options = session_options(settings)
+    if cached is None:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    partial = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        options.optimized_model_filepath = str(partial)
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        os.replace(partial, cached)  # atomic: workers loading at once never see half a file
+    except Exception as exc:  # an unwritable cache (OSError, or onnxruntime's own error)
+        log.warning("cannot cache the optimised graph of %s in %s: %s", path, cached.parent, exc)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        options = session_options(settings)  # a broken model fails again here, with its reason
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    return session
 
 
 @dataclass(frozen=True)
@@ -72,11 +139,9 @@ class Graph:
     """One ONNX graph in one onnxruntime session."""
 
     def __init__(self, path: Path, settings: Settings) -> None:
-        self.path = path
+        self.path = served_file(path, settings)
         providers = choose_providers(settings.provider, ort.get_available_providers())
-        self.session = ort.InferenceSession(
-            str(path), sess_options=session_options(settings), providers=providers
-        )
+        self.session = create_session(self.path, settings, providers)
         self.provider = self.session.get_providers()[0]
         self.inputs = [_tensor(x) for x in self.session.get_inputs()]
         self.outputs = [_tensor(x) for x in self.session.get_outputs()]

@@ -36,6 +36,15 @@ class Settings(BaseSettings):
     """onnxruntime graph optimisation level."""
     inference_threads: int = Field(2, ge=1, le=256)
     """Threads that run onnxruntime calls off the event loop."""
+    optimized_model_cache: Path | None = None
+    """Folder where onnxruntime's optimised graphs are saved at first load and loaded from later
+    (keyed by the ONNX file's sha256, the optimisation level and the onnxruntime version); unset =
+    optimise at every load."""
+    cpu_memory_arena: bool = True
+    """onnxruntime's CPU memory arena: reuses buffers across calls (faster), keeps their peak."""
+    int8: bool = False
+    """Serve a version's `model.int8.onnx` (int8 dynamic quantisation, accuracy cost measured in
+    its card) instead of `model.onnx` where the version has one."""
 
     batching: bool = True
     """Dynamic batching for models whose config allows it (max_batch_size > 0)."""
@@ -55,6 +64,10 @@ class Settings(BaseSettings):
     """Largest decoded image accepted, in pixels (width x height); guards decompression bombs."""
     max_top_k: int = Field(100, ge=1)
     """Largest `top_k` a classification request may ask for."""
+    max_graph_nodes: int = Field(20_000, ge=1)
+    """Most nodes (summed over its graphs) one graph-classifier request may carry."""
+    max_graph_edges: int = Field(200_000, ge=1)
+    """Most edges (summed over its graphs) one graph-classifier request may carry."""
 
     strict_readiness: bool = False
     """Ready only when every model in the repository loaded (else: when at least one did)."""
@@ -69,6 +82,20 @@ class Settings(BaseSettings):
     """Most denoising steps one image-generation request may ask for."""
     max_denoising_work: int = Field(16384, ge=1)
     """Most image-steps per request: n x steps (x 2 with classifier-free guidance)."""
+    max_prompt_chars: int = Field(20_000, ge=1)
+    """Longest prompt (or next-word text) a language-model request may send, in characters."""
+    max_prompt_tokens: int = Field(2048, ge=1)
+    """Longest prompt a language-model request may send, in tokens (words and punctuation)."""
+    max_new_tokens: int = Field(512, ge=1)
+    """Largest `max_tokens` (tokens to generate per sequence) of a text-generation request."""
+    max_completion_choices: int = Field(16, ge=1)
+    """Most sequences one completion request may write: `n` x the number of prompts."""
+    max_logprobs: int = Field(20, ge=0)
+    """Largest `logprobs` (alternative tokens reported per token) of a completion request."""
+    max_stop_sequences: int = Field(16, ge=0)
+    """Most stop strings one text-generation request may give."""
+    max_next_words: int = Field(100, ge=1)
+    """Largest `top_k` (words returned) of a next-word request."""
 
     api_key: SecretStr | None = None
     """Bearer key every inference and model endpoint requires (unset = open). Never logged."""
@@ -76,6 +103,9 @@ class Settings(BaseSettings):
     """Bearer key for the model-repository endpoints (load/unload/index); unset = those are off."""
     poll_interval_s: float = Field(0.0, ge=0)
     """Look for new, changed or removed models in the repository this often (0 = never)."""
+    shutdown_timeout_s: int = Field(30, ge=1, le=3600)
+    """On SIGTERM, how long in-flight requests may take to finish, in seconds, before they are
+    cut off and the server exits."""
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the service's JSON logs."""

@@ -277,3 +277,121 @@ def write_diffusion_generator(root: Path, name: str = "diffusion-test") -> Path:
         {},
     )
     return _save(root / name, config, {"model.onnx": denoiser_onnx()})
+
+
+# -- language models --------------------------------------------------------------------------------
+# A word-level bigram model laid out as training/lm_export.py publishes one (model.onnx, step.onnx,
+# vocab.json, config.json with "step" and "tokenizer"). After each word, the word in LM_CHAIN is
+# likely (greedy decoding follows the chain) and every other word possible, so sampling varies.
+LM_WORDS = ["<unk>", "\n", "the", "cat", "sat", "on", "mat", ".", "a", "dog", "ran", "home", ","]
+LM_CHAIN = {"the": "cat", "cat": "sat", "sat": "on", "on": "the", "a": "dog", "dog": "ran",
+            "ran": "home", "home": ".", ".": "\n", "\n": "the", "mat": ".", ",": "a"}  # fmt: skip
+LM_HIDDEN = 4
+
+
+def bigram_table() -> np.ndarray:
+    """Logits (V, V): row = the previous word."""
+    vocab = len(LM_WORDS)
+    table = np.ones((vocab, vocab), dtype=np.float32)
+    for word, following in LM_CHAIN.items():
+        table[LM_WORDS.index(word), LM_WORDS.index(following)] = 3.0
+    table[:, 0] = 4.0  # <unk> would often win: the decoder must never write it
+    return table
+
+
+def lm_full_onnx() -> onnx.ModelProto:
+    """model.onnx: input_ids (B, T) -> logits (B, T, V)."""
+    vocab = len(LM_WORDS)
+    return _model(
+        [helper.make_node("Gather", ["table", "input_ids"], ["logits"], axis=0)],
+        "bigram_full",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "time"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "time", vocab])],
+        [numpy_helper.from_array(bigram_table(), "table")],
+    )
+
+
+def lm_step_onnx(cache: bool) -> onnx.ModelProto:
+    """step.onnx: (input_ids (B, T), state) -> (logits (B, T, V), next state). The state is a
+    hidden vector passed through (recurrent families) or, with `cache`, a growing (B, past, 1)
+    cache of the ids read (the shape of a Transformer's key/value cache)."""
+    vocab = len(LM_WORDS)
+    logits = helper.make_node("Gather", ["table", "input_ids"], ["logits"], axis=0)
+    initializers = [numpy_helper.from_array(bigram_table(), "table")]
+    if cache:
+        nodes = [
+            logits,
+            helper.make_node("Cast", ["input_ids"], ["ids_float"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["ids_float", "last_axis"], ["new"]),
+            helper.make_node("Concat", ["past", "new"], ["present"], axis=1),
+        ]
+        initializers.append(numpy_helper.from_array(np.array([2], dtype=np.int64), "last_axis"))
+        state_in = helper.make_tensor_value_info("past", TensorProto.FLOAT, ["batch", "past", 1])
+        state_out = helper.make_tensor_value_info(
+            "present", TensorProto.FLOAT, ["batch", "total", 1]
+        )
+    else:
+        nodes = [logits, helper.make_node("Identity", ["h"], ["h_out"])]
+        state_in = helper.make_tensor_value_info("h", TensorProto.FLOAT, ["batch", LM_HIDDEN])
+        state_out = helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["batch", LM_HIDDEN])
+    return _model(
+        nodes,
+        "bigram_step",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "new"]), state_in],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "new", vocab]),
+            state_out,
+        ],
+        initializers,
+    )
+
+
+def lm_state(cache: bool) -> dict:
+    if cache:
+        return {"input": "past", "output": "present", "datatype": "FP32", "initial": "zeros",
+                "dims": ["batch", "past", 1], "batch_axis": 0, "length_axis": 1}  # fmt: skip
+    return {"input": "h", "output": "h_out", "datatype": "FP32", "initial": "zeros",
+            "dims": ["batch", LM_HIDDEN], "batch_axis": 0, "length_axis": None}  # fmt: skip
+
+
+def write_language_model(
+    root: Path, name: str = "lm-test", cache: bool = False, max_length: int | None = None
+) -> Path:
+    vocab = len(LM_WORDS)
+    config = {
+        "name": name,
+        "task": "language-model",
+        "family": "transformer" if cache else "rnn",
+        "dataset": "test",
+        "platform": "onnxruntime_onnx",
+        "max_batch_size": 8,
+        "inputs": [{"name": "input_ids", "datatype": "INT64", "dims": [-1]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "dims": [-1, vocab]}],
+        "max_length": max_length,
+        "graphs": {"step": "step.onnx"},
+        "tokenizer": {
+            "vocab": "vocab.json",
+            "type": "word",
+            "lowercase": False,
+            "unk_id": 0,
+            "bos_id": 1,
+            "vocab_size": vocab,
+        },
+        "step": {
+            "graph": "step.onnx",
+            "input_ids": "input_ids",
+            "logits": "logits",
+            "max_new_tokens": None,
+            "state": [lm_state(cache)],
+        },
+        "batching": {"max_queue_delay_ms": 0.0, "preferred_batch_sizes": []},
+    }
+    model_dir = _save(
+        root / name, config, {"model.onnx": lm_full_onnx(), "step.onnx": lm_step_onnx(cache)}
+    )
+    words = {"type": "word", "lowercase": False, "unk": "<unk>", "paragraph": "\n", "bos_id": 1,
+             "words": LM_WORDS}  # fmt: skip
+    (model_dir / "1" / "vocab.json").write_text(json.dumps(words))
+    card = {"name": name, "version": 1, "metrics": {"test_perplexity": 9.5}}
+    (model_dir / "1" / "card.json").write_text(json.dumps(card))
+    return model_dir

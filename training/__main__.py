@@ -3,6 +3,7 @@
     python -m training train cnn --dataset mnist [--epochs 3 --lr 1e-3 ...]
     python -m training evaluate cnn --dataset mnist   # re-measure the shipped ONNX file
     python -m training train-all [--models-dir DIR]   # reproduce every shipped model
+    python -m training quantize mlp-mnist [...]       # int8 file beside model.onnx, if accurate
 
 Each family module exposes `main(command, family, argv) -> int` and `train_all(models_dir)`.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +36,9 @@ MODULES = {
 }
 # train-all order: the classifiers first, since the generators are scored with them
 SHIPPING_ORDER = ("training.classify", "training.lm", "training.generate")
+# modules whose training runs under torchrun with DDP (training/distributed.py); the others
+# refuse several ranks rather than train the same model twice and publish it twice
+DISTRIBUTED = {"training.classify"}
 
 
 def train_all(argv: list[str]) -> int:
@@ -50,12 +55,18 @@ def train_all(argv: list[str]) -> int:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["train-all"]:
         return train_all(argv[1:])
+    if argv[:1] == ["quantize"]:
+        return int(importlib.import_module("training.quantize").main(argv[1:]))
     if len(argv) < 2 or argv[0] not in {"train", "evaluate"}:
         print(__doc__)
         return 2
     command, family, rest = argv[0], argv[1], argv[2:]
     if family not in MODULES:
         print(f"unknown family {family!r}; known: {', '.join(sorted(MODULES))}", file=sys.stderr)
+        return 2
+    several_ranks = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if command == "train" and several_ranks and MODULES[family] not in DISTRIBUTED:
+        print(f"{family}: trains on one process; start it without torchrun", file=sys.stderr)
         return 2
     module = importlib.import_module(MODULES[family])
     return int(module.main(command, family, rest) or 0)

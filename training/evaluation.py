@@ -7,12 +7,15 @@ The card's numbers, `python -m training evaluate` and the shipped-model test all
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from service.tasks.graphs import Graph, GraphSpec, batch_graphs, image_to_graph
 from training.data.images import load_test_split, normalise
 
 BATCH_SIZE = 500  # fixed: the same batches give bit-identical logits on every re-measurement
@@ -33,6 +36,41 @@ def onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:
         for i in range(0, len(images), BATCH_SIZE)
     ]
     return np.concatenate(batches)
+
+
+def onnx_graph_logits(path: Path, graphs: Sequence[Graph]) -> np.ndarray:
+    """Run graphs through a graph classifier's (x, edge_index, batch) inputs: logits (N, classes)."""
+    session = onnx_session(path)
+    batches = [
+        session.run(["logits"], batch_graphs(graphs[i : i + BATCH_SIZE]))[0]
+        for i in range(0, len(graphs), BATCH_SIZE)
+    ]
+    return np.concatenate(batches)
+
+
+def median_latency_ms(
+    path: Path, feeds: Mapping[str, np.ndarray], repeats: int = 50, threads: int = 1
+) -> float:
+    """Median wall time of one onnxruntime call on `feeds` (one intra-op thread), after warm-up."""
+    return interleaved_latency_ms([(path, feeds)], repeats, threads)[0]
+
+
+def interleaved_latency_ms(
+    runs: Sequence[tuple[Path, Mapping[str, np.ndarray]]], repeats: int = 50, threads: int = 1
+) -> list[float]:
+    """Median milliseconds per call of each (model, feeds), the calls taken in turns so that
+    models compared with each other meet the same load on a shared machine."""
+    sessions = [(onnx_session(path, threads), dict(feeds)) for path, feeds in runs]
+    for session, inputs in sessions:
+        for _ in range(3):  # warm-up
+            session.run(None, inputs)
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(repeats):
+        for (session, inputs), samples in zip(sessions, times, strict=True):
+            started = time.perf_counter()
+            session.run(None, inputs)
+            samples.append(time.perf_counter() - started)
+    return [float(np.median(samples) * 1e3) for samples in times]
 
 
 def classification_metrics(
@@ -63,6 +101,12 @@ def evaluate_onnx(
     return classification_metrics(onnx_logits(path, images), labels, class_names)
 
 
+def evaluate_onnx_graphs(
+    path: Path, graphs: Sequence[Graph], labels: np.ndarray, class_names: list[str]
+) -> dict[str, Any]:
+    return classification_metrics(onnx_graph_logits(path, graphs), labels, class_names)
+
+
 def latest_version(model_dir: Path) -> Path:
     versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
     if not versions:
@@ -84,4 +128,9 @@ def evaluate_shipped(
     test = load_test_split(config["dataset"], data_dir, image_folder)
     pre = config["preprocessing"]
     images = normalise(test.images, pre["mean"], pre["std"]).numpy()
-    return evaluate_onnx(version / "model.onnx", images, test.labels, config["labels"]), card
+    path, labels, names = version / "model.onnx", test.labels, config["labels"]
+    if "graph" in config:  # a graph classifier: the pictures become graphs as in the service
+        spec = GraphSpec.from_config(config["graph"])
+        graphs = [image_to_graph(image[0], spec) for image in images]
+        return evaluate_onnx_graphs(path, graphs, labels, names), card
+    return evaluate_onnx(path, images, labels, names), card

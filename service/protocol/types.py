@@ -79,3 +79,11 @@ class RepositoryModel(BaseModel):
     version: str | None = None
     state: str = Field(description="READY or UNAVAILABLE.")
     reason: str | None = None
+
+
+class ModelFileList(BaseModel):
+    model_name: str
+    model_version: str
+    files: list[str] = Field(
+        description="The version's .md and .png files (card.md, curves.png...)."
+    )

@@ -39,7 +39,7 @@ class InferRequest:
 def parse_header_length(value: str | None, body_length: int) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or int(value) > body_length:
+    if not (value.isascii() and value.isdigit()) or int(value) > body_length:
         raise InvalidInput(
             f"Inference-Header-Content-Length must be an integer between 0 and the body length "
             f"({body_length}), not {value!r}",

@@ -19,6 +19,7 @@ from service.protocol.types import ClassifyResponse, ErrorResponse, Prediction, 
 from service.registry import LoadedModel
 from service.settings import Settings
 from service.tasks.classify import softmax, top_k
+from service.tasks.graphs import GraphSpec, graphs_from_json, images_to_inputs
 from service.tasks.images import ImageSpec, Reframe, decode_image, pixels_to_array, preprocess
 
 router = APIRouter(prefix="/v1/models", tags=["classification"], dependencies=[InferenceAuth])
@@ -50,6 +51,12 @@ CLASSIFY_BODY = {
                             "type": "array",
                             "description": "(H, W) or (N, H, W) intensities in [0, 1] or 0-255.",
                         },
+                        "graph": {
+                            "type": "object",
+                            "description": "Graph classifiers only: {nodes: [[intensity, row, "
+                            "column], ...], edges: [[source, target], ...]}.",
+                        },
+                        "graphs": {"type": "array", "items": {"type": "object"}},
                     },
                 }
             },
@@ -82,7 +89,8 @@ async def classify(
     ),
     version: str | None = Query(None, description="Model version (default: the newest)."),
 ) -> ClassifyResponse:
-    """Classify one or more pictures (multipart files, base64 JSON or pixel arrays)."""
+    """Classify one or more pictures (multipart files, base64 JSON or pixel arrays), or graphs
+    (JSON) for a graph classifier."""
     model = registry.get(model_name, version)
     if model.config.task != "classification":
         raise InvalidInput(f"model {model_name!r} is a {model.config.task} model, not a classifier")
@@ -90,11 +98,13 @@ async def classify(
         raise InvalidInput(f"top_k must be at most {settings.max_top_k}", param="top_k")
     async with dataplane.track(model):
         start = time.perf_counter()
-        images = await read_images(request, settings)
-        spec = ImageSpec.from_config(model.config.preprocessing)
-        batch = np.stack([preprocess(image, spec, reframe) for image in images])
+        graph_spec = model.resources.get("graph")
+        if graph_spec is None:
+            feeds = await read_image_batch(request, settings, model, reframe)
+        else:
+            feeds = await read_graph_batch(request, settings, model, reframe, graph_spec)
         prepared = time.perf_counter()
-        outputs = await dataplane.infer(model, {model.config.inputs[0].name: batch}, None)
+        outputs = await dataplane.infer(model, feeds, None)
         done = time.perf_counter()
         predictions = top_k(probabilities(model, outputs), model.config.labels, top_k_)
     return ClassifyResponse(
@@ -107,6 +117,33 @@ async def classify(
             total_ms=(time.perf_counter() - start) * 1e3,
         ),
     )
+
+
+async def read_image_batch(
+    request: Request, settings: Settings, model: LoadedModel, reframe: Reframe
+) -> dict[str, np.ndarray]:
+    """The pictures of the request, preprocessed as in training, as the model's one input."""
+    images = await read_images(request, settings)
+    spec = ImageSpec.from_config(model.config.preprocessing)
+    batch = np.stack([preprocess(image, spec, reframe) for image in images])
+    return {model.config.inputs[0].name: batch}
+
+
+async def read_graph_batch(
+    request: Request, settings: Settings, model: LoadedModel, reframe: Reframe, spec: GraphSpec
+) -> dict[str, np.ndarray]:
+    """A graph classifier's inputs: JSON graphs as given, or pictures converted as in training."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in {"application/json", ""}:
+        try:
+            obj = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"request body is not valid JSON: {exc}", param="body") from None
+        if isinstance(obj, dict) and {"graph", "graphs"} & set(obj):
+            return graphs_from_json(obj, spec, settings.max_images_per_request)
+    images = await read_images(request, settings)
+    image_spec = ImageSpec.from_config(model.config.preprocessing)
+    return images_to_inputs([preprocess(image, image_spec, reframe) for image in images], spec)
 
 
 def probabilities(model: LoadedModel, outputs: dict[str, np.ndarray]) -> np.ndarray:

@@ -106,13 +106,18 @@ def class_ids(
     return [index] * (n or 1)
 
 
-def check_work(
-    model: LoadedModel, settings: Settings, count: int, steps: int | None, guidance: float | None
-) -> None:
+def check_count(settings: Settings, count: int) -> None:
+    """Refuse too many images before building anything per image (n may be 10**30)."""
     if count > settings.max_images_per_generation:
         raise InvalidInput(
             f"n must be at most {settings.max_images_per_generation}, got {count}", param="n"
         )
+
+
+def check_work(
+    model: LoadedModel, settings: Settings, count: int, steps: int | None, guidance: float | None
+) -> None:
+    check_count(settings, count)
     generation = model.config.raw.get("generation", {})
     if generation.get("kind") == "decoder":
         return
@@ -187,6 +192,7 @@ async def images_generations(
     """Generate class-conditional images (OpenAI images API shape)."""
     model = generator(registry, body.model)
     check_size(model, body.size)
+    check_count(settings, body.n or 1)
     ids = class_ids(model, body.label, body.labels, body.prompt, body.n)
     seed = secrets.randbits(31) if body.seed is None else body.seed
     images = await generate_images(
@@ -248,10 +254,11 @@ async def generate_image(
 ) -> Response:
     """Generate and return a PNG (one image, or a grid), for browsers and curl."""
     model = generator(registry, model_name, version)
+    check_count(settings, n * (len(model.config.labels) if per_class else 1))
     if per_class:
         ids = [c for c in range(len(model.config.labels)) for _ in range(n)]
     else:
-        ids = class_ids(model, _label_value(label), None, None, n)
+        ids = class_ids(model, None if label is None else _label_value(label), None, None, n)
     seed = secrets.randbits(31) if seed is None else seed
     images = await generate_images(
         request, dataplane, settings, model, ids, seed, steps, guidance, sampler
@@ -259,8 +266,9 @@ async def generate_image(
     return png_response(images, nrow or n, seed, scale)
 
 
-def _label_value(label: str | None) -> int | str | None:
-    return int(label) if label is not None and label.isdigit() else label
+def _label_value(label: str) -> int | str:
+    # isascii: '²'.isdigit() is true, but int('²') fails
+    return int(label) if label.isascii() and label.isdigit() else label
 
 
 @router.post("/v1/models/{model_name}/reconstruct", response_class=Response, responses=PNG)
@@ -285,7 +293,7 @@ async def reconstruct(
         height=height, width=width, center=model.config.preprocessing.get("center", "mass")
     )
     pixels = np.stack([preprocess(p, spec)[0] for p in pictures])
-    index = resolve_label(_label_value(label) or 0, model.config.labels)
+    index = resolve_label(_label_value(label), model.config.labels)
     sessions = {role: graph.session for role, graph in model.graphs.items()}
     async with dataplane.track(model):
         images = await dataplane.run_task(

@@ -11,6 +11,7 @@ from service.auth import AdminAuth
 from service.deps import DataPlaneDep, RegistryDep
 from service.errors import InvalidInput
 from service.protocol.types import ErrorResponse, RepositoryModel
+from service.registry import LoadedModel
 from service.repository import check_name
 
 router = APIRouter(
@@ -30,13 +31,24 @@ async def index(request: Request, registry: RegistryDep) -> list[RepositoryModel
         state = registry.models.get(name)
         if state is not None and state.versions:
             entries += [
-                RepositoryModel(name=name, version=str(v), state="READY")
-                for v in sorted(state.versions)
+                RepositoryModel(name=name, version=str(v), state="READY", reason=_gone(model))
+                for v, model in sorted(state.versions.items())
             ]
         elif not ready_only:
             reason = state.reason if state is not None else "not loaded"
             entries.append(RepositoryModel(name=name, state="UNAVAILABLE", reason=reason))
     return entries
+
+
+def _gone(model: LoadedModel) -> str | None:
+    """Say so when a serving version's files were deleted from the repository since it loaded."""
+    missing = sorted(g.path.name for g in model.graphs.values() if not g.path.is_file())
+    if not missing:
+        return None
+    return (
+        f"{', '.join(missing)} no longer in the repository: the loaded copy serves until the "
+        "model is unloaded or reloaded"
+    )
 
 
 async def _ready_filter(request: Request) -> bool:

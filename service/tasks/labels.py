@@ -22,7 +22,7 @@ def resolve_label(value: int | str, labels: Sequence[str], param: str = "label")
     for index, name in enumerate(labels):
         if name.lower() == wanted:
             return index
-    if wanted.isdigit():
+    if wanted.isascii() and wanted.isdigit():  # not '²', which int() refuses
         return resolve_label(int(wanted), labels, param)
     raise InvalidInput(
         f"{param} {value!r} is not a class of this model: {', '.join(labels)}", param=param

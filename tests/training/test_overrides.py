@@ -68,7 +68,7 @@ def test_train_cli_rejects_unknown_options_and_wrong_types(
     # the number of classes follows from the data: not an option
     assert classify.main("train", "logreg", ["--num-classes", "3"]) == 2
     assert "unknown option --num-classes" in capsys.readouterr().err
-    assert classify.main("train", "vit", []) == 2
+    assert classify.main("train", "resnet", []) == 2  # no such family
     assert classify.main("evaluate", "cnn", ["--epochs", "1"]) == 2
 
 

@@ -139,15 +139,13 @@ def test_random_shift_moves_each_image_within_bounds() -> None:
     assert (edge == -1.0).any(), "pixels shifted in from outside take the background value"
 
 
-def test_shipped_runs_cover_the_six_classifiers() -> None:
-    names = {
+def test_shipped_runs_cover_the_shipped_classifiers() -> None:
+    names = [
         f"{family}-{argv[argv.index('--dataset') + 1]}" for family, argv in classify.SHIPPED_RUNS
-    }
-    assert names == {
-        f"{f}-{d}" for f in ("logreg", "mlp", "cnn") for d in ("mnist", "fashion-mnist")
-    }
-    assert classify.SHIPPED_RUNS[0][0] == "cnn" and "mnist" in classify.SHIPPED_RUNS[0][1]
+    ]
+    assert set(names) == {
+        f"{f}-{d}" for f in ("logreg", "mlp", "cnn", "vit") for d in ("mnist", "fashion-mnist")
+    } | {"gnn-mnist"}
+    assert names[:2] == ["cnn-mnist", "cnn-fashion-mnist"], "the ViT/GNN cards compare with them"
     for family, argv in classify.SHIPPED_RUNS:  # every option parses
-        classify.apply_overrides(
-            argv, TrainConfig(), classify.FAMILIES[family][0](), fixed=classify.DATA_FIELDS
-        )
+        classify.apply_overrides(argv, *classify.option_configs(family), fixed=classify.DATA_FIELDS)

@@ -1,0 +1,297 @@
+"""`POST /v1/completions`: OpenAI's completions API as vLLM serves it, so the official `openai`
+client works unchanged, plain and streaming (server-sent events ending `data: [DONE]`).
+
+Errors on this route use OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, and
+a request that does not validate is a 400 (as in vLLM), not the service's usual 422.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
+
+from service.auth import InferenceAuth
+from service.deps import DataPlaneDep, RegistryDep, SettingsDep
+from service.errors import Cancelled, InvalidInput, Overloaded, ServiceError
+from service.protocol.openai import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    FinishReason,
+    OpenAIError,
+    OpenAIErrorResponse,
+    Usage,
+)
+from service.routers.text import SSE_HEADERS, sse, stop_strings
+from service.tasks.language_model import (
+    GenerationJob,
+    SequenceToken,
+    check_generation,
+    check_prompt,
+    decoder_of,
+    first_event,
+    language_model,
+    sampling_params,
+    stream_generation,
+)
+from service.tasks.textgen import Context, GeneratedToken
+
+UNION_MEMBERS = {"str", "int", "float", "bool", "list", "dict", "none"}
+ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
+
+
+def openai_error_body(status: int, message: str, param: str | None) -> dict[str, Any]:
+    kind = ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    error = OpenAIError(message=message, type=kind, param=param, code=status)
+    return OpenAIErrorResponse(error=error).model_dump()
+
+
+def openai_error(
+    status: int, message: str, param: str | None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(openai_error_body(status, message, param), status, headers=headers)
+
+
+def service_error(exc: ServiceError) -> JSONResponse:
+    headers = None
+    if isinstance(exc, Overloaded):
+        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+    return openai_error(exc.status_code, exc.message, exc.param, headers)
+
+
+def field_path(loc: Sequence[Any]) -> str:
+    """`prompt` for ("body", "prompt", "list[str]"): pydantic names the union member it tried."""
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(p for p in parts if "[" not in p and p not in UNION_MEMBERS)
+
+
+def validation_error(exc: RequestValidationError) -> JSONResponse:
+    problems, params = [], []
+    for error in exc.errors():
+        where = field_path(error.get("loc", ()))
+        problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+        params.append(where)
+    return openai_error(400, "; ".join(problems), next((p for p in params if p), None))
+
+
+class OpenAIRoute(APIRoute):
+    """A route whose errors, validation included, are rendered in OpenAI's shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def handle_openai(request: Request) -> Response:
+            try:
+                return await handle(request)
+            except RequestValidationError as exc:
+                return validation_error(exc)
+            except ServiceError as exc:
+                return service_error(exc)
+
+        return handle_openai
+
+
+router = APIRouter(tags=["openai"], dependencies=[InferenceAuth], route_class=OpenAIRoute)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": OpenAIErrorResponse} for status in (400, 401, 404, 413, 503)
+}
+
+
+def check_supported(body: CompletionRequest) -> None:
+    """OpenAI parameters a word-level model cannot honour: refused unless at their neutral value."""
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(body, name) not in (None, 0):
+            raise InvalidInput(f"{name} is not supported; use repetition_penalty", param=name)
+    if body.best_of is not None and body.best_of != (body.n or 1):
+        raise InvalidInput("best_of is not supported (it must equal n)", param="best_of")
+    if body.logit_bias:
+        raise InvalidInput("logit_bias is not supported", param="logit_bias")
+    if body.suffix is not None:
+        raise InvalidInput("suffix is not supported", param="suffix")
+
+
+def finish(reason: str | None) -> FinishReason | None:
+    return "stop" if reason == "stop" else "length" if reason == "length" else None
+
+
+@dataclass
+class Piece:
+    """Text added to one choice, with its log-probabilities when they were asked for."""
+
+    text: str
+    logprobs: CompletionLogprobs | None = None
+
+
+def prompt_piece(context: Context, logprobs: bool) -> Piece:
+    """The echoed prompt, exactly as typed; its tokens scored by the model when asked."""
+    if not logprobs:
+        return Piece(context.text)
+    tokens = context.tokens
+    return Piece(
+        context.text,
+        CompletionLogprobs(
+            text_offset=[t.start for t in tokens],
+            token_logprobs=list(context.prompt_logprobs),
+            tokens=[t.text for t in tokens],
+            top_logprobs=[None] * len(tokens),
+        ),
+    )
+
+
+def token_piece(token: GeneratedToken, offset: int, logprobs: bool) -> Piece:
+    if not logprobs:
+        return Piece(token.text)
+    return Piece(
+        token.text,
+        CompletionLogprobs(
+            text_offset=[offset],
+            token_logprobs=[token.logprob],
+            tokens=[token.word],
+            top_logprobs=[{**dict(token.top), token.word: token.logprob}],
+        ),
+    )
+
+
+def joined(pieces: Sequence[Piece]) -> CompletionLogprobs | None:
+    parts = [p.logprobs for p in pieces if p.logprobs is not None]
+    if not parts:
+        return None
+    return CompletionLogprobs(
+        text_offset=[o for p in parts for o in p.text_offset],
+        token_logprobs=[x for p in parts for x in p.token_logprobs],
+        tokens=[t for p in parts for t in p.tokens],
+        top_logprobs=[t for p in parts for t in p.top_logprobs],
+    )
+
+
+@router.post(
+    "/v1/completions",
+    response_model=CompletionResponse,
+    responses={
+        **ERRORS,
+        200: {
+            "description": "The completions; with `stream: true`, server-sent events of the "
+            "same shape carrying the new text, ending `data: [DONE]`.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+    },
+)
+async def completions(
+    body: CompletionRequest,
+    request: Request,
+    registry: RegistryDep,
+    dataplane: DataPlaneDep,
+    settings: SettingsDep,
+) -> Response:
+    """Complete one prompt or several (OpenAI completions API, vLLM's extra `top_k` and
+    `repetition_penalty` included)."""
+    model = language_model(registry, body.model)
+    check_supported(body)
+    decoder = decoder_of(model)
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if not prompts:
+        raise InvalidInput("prompt must be a text or a non-empty list of texts", param="prompt")
+    for prompt in prompts:
+        check_prompt(settings, decoder, prompt, "prompt")
+    n = body.n or 1
+    max_tokens = 16 if body.max_tokens is None else body.max_tokens
+    stop = stop_strings(body.stop)
+    check_generation(settings, max_tokens, n * len(prompts), body.logprobs, stop)
+    # each prompt's choices get the same seeds, so a prompt completes alike alone or in a list
+    seeded = sampling_params(
+        body.temperature, body.top_p, body.top_k, body.repetition_penalty, body.seed, n
+    )
+    logprobs = body.logprobs is not None
+    job = GenerationJob(
+        prompts, n, max_tokens, seeded * len(prompts), stop, body.logprobs or 0,
+        prompt_logprobs=bool(body.echo) and logprobs,
+    )  # fmt: skip
+    events = stream_generation(dataplane, model, job, request.is_disconnected)
+    read = await first_event(events)
+    echo = [prompt_piece(c, logprobs) if body.echo else Piece("") for c in read.contexts]
+    head = {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model.name,
+    }
+    prompt_tokens = sum(len(c.tokens) for c in read.contexts)
+    count = n * len(prompts)
+    offsets = [len(echo[i // n].text) for i in range(count)]
+    finished: list[str | None] = [None] * count
+
+    def add(event: SequenceToken) -> Piece:
+        piece = token_piece(event.token, offsets[event.index], logprobs)
+        offsets[event.index] += len(piece.text)
+        finished[event.index] = event.token.finish_reason
+        return piece
+
+    def usage(completion_tokens: int) -> dict[str, int]:
+        total = prompt_tokens + completion_tokens
+        return Usage(
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=total
+        ).model_dump()
+
+    if not body.stream:
+        pieces: list[list[Piece]] = [[echo[i // n]] for i in range(count)]
+        generated = 0
+        async for event in events:
+            if isinstance(event, SequenceToken):
+                pieces[event.index].append(add(event))
+                generated += 1
+        choices = [
+            CompletionChoice(
+                index=i,
+                text="".join(p.text for p in pieces[i]),
+                logprobs=joined(pieces[i]),
+                finish_reason=finish(finished[i]) or "length",
+            )
+            for i in range(count)
+        ]
+        return JSONResponse(
+            {**head, "choices": [c.model_dump() for c in choices], "usage": usage(generated)}
+        )
+
+    options = body.stream_options
+    include_usage = bool(options and options.include_usage)
+    continuous = bool(options and options.continuous_usage_stats)
+
+    def chunk(index: int, piece: Piece, reason: str | None, generated: int) -> bytes:
+        choice = CompletionChoice(
+            index=index, text=piece.text, logprobs=piece.logprobs, finish_reason=finish(reason)
+        )
+        extra = {"usage": usage(generated) if continuous else None} if include_usage else {}
+        return sse({**head, "choices": [choice.model_dump()], **extra})
+
+    async def stream() -> AsyncIterator[bytes]:
+        generated = 0
+        try:
+            for i in range(count) if body.echo else ():
+                yield chunk(i, echo[i // n], None, generated)
+            async for event in events:
+                if isinstance(event, SequenceToken):
+                    generated += 1
+                    yield chunk(event.index, add(event), event.token.finish_reason, generated)
+            for i in range(count):  # max_tokens 0: nothing was written, but every choice ends
+                if finished[i] is None:
+                    yield chunk(i, Piece(""), "length", generated)
+            if include_usage:
+                yield sse({**head, "choices": [], "usage": usage(generated)})
+        except Cancelled:
+            return  # the client went away: nobody to tell
+        except ServiceError as exc:  # the status is already 200: the error travels as an event
+            yield sse(openai_error_body(exc.status_code, exc.message, exc.param))
+        finally:
+            await events.aclose()
+        yield sse("[DONE]")
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)

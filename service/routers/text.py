@@ -1,0 +1,205 @@
+"""Language models: next-word prediction, and text generation through the Open Inference
+Protocol generate extension (`/v2/models/{name}/generate`, `/generate_stream`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from service.auth import InferenceAuth
+from service.deps import DataPlaneDep, RegistryDep, SettingsDep
+from service.errors import Cancelled, InvalidInput, ServiceError
+from service.protocol.text import (
+    GenerateParameters,
+    GenerateRequest,
+    GenerateResponse,
+    GenerateStreamResponse,
+    NextWordRequest,
+    NextWordResponse,
+    WordPrediction,
+)
+from service.protocol.types import ErrorResponse
+from service.registry import LoadedModel
+from service.settings import Settings
+from service.tasks.language_model import (
+    Event,
+    GenerationJob,
+    SequenceToken,
+    check_generation,
+    check_prompt,
+    decoder_of,
+    first_event,
+    language_model,
+    sampling_params,
+    stream_generation,
+)
+
+router = APIRouter(tags=["language models"], dependencies=[InferenceAuth])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse},
+    404: {"model": ErrorResponse},
+    503: {"model": ErrorResponse},
+}
+EVENT_STREAM: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: {
+        "description": "Server-sent events, one `data: {json}` per token.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def sse(payload: Any) -> bytes:
+    """One server-sent event carrying `payload` as JSON (or a bare string such as `[DONE]`)."""
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n".encode()
+
+
+def stop_strings(stop: str | list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    strings = [stop] if isinstance(stop, str) else stop
+    if any(not s for s in strings):
+        raise InvalidInput("stop strings must not be empty", param="stop")
+    if any(len(s) > 200 for s in strings):
+        raise InvalidInput("stop strings must be at most 200 characters", param="stop")
+    return strings
+
+
+@router.post("/v1/models/{model_name}/next-word", response_model=NextWordResponse, responses=ERRORS)
+async def next_word(
+    body: NextWordRequest,
+    registry: RegistryDep,
+    dataplane: DataPlaneDep,
+    settings: SettingsDep,
+    model_name: str,
+) -> NextWordResponse:
+    """The most likely next words after a text, with their probabilities and token ids."""
+    model = language_model(registry, model_name)
+    decoder = decoder_of(model)
+    if body.top_k > settings.max_next_words:
+        raise InvalidInput(
+            f"top_k must be at most {settings.max_next_words}, got {body.top_k}", param="top_k"
+        )
+    tokens = check_prompt(settings, decoder, body.text, "text")
+    async with dataplane.track(model):
+        words = await dataplane.run_task(
+            model, lambda cancel: decoder.next_word_distribution(body.text, body.top_k)
+        )
+    unknown = [t.text for t in tokens if t.id == decoder.tokenizer.unk_id]
+    return NextWordResponse(
+        model_name=model.name,
+        model_version=str(model.version),
+        predictions=[
+            WordPrediction(
+                word=w.word, token_id=w.token_id, probability=w.probability, logprob=w.logprob
+            )
+            for w in words
+        ],
+        tokens=len(tokens),
+        unknown_words=list(dict.fromkeys(unknown)),
+    )
+
+
+def generation_job(
+    settings: Settings, model: LoadedModel, text: str, parameters: GenerateParameters
+) -> GenerationJob:
+    p = parameters
+    max_tokens = 20 if p.max_tokens is None else p.max_tokens
+    stop = stop_strings(p.stop)
+    check_prompt(settings, decoder_of(model), text, "text_input")
+    check_generation(settings, max_tokens, 1, None, stop)
+    params = sampling_params(p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.seed, 1)
+    return GenerationJob([text], 1, max_tokens, params, stop)
+
+
+async def start_generation(
+    request: Request, dataplane: Any, settings: Settings, model: LoadedModel, body: GenerateRequest
+) -> AsyncGenerator[Event, None]:
+    job = generation_job(settings, model, body.text_input, body.parameters or GenerateParameters())
+    events = stream_generation(dataplane, model, job, request.is_disconnected)
+    await first_event(events)
+    return events
+
+
+@router.post("/v2/models/{model_name}/generate", response_model=GenerateResponse, responses=ERRORS)
+@router.post(
+    "/v2/models/{model_name}/versions/{model_version}/generate",
+    response_model=GenerateResponse,
+    responses=ERRORS,
+)
+async def generate(
+    body: GenerateRequest,
+    request: Request,
+    registry: RegistryDep,
+    dataplane: DataPlaneDep,
+    settings: SettingsDep,
+    model_name: str,
+    model_version: str | None = None,
+) -> GenerateResponse:
+    """Generate text from `text_input` (Open Inference Protocol generate extension)."""
+    model = language_model(registry, model_name, model_version)
+    events = await start_generation(request, dataplane, settings, model, body)
+    pieces, reason = [], "length"
+    async for event in events:
+        if isinstance(event, SequenceToken):
+            pieces.append(event.token.text)
+            reason = event.token.finish_reason or reason
+    return GenerateResponse(
+        model_name=model.name,
+        model_version=str(model.version),
+        id=body.id,
+        text_output="".join(pieces),
+        finish_reason="stop" if reason == "stop" else "length",
+    )
+
+
+@router.post(
+    "/v2/models/{model_name}/generate_stream", response_class=Response, responses=EVENT_STREAM
+)
+@router.post(
+    "/v2/models/{model_name}/versions/{model_version}/generate_stream",
+    response_class=Response,
+    responses=EVENT_STREAM,
+)
+async def generate_stream(
+    body: GenerateRequest,
+    request: Request,
+    registry: RegistryDep,
+    dataplane: DataPlaneDep,
+    settings: SettingsDep,
+    model_name: str,
+    model_version: str | None = None,
+) -> StreamingResponse:
+    """Generate text as server-sent events, one per token; the last has `done: true`."""
+    model = language_model(registry, model_name, model_version)
+    events = await start_generation(request, dataplane, settings, model, body)
+    head = {"model_name": model.name, "model_version": str(model.version), "id": body.id}
+
+    async def stream() -> AsyncIterator[bytes]:
+        done = False
+        try:
+            async for event in events:
+                if isinstance(event, SequenceToken):
+                    reason = event.token.finish_reason
+                    done = reason is not None
+                    chunk = GenerateStreamResponse(
+                        **head, text_output=event.token.text, done=done, finish_reason=reason
+                    )
+                    yield sse(chunk.model_dump())
+            if not done:  # max_tokens 0: nothing was written
+                yield sse({**head, "text_output": "", "done": True, "finish_reason": "length"})
+        except Cancelled:
+            return
+        except ServiceError as exc:  # the status is already 200: the error travels as an event
+            yield sse({"error": exc.message})
+        finally:
+            await events.aclose()
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -1,0 +1,253 @@
+"""Language models in the service: the decoder built at load, the limits a request must respect,
+and the decoding loop run in the task pool, streamed back token by token with its metrics.
+
+Routers (OpenAI completions, the Open Inference Protocol generate extension, next-word) translate
+HTTP into a `GenerationJob` and read `stream_generation`'s events; nothing here knows HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.errors import Cancelled, InvalidInput, ModelLoadError
+from service.registry import PREPARERS, LoadedModel
+from service.repository import Repository, read_json
+from service.settings import Settings
+from service.tasks.sampling import SamplingParams
+from service.tasks.textgen import Context, Decoder, GeneratedToken
+from service.tasks.tokenizer import Token, WordTokenizer
+
+TASK = "language-model"
+
+
+def prepare_language_model(model: LoadedModel, repository: Repository) -> None:
+    """Load the vocabulary beside the graphs and build the step-graph decoder, warmed up."""
+    raw = model.config.raw
+    vocab = (raw.get("tokenizer") or {}).get("vocab")
+    if "step" not in model.graphs or "step" not in raw or not isinstance(vocab, str):
+        raise ModelLoadError(
+            f"model {model.name!r}: a language model needs graphs.step, a step section and "
+            "tokenizer.vocab in config.json"
+        )
+    folder = repository.version_dir(model.name, model.version).resolve()
+    path = (folder / vocab).resolve()
+    if path.parent != folder or not path.is_file():
+        raise ModelLoadError(f"model {model.name!r}: tokenizer.vocab {vocab!r} is not in {folder}")
+    try:
+        tokenizer = WordTokenizer.from_json(read_json(path))
+        decoder = Decoder(model.graphs["step"].run, raw, tokenizer)
+        logits = decoder.read("").logits  # warm-up: a broken step graph fails here, not later
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # a malformed vocabulary, step section or graph
+        raise ModelLoadError(f"model {model.name!r}: language model: {exc}") from None
+    if logits.shape != (len(tokenizer),):
+        raise ModelLoadError(
+            f"model {model.name!r}: step graph scores {logits.shape[-1]} tokens but the "
+            f"vocabulary has {len(tokenizer)}"
+        )
+    model.resources["decoder"] = decoder
+
+
+PREPARERS[TASK] = prepare_language_model
+
+
+def language_model(registry: Any, name: str, version: str | None = None) -> LoadedModel:
+    """The loaded model `name`, which must be a language model."""
+    model: LoadedModel = registry.get(name, version)
+    if model.config.task != TASK:
+        raise InvalidInput(
+            f"model {name!r} is a {model.config.task} model, not a language model", param="model"
+        )
+    return model
+
+
+def decoder_of(model: LoadedModel) -> Decoder:
+    decoder: Decoder = model.resources["decoder"]
+    return decoder
+
+
+# -- limits ----------------------------------------------------------------------------------------
+def check_prompt(settings: Settings, decoder: Decoder, text: str, param: str) -> list[Token]:
+    """The prompt's tokens, refusing a prompt over the character or token limit."""
+    if len(text) > settings.max_prompt_chars:
+        raise InvalidInput(
+            f"{param} has {len(text)} characters; the limit is {settings.max_prompt_chars}",
+            param=param,
+        )
+    tokens = decoder.tokenizer.tokenize(text)
+    if len(tokens) > settings.max_prompt_tokens:
+        raise InvalidInput(
+            f"{param} has {len(tokens)} tokens; the limit is {settings.max_prompt_tokens}",
+            param=param,
+        )
+    return tokens
+
+
+def check_generation(
+    settings: Settings, max_tokens: int, sequences: int, logprobs: int | None, stop: Sequence[str]
+) -> None:
+    if max_tokens > settings.max_new_tokens:
+        raise InvalidInput(
+            f"max_tokens must be at most {settings.max_new_tokens}, got {max_tokens}",
+            param="max_tokens",
+        )
+    if sequences > settings.max_completion_choices:
+        raise InvalidInput(
+            f"n x prompts = {sequences} completions is over the limit of "
+            f"{settings.max_completion_choices} per request",
+            param="n",
+        )
+    if logprobs is not None and logprobs > settings.max_logprobs:
+        raise InvalidInput(
+            f"logprobs must be at most {settings.max_logprobs}, got {logprobs}", param="logprobs"
+        )
+    if len(stop) > settings.max_stop_sequences:
+        raise InvalidInput(
+            f"at most {settings.max_stop_sequences} stop strings, got {len(stop)}", param="stop"
+        )
+
+
+def sampling_params(
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    repetition_penalty: float | None,
+    seed: int | None,
+    count: int,
+) -> list[SamplingParams]:
+    """One parameter set per sequence. Sequence 0 uses `seed` itself, sequence i > 0 a seed drawn
+    from (seed, i); with no seed each sequence gets a fresh random one."""
+    seeds = [secrets.randbits(63) for _ in range(count)]
+    if seed is not None:
+        seeds = [seed] + [
+            int(np.random.SeedSequence([seed, i]).generate_state(1, np.uint64)[0] >> 1)
+            for i in range(1, count)
+        ]
+    try:
+        return [
+            SamplingParams(
+                temperature=1.0 if temperature is None else temperature,
+                top_k=0 if top_k is None or top_k < 0 else top_k,  # vLLM spells "off" as -1
+                top_p=1.0 if top_p is None else top_p,
+                repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty,
+                seed=s,
+            )
+            for s in seeds
+        ]
+    except ValueError as exc:  # the schemas bound every field; this is the last line of defence
+        raise InvalidInput(str(exc)) from None
+
+
+# -- generation ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GenerationJob:
+    """What to write: `n` continuations of each prompt, sequence index = prompt index * n + j."""
+
+    prompts: Sequence[str]
+    n: int
+    max_tokens: int
+    params: Sequence[SamplingParams]  # one per sequence
+    stop: Sequence[str] = ()
+    top_logprobs: int = 0  # alternatives reported with each token
+    prompt_logprobs: bool = False  # score the prompts' own tokens too (OpenAI `echo` + `logprobs`)
+
+
+@dataclass(frozen=True)
+class PromptsRead:
+    """First event: every prompt after prefill (its tokens, and their log-probabilities if asked)."""
+
+    contexts: list[Context]
+
+
+@dataclass(frozen=True)
+class SequenceToken:
+    index: int  # the sequence
+    token: GeneratedToken
+
+
+Event = PromptsRead | SequenceToken
+
+
+async def stream_generation(
+    dataplane: Any,
+    model: LoadedModel,
+    job: GenerationJob,
+    disconnected: Callable[[], Awaitable[bool]] | None = None,
+) -> AsyncGenerator[Event, None]:
+    """Run `job` in the task pool and yield its events as they happen.
+
+    Closing the iterator (a client that went away, a cancelled request) stops the decoding loop
+    before its next token. Errors raised before the first event reach the caller before anything
+    was sent, so they can still become an HTTP status.
+    """
+    decoder = decoder_of(model)
+    metrics = dataplane.metrics
+    labels = (model.name, str(model.version))
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Event | None] = asyncio.Queue()
+    started = time.perf_counter()
+
+    def put(item: Event | None) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def work(cancel: threading.Event) -> None:
+        try:
+            contexts: list[Context] = []
+            for prompt in job.prompts:
+                first = decoder.read(prompt, job.prompt_logprobs)
+                contexts += [first] + [first.copy() for _ in range(job.n - 1)]
+            metrics.prompt_tokens.labels(*labels).inc(
+                sum(len(c.tokens) for c in contexts[:: job.n])
+            )
+            put(PromptsRead(contexts[:: job.n]))
+            tokens = decoder.continue_many(
+                contexts, job.max_tokens, job.params, job.stop, job.top_logprobs
+            )
+            previous: dict[int, float] = {}
+            for index, token in tokens:
+                if cancel.is_set():
+                    tokens.close()
+                    raise Cancelled("the client went away; generation stopped")
+                now = time.perf_counter()
+                if not previous:
+                    metrics.time_to_first_token.labels(*labels).observe(now - started)
+                elif index in previous:
+                    metrics.inter_token_latency.labels(*labels).observe(now - previous[index])
+                previous[index] = now
+                metrics.generated_tokens.labels(*labels).inc()
+                put(SequenceToken(index, token))
+        finally:
+            put(None)
+
+    async with dataplane.track(model):
+        task = asyncio.ensure_future(dataplane.run_task(model, work, disconnected))
+        task.add_done_callback(lambda _: queue.put_nowait(None))  # refused before the work ran
+        try:
+            while (item := await queue.get()) is not None:
+                yield item
+            await task  # raises what the work raised
+            metrics.generation_duration.labels(*labels).observe(time.perf_counter() - started)
+        finally:
+            if not task.done():
+                task.cancel()  # run_task then tells the work to stop
+                await asyncio.gather(task, return_exceptions=True)
+
+
+async def first_event(events: AsyncGenerator[Event, None]) -> PromptsRead:
+    """Wait for the prompts to be read: errors up to here can still be answered with a status."""
+    try:
+        first = await anext(events)
+    except BaseException:
+        await events.aclose()
+        raise
+    assert isinstance(first, PromptsRead), "the first event is always the prompts read"
+    return first

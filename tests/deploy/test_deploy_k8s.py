@@ -1,0 +1,244 @@
+"""The Kubernetes manifests agree with each other and with the app: selectors select the pods,
+probes hit real routes, ports line up, every ConfigMap key is a real setting with a valid value."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+from deploy_support import CACHE, K8S, ROOT, Manifest, RouteTable, missing, one, pod_spec, rendered
+
+from service.metrics import Metrics
+from service.settings import Settings
+
+PREFIX = "SEEDSERVE_"
+
+
+def container(docs: list[Manifest]) -> dict[str, Any]:
+    containers = pod_spec(one(docs, "Deployment"))["containers"]
+    assert len(containers) == 1, "one server container per pod"
+    return dict(containers[0])
+
+
+def config_map(docs: list[Manifest]) -> dict[str, str]:
+    return dict(one(docs, "ConfigMap")["data"])
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The Settings the server would build from exactly these variables."""
+    for key in [k for k in os.environ if k.startswith(PREFIX)]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def image_uid() -> int:
+    """The numeric USER of the Dockerfile's default (last) stage."""
+    users = re.findall(r"^USER\s+(\d+)", (ROOT / "Dockerfile").read_text(), re.M)
+    assert users, "the Dockerfile sets no numeric USER"
+    return int(users[-1].split(":")[0])
+
+
+def test_selectors_select_the_pods(manifests: list[Manifest]) -> None:
+    deployment = one(manifests, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert selects(deployment["spec"]["selector"]["matchLabels"], pod_labels)
+    service = one(manifests, "Service")
+    assert selects(service["spec"]["selector"], pod_labels), "the Service selects no pod"
+    pdb = one(manifests, "PodDisruptionBudget")
+    assert selects(pdb["spec"]["selector"]["matchLabels"], pod_labels), "the PDB guards no pod"
+    for spread in pod_spec(deployment).get("topologySpreadConstraints", []):
+        assert selects(spread["labelSelector"]["matchLabels"], pod_labels)
+    monitor = one(manifests, "ServiceMonitor")
+    assert selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"]), (
+        "the ServiceMonitor selects no Service"
+    )
+    hpa = one(manifests, "HorizontalPodAutoscaler")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"], target["name"]) == (
+        "apps/v1",
+        "Deployment",
+        deployment["metadata"]["name"],
+    )
+
+
+def test_probes_hit_real_routes(manifests: list[Manifest], get_routes: RouteTable) -> None:
+    server = container(manifests)
+    port_names = {p["name"] for p in server["ports"]}
+    paths = {}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert probe in server, f"no {probe}"
+        http = server[probe]["httpGet"]
+        assert http["path"] in get_routes, f"{probe} asks {http['path']}, which the app lacks"
+        assert http["port"] in port_names, f"{probe} port {http['port']} is no container port"
+        paths[probe] = http["path"]
+    # Open Inference Protocol health: ready for traffic (and for start-up), live for restarts.
+    assert paths == {
+        "startupProbe": "/v2/health/ready",
+        "readinessProbe": "/v2/health/ready",
+        "livenessProbe": "/v2/health/live",
+    }
+
+
+def test_ports_line_up(manifests: list[Manifest], get_routes: RouteTable) -> None:
+    server = container(manifests)
+    (port,) = server["ports"]
+    assert port["containerPort"] == int(config_map(manifests)[f"{PREFIX}PORT"]), (
+        "the server listens on SEEDSERVE_PORT, which is not the container port"
+    )
+    assert config_map(manifests)[f"{PREFIX}HOST"] == "0.0.0.0", "reachable from the kubelet"
+    service = one(manifests, "Service")
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["targetPort"] in (port["name"], port["containerPort"])
+    (endpoint,) = one(manifests, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["port"] == service_port["name"], "the ServiceMonitor names no Service port"
+    assert endpoint["path"] in get_routes, f"{endpoint['path']} is not a route of the app"
+
+
+def test_config_map_holds_real_settings(
+    manifests: list[Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = config_map(manifests)
+    fields = set(Settings.model_fields)
+    unknown = [
+        k for k in data if not k.startswith(PREFIX) or k[len(PREFIX) :].lower() not in fields
+    ]
+    assert not unknown, f"not settings of service/settings.py: {unknown}"
+    settings = settings_from(data, monkeypatch)  # the values validate, as at server start
+    assert str(settings.models_dir) == "/models", "the image's model repository"
+    (source,) = [s for s in container(manifests)["envFrom"] if "configMapRef" in s]
+    assert source["configMapRef"]["name"] == one(manifests, "ConfigMap")["metadata"]["name"]
+
+
+def test_pods_are_locked_down(manifests: list[Manifest]) -> None:
+    spec = pod_spec(one(manifests, "Deployment"))
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True
+    assert pod["runAsUser"] == image_uid(), "the pod's user is not the image's"
+    assert pod["seccompProfile"]["type"] == "RuntimeDefault"
+    assert spec["automountServiceAccountToken"] is False
+    security = container(manifests)["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security.get("privileged", False) is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert not security["capabilities"].get("add")
+    mounts = {m["mountPath"] for m in container(manifests).get("volumeMounts", [])}
+    assert "/tmp" in mounts, "a read-only root needs a writable /tmp"
+
+
+def test_termination_is_graceful(
+    manifests: list[Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = pod_spec(one(manifests, "Deployment"))
+    pre_stop = container(manifests)["lifecycle"]["preStop"]["sleep"]["seconds"]
+    drain_s = settings_from(config_map(manifests), monkeypatch).shutdown_timeout_s
+    assert spec["terminationGracePeriodSeconds"] > pre_stop + drain_s, (
+        "the kubelet would SIGKILL the server before its drain ends"
+    )
+    strategy = one(manifests, "Deployment")["spec"]["strategy"]["rollingUpdate"]
+    assert strategy["maxUnavailable"] == 0
+
+
+def quantity(value: str | int) -> float:
+    """A Kubernetes quantity as a number (cpu in cores, memory in bytes)."""
+    units = {
+        "m": 1e-3,
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+        "k": 1e3,
+        "M": 1e6,
+        "G": 1e9,
+    }
+    match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(value))
+    assert match and match.group(2) in {"", *units}, f"not a quantity: {value!r}"
+    return float(match.group(1)) * units.get(match.group(2), 1)
+
+
+def test_resources_are_bounded(manifests: list[Manifest]) -> None:
+    resources = container(manifests)["resources"]
+    for name in ("cpu", "memory"):
+        request, limit = resources["requests"][name], resources["limits"][name]
+        assert 0 < quantity(request) <= quantity(limit), (
+            f"{name}: request {request} > limit {limit}"
+        )
+
+
+def test_gpu_overlay_asks_for_a_gpu_and_cuda() -> None:
+    gpu = rendered("gpu")
+    server = container(gpu)
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert server["image"].endswith("-gpu"), "the GPU overlay runs the image of the gpu target"
+    assert config_map(gpu)[f"{PREFIX}PROVIDER"] == "cuda"
+    cpu = rendered("cpu")
+    assert "nvidia.com/gpu" not in container(cpu)["resources"]["limits"]
+    assert config_map(cpu)[f"{PREFIX}PROVIDER"] == "cpu"
+
+
+def test_autoscaler_metric_is_exported_and_adapted(manifests: list[Manifest]) -> None:
+    hpa = one(manifests, "HorizontalPodAutoscaler")
+    kinds = {m["type"] for m in hpa["spec"]["metrics"]}
+    assert kinds == {"Resource", "Pods"}
+    (pods,) = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    exported = {m.name for m in Metrics().registry.collect()}
+    assert pods in exported, f"{pods} is not a metric of service/metrics.py"
+    adapter = yaml.safe_load((K8S / "prometheus-adapter" / "values.yaml").read_text())
+    served = {rule["name"]["as"] for rule in adapter["rules"]["custom"]}
+    assert pods in served, "the Prometheus adapter does not serve the HPA's Pods metric"
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    pdb = one(manifests, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"], "the PDB would block drains"
+
+
+# ---- KServe (k8s/kserve): optional, outside kustomize ------------------------------------------
+
+KSERVE = sorted((K8S / "kserve").glob("*.yaml"))
+
+
+def kserve_docs() -> dict[str, Manifest]:
+    return {d["kind"]: d for path in KSERVE for d in yaml.safe_load_all(path.read_text()) if d}
+
+
+def test_kserve_runtime_runs_this_server(
+    get_routes: RouteTable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = kserve_docs()
+    runtime, isvc = docs["ServingRuntime"], docs["InferenceService"]
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    formats = {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    assert model["modelFormat"]["name"] in formats
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    (server,) = runtime["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in server["env"]}
+    settings = settings_from(env, monkeypatch)
+    assert str(settings.models_dir) == "/mnt/models", "where KServe puts the storageUri"
+    assert [p["containerPort"] for p in server["ports"]] == [settings.port]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert server[probe]["httpGet"]["path"] in get_routes
+        assert server[probe]["httpGet"]["port"] == settings.port
+    assert server["securityContext"]["runAsUser"] == image_uid()
+
+
+def test_kserve_manifests_match_the_sdk() -> None:
+    python = CACHE / "kserve-venv" / "bin" / "python"
+    if not python.exists():
+        missing(f"the kserve SDK venv {python.parent.parent} is not there")
+    result = subprocess.run(
+        [str(python), str(ROOT / "scripts" / "check_kserve.py"), *map(str, KSERVE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,102 @@
+"""Each generator family trains for a few steps on scikit-learn's digits, exports ONNX verified
+against torch into a temporary repository, and the service's sampler runs the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.tasks.imagegen import generate, reconstruct
+from training.evaluate_generation import load_sessions
+from training.generate import main
+from training.generative import export_graph
+from training.onnx_export import ExportMismatch
+
+pytestmark = pytest.mark.slow  # a few seconds each: one dynamo export per graph
+
+TINY = [
+    "--dataset",
+    "digits",
+    "--train-subset",
+    "256",
+    "--iterations",
+    "3",
+    "--batch-size",
+    "16",
+    "--eval-samples",
+    "0",
+]
+
+
+def train(family: str, tmp: Path, *extra: str) -> Path:
+    argv = [*TINY, "--models-dir", str(tmp / "models"), "--runs-dir", str(tmp / "runs"), *extra]
+    assert main("train", family, argv) == 0
+    version = tmp / "models" / f"{family}-digits" / "1"
+    assert version.is_dir()
+    return version
+
+
+def check_version(version: Path) -> tuple[dict, dict]:
+    config = json.loads((version.parent / "config.json").read_text())
+    card = json.loads((version / "card.json").read_text())
+    assert config["task"] == "image-generation"
+    for graph in ["model.onnx", *config["graphs"].values()]:
+        assert card["files"][graph]["bytes"] > 0
+    for diff in card["export"]["max_abs_diff"].values():
+        assert diff <= card["export"]["tolerance"]
+    assert (version / "curves.png").is_file() and (version / "card.md").is_file()
+    return config, card
+
+
+@pytest.fixture(scope="module")
+def vae_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train("vae", tmp_path_factory.mktemp("vae"))
+
+
+def test_vae_trains_exports_and_reconstructs(vae_version: Path) -> None:
+    config, _ = check_version(vae_version)
+    sessions = load_sessions(vae_version, config)
+    images = generate(config, sessions, [0, 1, 2], seed=0)
+    assert images.shape == (3, 28, 28) and images.dtype == np.uint8
+    assert reconstruct(config, sessions, images[0], 0).shape == (28, 28)
+
+
+def test_gan_trains_and_exports(tmp_path: Path) -> None:
+    version = train("gan", tmp_path)
+    config, _ = check_version(version)
+    assert generate(config, load_sessions(version, config), 4, n=2, seed=0).shape == (2, 28, 28)
+
+
+def test_diffusion_trains_and_exports(tmp_path: Path) -> None:
+    version = train("diffusion", tmp_path, "--channels", "16,16,16", "--groups", "4")
+    config, _ = check_version(version)
+    sessions = load_sessions(version, config)
+    for sampler in ("ddim", "ddpm"):
+        images = generate(config, sessions, [3, 4], seed=0, steps=3, sampler=sampler)
+        assert images.shape == (2, 28, 28)
+
+
+def test_latent_diffusion_trains_on_the_vae(tmp_path: Path, vae_version: Path) -> None:
+    version = train(
+        "latent-diffusion", tmp_path, "--vae", str(vae_version), "--width", "32", "--depth", "1"
+    )
+    config, _ = check_version(version)
+    assert config["graphs"] == {"decoder": "decoder.onnx"}
+    assert (version / "decoder.onnx").read_bytes() == (vae_version / "decoder.onnx").read_bytes()
+    images = generate(
+        config, load_sessions(version, config), [5, 6], seed=0, steps=4, sampler="ddim"
+    )
+    assert images.shape == (2, 28, 28)
+
+
+def test_export_refuses_a_graph_that_disagrees_with_torch(tmp_path: Path) -> None:
+    module = torch.nn.Linear(3, 2)
+    check = {"x": torch.randn(5, 3)}
+    with pytest.raises(ExportMismatch):  # no difference can be below a negative tolerance
+        export_graph(
+            module, {"x": check["x"][:2]}, check, ["y"], tmp_path / "m.onnx", tolerance=-1.0
+        )

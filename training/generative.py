@@ -1,0 +1,301 @@
+"""What the four generator families share: the run config, image data in [0, 1], the training
+clock, EMA weights, loss curves, checkpoints and shipping a version into the repository.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.data.images import KNOWN_DATASETS, carve, idx_folder, read_digits, read_idx_split
+from training.onnx_export import OPSET, export_onnx, verify
+from training.repository import DEFAULT_MODELS_DIR, publish_version
+
+RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"  # git-ignored
+
+
+@dataclass
+class RunConfig:
+    """Options every generator family takes (each one a --flag)."""
+
+    dataset: str = "mnist"  # mnist, fashion-mnist, or digits (scikit-learn's, for quick tests)
+    data_dir: Path | None = None  # a folder of the four IDX files instead of data/<dataset>/
+    seed: int = 0
+    threads: int = 1  # torch and onnxruntime threads: 2 cores shared by several trainers
+    models_dir: Path = DEFAULT_MODELS_DIR
+    runs_dir: Path = RUNS_DIR  # checkpoints and staging folders
+    train_subset: int = 0  # train on the first N training images only (0 = all): smoke tests
+    max_minutes: float = 14.0  # training budget in CPU minutes; the learning rate decays over it
+    eval_samples: int = 2000  # generated images per sampler setting in the card (0 = no metrics)
+    classifier: Path | None = None  # classifier version folder; default: latest cnn-<dataset>
+    tolerance: float = 1e-4  # largest |onnxruntime - torch| accepted at export
+
+
+@dataclass
+class ImageData:
+    """uint8 images (N, 28, 28), light on dark, with int64 labels; train and test splits."""
+
+    name: str
+    source: str
+    labels: list[str]
+    sha256: dict[str, str]
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+    def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 1, 28, 28) float32 in [0, 1] and (N,) int64."""
+        x = torch.from_numpy(self.train_images).float().div_(255).unsqueeze(1)
+        return x, torch.from_numpy(self.train_labels)
+
+
+def load_image_data(name: str, data_dir: Path | None = None, subset: int = 0) -> ImageData:
+    """The official train/test splits (the classifier's loader reads the files; no validation
+    split here: generators are scored against the test split only)."""
+    known = KNOWN_DATASETS.get(name)
+    if name == "digits" and data_dir is None:
+        everything, sha256 = read_digits()
+        train, test = carve(everything, len(everything.labels) // 5)
+    else:
+        folder = idx_folder(name, data_dir)
+        train, train_sha = read_idx_split(folder, "train", name)
+        test, test_sha = read_idx_split(folder, "test", name)
+        sha256 = train_sha | test_sha
+    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    labels = list(known.labels) if known else [str(i) for i in range(num_classes)]
+    source = known.source if known and data_dir is None else f"IDX files in {data_dir}"
+    keep = slice(0, subset or None)
+    return ImageData(
+        name=name,
+        source=source,
+        labels=labels,
+        sha256=sha256,
+        train_images=train.images[keep],
+        train_labels=train.labels[keep],
+        test_images=test.images,
+        test_labels=test.labels,
+    )
+
+
+def start(run: RunConfig) -> None:
+    torch.manual_seed(run.seed)
+    torch.set_num_threads(run.threads)
+
+
+def random_batches(n: int, batch_size: int, generator: torch.Generator) -> Any:
+    """Endless index batches, a fresh permutation each epoch."""
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            yield order[i : i + batch_size]
+
+
+class Clock:
+    """Training progress in [0, 1]: the larger of iterations done and time budget used.
+
+    The budget counts this process's CPU seconds, not wall-clock seconds: on cores shared with
+    other jobs a run gets the same amount of work done (and so the same model) however busy the
+    machine is; with one thread and an idle machine the two agree.
+    """
+
+    def __init__(self, iterations: int, max_minutes: float) -> None:
+        self.iterations, self.budget_s = iterations, max_minutes * 60
+        self.started_cpu, self.started_wall = time.process_time(), time.monotonic()
+
+    def elapsed(self) -> float:
+        """CPU seconds used so far."""
+        return time.process_time() - self.started_cpu
+
+    def wall(self) -> float:
+        return time.monotonic() - self.started_wall
+
+    def progress(self, iteration: int) -> float:
+        return max(iteration / self.iterations, self.elapsed() / self.budget_s)
+
+    def learning_rate(self, iteration: int, peak: float, warmup: int) -> float:
+        """Linear warmup, then cosine decay to 10% of the peak over the budget."""
+        if iteration < warmup:
+            return peak * (iteration + 1) / warmup
+        return peak * (
+            0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(self.progress(iteration), 1.0)))
+        )
+
+
+class EMA:
+    """An exponential moving average of a model's weights: smoother samples after short training."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.model = copy.deepcopy(model).eval()
+        self.decay = decay
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, iteration: int) -> None:
+        decay = min(self.decay, (1 + iteration) / (10 + iteration))  # average less while young
+        for averaged, current in zip(self.model.parameters(), model.parameters(), strict=True):
+            averaged.lerp_(current, 1 - decay)
+        for kept, latest in zip(self.model.buffers(), model.buffers(), strict=True):
+            kept.copy_(latest)  # batchnorm statistics, if any, are not averaged
+
+
+@dataclass
+class History:
+    """Named loss series, one value per logged iteration."""
+
+    iterations: list[int] = field(default_factory=list)
+    series: dict[str, list[float]] = field(default_factory=dict)
+
+    def log(self, iteration: int, **values: float) -> None:
+        self.iterations.append(iteration)
+        for name, value in values.items():
+            self.series.setdefault(name, []).append(float(value))
+
+    def last_mean(self, name: str, count: int = 50) -> float:
+        values = self.series[name][-count:]
+        return float(np.mean(values)) if values else float("nan")
+
+
+def plot_curves(history: History, path: Path, title: str, panels: Sequence[Sequence[str]]) -> None:
+    """One panel per group of series, raw values faint and a moving average on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    for ax, names in zip(axes[0], panels, strict=True):
+        for name in names:
+            values = np.asarray(history.series[name])
+            window = max(1, len(values) // 50)
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            line = ax.plot(history.iterations, values, alpha=0.25)[0]
+            ax.plot(history.iterations[window - 1 :], smooth, color=line.get_color(), label=name)
+        ax.set_xlabel("iteration")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def parameter_count(*modules: nn.Module) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and shipping
+
+
+def model_name(family: str, dataset: str) -> str:
+    return f"{family}-{dataset}"
+
+
+def latest_version(models_dir: Path, name: str) -> Path:
+    """The highest integer version folder of models_dir/name (the one the service serves)."""
+    versions = [p for p in (models_dir / name).glob("*") if p.is_dir() and p.name.isdigit()]
+    if not versions:
+        raise FileNotFoundError(f"no version of {name} in {models_dir}; train it first")
+    return max(versions, key=lambda p: int(p.name))
+
+
+def save_checkpoint(path: Path, **content: Any) -> Path:
+    """The interface between training and export: configs as dicts plus state dicts."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(content, path)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def staging_folder(run: RunConfig, name: str) -> Path:
+    staging = run.runs_dir / name / "staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def export_graph(
+    module: nn.Module,
+    example: Mapping[str, torch.Tensor],
+    check: Mapping[str, torch.Tensor],
+    outputs: Sequence[str],
+    path: Path,
+    tolerance: float,
+) -> float:
+    """Export `module` with a dynamic batch axis on every input, then verify onnxruntime against
+    torch on `check` (a different batch size than `example`, which also proves the axis dynamic).
+    Returns the max abs difference; raises ExportMismatch above `tolerance`."""
+    assert len(next(iter(check.values()))) != len(next(iter(example.values()))), "vary the batch"
+    dynamic = tuple({0: "batch"} for _ in example)
+    export_onnx(module, tuple(example.values()), path, list(example), outputs, dynamic)
+    return verify(module, path, dict(check), tolerance)
+
+
+def tensor_spec(name: str, datatype: str, dims: Sequence[int]) -> dict[str, Any]:
+    return {"name": name, "datatype": datatype, "dims": list(dims)}
+
+
+def base_config(
+    family: str, data: ImageData, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "task": "image-generation",
+        "family": family,
+        "dataset": data.name,
+        "platform": "onnxruntime_onnx",
+        "max_batch_size": 256,
+        "inputs": inputs,
+        "outputs": outputs,
+        "labels": data.labels,
+        "graphs": {},
+        "batching": {"max_queue_delay_ms": 0.0, "preferred_batch_sizes": []},
+    }
+
+
+def ship(
+    run: RunConfig,
+    family: str,
+    data: ImageData,
+    staging: Path,
+    config: dict[str, Any],
+    card: dict[str, Any],
+    evaluation: Any,
+) -> Path:
+    """Measure the staged version with the service's own sampler, write the card and publish."""
+    from training.evaluate_generation import evaluate_version, write_card_markdown
+
+    name = model_name(family, data.name)
+    if run.eval_samples > 0:
+        card["metrics"] = evaluate_version(staging, {"name": name, **config}, data, run, evaluation)
+    card.update(
+        family=family,
+        task="image-generation",
+        dataset={
+            "name": data.name,
+            "source": data.source,
+            "sha256": data.sha256,
+            "splits": {"train": len(data.train_labels), "test": len(data.test_labels)},
+        },
+    )
+    card["export"] = {"opset": OPSET, "tolerance": run.tolerance, **card.get("export", {})}
+    card["training"]["run"] = json.loads(json.dumps(asdict(run), default=str))
+    target = publish_version(staging, run.models_dir, name, config, card)
+    write_card_markdown(target, json.loads((target / "card.json").read_text()))
+    return target

@@ -1,0 +1,226 @@
+"""Train a class-conditional VAE on 28x28 images; ship decoder (model.onnx = decoder.onnx) and encoder.
+
+    python -m training train vae --dataset mnist [--iterations 6000 --latent-dim 16 ...]
+
+Loss: the negative ELBO, Bernoulli reconstruction (BCE over the 784 pixels) + KL(q(z|x,y) || N(0, I)).
+The service samples z ~ N(0, I) and decodes it with the requested label; the encoder serves
+reconstructions and gives latent diffusion its training latents.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from training.generative import (
+    Clock,
+    History,
+    ImageData,
+    RunConfig,
+    base_config,
+    export_graph,
+    load_checkpoint,
+    load_image_data,
+    model_name,
+    parameter_count,
+    plot_curves,
+    random_batches,
+    save_checkpoint,
+    ship,
+    staging_folder,
+    start,
+    tensor_spec,
+)
+from training.models.vae import VAE, VAEConfig
+from training.overrides import apply_overrides
+
+
+@dataclass
+class VAETrainConfig:
+    iterations: int = 8000  # at batch 128: about 17 epochs of MNIST
+    batch_size: int = 128
+    learning_rate: float = 2e-3  # peak, after warmup; cosine decay to 10%
+    warmup: int = 100
+    kl_weight: float = 1.0  # beta of a beta-VAE; 1 is the true ELBO
+    log_every: int = 10
+
+
+def train_model(
+    run: RunConfig, config: VAETrainConfig, model_config: VAEConfig, data: ImageData
+) -> Path:
+    x, y = data.train_tensors()
+    model = VAE(model_config)
+    print(f"VAE: {parameter_count(model):,} parameters; {len(x):,} training images")
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    history, clock = History(), Clock(config.iterations, run.max_minutes)
+    generator = torch.Generator().manual_seed(run.seed)
+    batches = random_batches(len(x), config.batch_size, generator)
+    iteration = 0
+    bar = tqdm(total=config.iterations, desc="vae", mininterval=5)
+    while iteration < config.iterations and clock.progress(iteration) < 1.0:
+        index = next(batches)
+        reconstruction, kl = model.loss(x[index], y[index])
+        loss = reconstruction + config.kl_weight * kl
+        for group in optimizer.param_groups:
+            group["lr"] = clock.learning_rate(iteration, config.learning_rate, config.warmup)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        iteration += 1
+        if iteration % config.log_every == 0 or iteration == 1:
+            history.log(
+                iteration, reconstruction=reconstruction.item(), kl=kl.item(), loss=loss.item()
+            )
+            bar.set_postfix(loss=f"{history.last_mean('loss'):.1f}")
+        bar.update(1)
+    bar.close()
+    return save_checkpoint(
+        run.runs_dir / model_name("vae", data.name) / "ckpt.pt",
+        model_config=asdict(model_config),
+        state_dict=model.state_dict(),
+        train_config=asdict(config),
+        history={"iterations": history.iterations, **history.series},
+        iterations=iteration,
+        seconds=clock.elapsed(),
+        wall_seconds=clock.wall(),
+    )
+
+
+@torch.no_grad()
+def test_elbo(model: VAE, data: ImageData) -> dict[str, float]:
+    """Negative ELBO terms on the test split, nats per image (one posterior sample each)."""
+    torch.manual_seed(0)
+    x = torch.from_numpy(data.test_images).float().div(255).unsqueeze(1)
+    y = torch.from_numpy(data.test_labels)
+    totals = torch.zeros(2)
+    for i in range(0, len(x), 1000):
+        reconstruction, kl = model.loss(x[i : i + 1000], y[i : i + 1000])
+        totals += torch.stack([reconstruction, kl]) * len(x[i : i + 1000])
+    reconstruction, kl = (totals / len(x)).tolist()
+    return {
+        "test_reconstruction_nats": reconstruction,
+        "test_kl_nats": kl,
+        "test_negative_elbo_nats": reconstruction + kl,
+    }
+
+
+def export_version(run: RunConfig, data: ImageData, checkpoint: Path) -> Path:
+    saved = load_checkpoint(checkpoint)
+    model_config = VAEConfig(
+        **{**saved["model_config"], "channels": tuple(saved["model_config"]["channels"])}
+    )
+    model = VAE(model_config)
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    name = model_name("vae", data.name)
+    staging = staging_folder(run, name)
+    x, y = data.train_tensors()
+    latent = torch.randn(64, model_config.latent_dim)
+    decoder_check = {"latent": latent, "label": y[:64]}
+    encoder_check = {"image": x[:64], "label": y[:64]}
+    diffs = {
+        "decoder.onnx": export_graph(
+            model.decoder,
+            {k: v[:2] for k, v in decoder_check.items()},
+            decoder_check,
+            ["image"],
+            staging / "decoder.onnx",
+            run.tolerance,
+        ),
+        "encoder.onnx": export_graph(
+            model.encoder,
+            {k: v[:2] for k, v in encoder_check.items()},
+            encoder_check,
+            ["mean", "log_variance"],
+            staging / "encoder.onnx",
+            run.tolerance,
+        ),
+    }
+    # the primary graph is the generator: the decoder (the same file under both names)
+    shutil.copyfile(staging / "decoder.onnx", staging / "model.onnx")
+    history = History(
+        saved["history"]["iterations"],
+        {k: v for k, v in saved["history"].items() if k != "iterations"},
+    )
+    plot_curves(
+        history,
+        staging / "curves.png",
+        f"{name}: negative ELBO (nats/image)",
+        [["loss", "reconstruction"], ["kl"]],
+    )
+    latent_dim = model_config.latent_dim
+    config = base_config(
+        "vae",
+        data,
+        [tensor_spec("latent", "FP32", [latent_dim]), tensor_spec("label", "INT64", [])],
+        [tensor_spec("image", "FP32", [1, 28, 28])],
+    )
+    config["graphs"] = {"decoder": "decoder.onnx", "encoder": "encoder.onnx"}
+    config["generation"] = {
+        "kind": "decoder",
+        "image_shape": [1, 28, 28],
+        "latent_shape": [latent_dim],
+        "output_range": [0.0, 1.0],
+        "num_classes": model_config.num_classes,
+        "decoder": {
+            "graph": "model",
+            "latent_input": "latent",
+            "label_input": "label",
+            "output": "image",
+        },
+        "encoder": {
+            "graph": "encoder",
+            "image_input": "image",
+            "label_input": "label",
+            "mean_output": "mean",
+            "log_variance_output": "log_variance",
+        },
+    }
+    card = {
+        "description": "Class-conditional convolutional VAE. model.onnx (= decoder.onnx) maps a "
+        "latent z ~ N(0, I) and a label to an image in [0, 1]; encoder.onnx maps an image in "
+        "[0, 1] and its label to the posterior mean and log-variance.",
+        "training": {
+            "config": saved["train_config"],
+            "model_config": saved["model_config"],
+            "iterations": saved["iterations"],
+            "seconds": round(saved["seconds"], 1),  # CPU seconds
+            "wall_seconds": round(saved.get("wall_seconds", saved["seconds"]), 1),
+            "parameters": parameter_count(model),
+            "final_loss": history.last_mean("loss"),
+        },
+        "vae_metrics": test_elbo(model, data),
+        "export": {"max_abs_diff": diffs, "verified_on": "64 training images / random latents"},
+    }
+    return ship(run, "vae", data, staging, config, card, None)
+
+
+def parse(argv: list[str]) -> tuple[RunConfig, VAETrainConfig, VAEConfig]:
+    run, config, model = apply_overrides(
+        argv, RunConfig(max_minutes=10.0), VAETrainConfig(), VAEConfig(), fixed=("num_classes",)
+    )
+    assert (
+        isinstance(run, RunConfig)
+        and isinstance(config, VAETrainConfig)
+        and isinstance(model, VAEConfig)
+    )
+    return run, config, model
+
+
+def train(family: str, argv: list[str]) -> Path:
+    run, config, model_config = parse(argv)
+    start(run)
+    data = load_image_data(run.dataset, run.data_dir, run.train_subset)
+    model_config.num_classes = len(data.labels)
+    return export_version(run, data, train_model(run, config, model_config, data))
+
+
+def export(family: str, argv: list[str]) -> Path:
+    """Re-export, re-measure and publish the last checkpoint without training again."""
+    run, _, _ = parse(argv)
+    data = load_image_data(run.dataset, run.data_dir, run.train_subset)
+    return export_version(run, data, run.runs_dir / model_name("vae", data.name) / "ckpt.pt")
