@@ -1,0 +1,401 @@
+"""`python -m bench.generation [--quick] [--out bench/results]`: generation, in one run.
+
+1. Cached decoding versus recomputing the prefix, in process (onnxruntime, one intra-op
+   thread, the service's own `Graph` sessions): the cost of the next token's logits after a
+   prefix of 32, 128 and 256 tokens, with the step graph and its state (KV cache for the
+   Transformer, recurrent/SSM state for the others) versus the full graph run over the whole
+   prefix again. A graph with fewer positions (the Transformer has 128) is measured at its
+   longest prefix instead, and the report says so.
+2. The live service on 127.0.0.1 (a repository with only the models used): completions
+   tokens/s with 64-token outputs, next-word requests/s, diffusion images/s at 10 and 50 DDIM
+   steps, each at two concurrency levels, against the same work done in this process.
+
+Writes generation.json and generation.md to --out. Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+
+from bench.inprocess import time_calls
+from bench.loadgen import Request, run_load, wrk_available
+from bench.procs import Server, free_port, start_server, stop_server
+from service.runtime import Graph
+from service.settings import Settings
+from service.tasks import imagegen
+from service.tasks.sampling import SamplingParams
+from service.tasks.textgen import Decoder, StepModel
+from service.tasks.tokenizer import WordTokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+PREFIXES = (32, 128, 256)
+CACHE_MODELS = ("transformer-austen", "mamba-austen", "lstm-austen")
+LM = "transformer-austen"
+IMAGE_MODEL = "diffusion-mnist"
+NEW_TOKENS = 64
+IMAGES_PER_REQUEST = 4
+PROMPT = "It is a truth universally acknowledged, that"
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    point_s: float  # seconds per in-process point
+    load_s: float  # seconds per HTTP point
+    prefixes: tuple[int, ...]
+    cache_models: tuple[str, ...]
+    image_steps: tuple[int, ...]
+    text_concurrency: tuple[int, ...]
+    image_concurrency: tuple[int, ...]
+
+
+def make_plan(quick: bool) -> Plan:
+    if quick:
+        return Plan(True, 0.05, 0.4, PREFIXES, (LM,), (10,), (1, 8), (1, 4))
+    return Plan(False, 1.0, 4.0, PREFIXES, CACHE_MODELS, (10, 50), (1, 8), (1, 4))
+
+
+def _latest_version(model_dir: Path) -> Path:
+    return max((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def _config(model_dir: Path) -> dict[str, Any]:
+    return dict(json.loads((model_dir / "config.json").read_text()))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. cache versus recompute
+
+
+def cache_vs_recompute(
+    model_dir: Path, prefixes: Sequence[int], point_s: float, settings: Settings
+) -> dict[str, Any]:
+    """ms per next token after each prefix: step graph with state vs full graph over it all."""
+    config = _config(model_dir)
+    folder = _latest_version(model_dir)
+    step = StepModel(Graph(folder / config["graphs"]["step"], settings).run, config)
+    full = Graph(folder / "model.onnx", settings)
+    limit = config.get("max_length")
+    rng = np.random.default_rng(0)
+    vocab = int(config["tokenizer"]["vocab_size"])
+    rows: list[dict[str, Any]] = []
+    for asked in prefixes:
+        # the next token sits at position `prefix`: it must be inside the graph's positions
+        prefix = asked if limit is None or asked < limit else int(limit) - 1
+        if any(r["prefix"] == prefix for r in rows):
+            continue  # a longer prefix than the graph has positions: already measured
+        ids = rng.integers(2, vocab, size=(1, prefix + 1), dtype=np.int64)
+        _, state = step.run(ids[:, :prefix], step.initial_state(1))
+        last = ids[:, prefix:]
+        cached = time_calls(functools.partial(step.run, last, state), 1, point_s)
+        feeds = {full.inputs[0].name: ids}
+        recompute = time_calls(functools.partial(full.run, feeds), 1, point_s)
+        rows.append(
+            {
+                "prefix_asked": asked,
+                "prefix": prefix,
+                "cached_ms": cached.p50_ms,
+                "recompute_ms": recompute.p50_ms,
+                "speedup": recompute.p50_ms / cached.p50_ms,
+            }
+        )
+    first, last_row = rows[0], rows[-1]
+    return {
+        "model": model_dir.name,
+        "max_length": limit,
+        "not_measured": [p for p in prefixes if not any(r["prefix_asked"] == p for r in rows)],
+        "rows": rows,
+        "flatness": last_row["cached_ms"] / first["cached_ms"],
+        "flatness_span": [first["prefix"], last_row["prefix"]],
+        "speedup_longest": last_row["speedup"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. the service versus the same work in process
+
+
+@dataclass
+class Work:
+    """One kind of request: how to make it over HTTP and how to do its work in process."""
+
+    name: str
+    request: Request
+    units_per_request: int  # tokens or images a request produces (1 for next-word)
+    unit: str
+    concurrency: tuple[int, ...]
+    # concurrency -> (units per second in process for that many requests' worth of work)
+    inprocess: Callable[[int], float]
+
+
+def _json_request(path: str, body: dict[str, Any]) -> Request:
+    return Request("POST", path, orjson.dumps(body), {"Content-Type": "application/json"})
+
+
+def _units_per_s(fn: Callable[[], object], units: int, seconds: float) -> float:
+    stats = time_calls(fn, 1, seconds)
+    return units * stats.calls_per_s
+
+
+def build_work(plan: Plan, repository: Path, settings: Settings) -> list[Work]:
+    lm_dir, image_dir = repository / LM, repository / IMAGE_MODEL
+    lm_config, image_config = _config(lm_dir), _config(image_dir)
+    lm_folder = _latest_version(lm_dir)
+    decoder = Decoder(
+        Graph(lm_folder / lm_config["graphs"]["step"], settings).run,
+        lm_config,
+        WordTokenizer.load(lm_folder / lm_config["tokenizer"]["vocab"]),
+    )
+    params = SamplingParams(temperature=1.0, seed=0)
+    denoiser = Graph(_latest_version(image_dir) / "model.onnx", settings)
+    sessions = {"model": denoiser.session}
+    work_s = plan.point_s * 2
+
+    def completions(c: int) -> float:
+        return _units_per_s(
+            lambda: decoder.generate_batch([PROMPT] * c, NEW_TOKENS, params), NEW_TOKENS * c, work_s
+        )
+
+    def next_word(c: int) -> float:
+        return _units_per_s(lambda: decoder.next_word_distribution(PROMPT, 10), 1, work_s)
+
+    def images(steps: int) -> Callable[[int], float]:
+        def run(c: int) -> float:
+            n = IMAGES_PER_REQUEST * c
+            return _units_per_s(
+                lambda: imagegen.generate(image_config, sessions, 3, n, 0, steps), n, work_s
+            )
+
+        return run
+
+    works = [
+        Work(
+            "completions",
+            _json_request(
+                "/v1/completions",
+                {"model": LM, "prompt": PROMPT, "max_tokens": NEW_TOKENS, "seed": 0},
+            ),
+            NEW_TOKENS,
+            "tokens",
+            plan.text_concurrency,
+            completions,
+        ),
+        Work(
+            "next-word",
+            _json_request(f"/v1/models/{LM}/next-word", {"text": PROMPT, "top_k": 10}),
+            1,
+            "requests",
+            plan.text_concurrency,
+            next_word,
+        ),
+    ]
+    for steps in plan.image_steps:
+        body = {"model": IMAGE_MODEL, "label": 3, "n": IMAGES_PER_REQUEST, "seed": 0}
+        works.append(
+            Work(
+                f"images-ddim{steps}",
+                _json_request("/v1/images/generations", {**body, "steps": steps}),
+                IMAGES_PER_REQUEST,
+                "images",
+                plan.image_concurrency,
+                images(steps),
+            )
+        )
+    return works
+
+
+def make_repository(work_dir: Path) -> Path:
+    """Copies of the two served models (the service refuses symlinked model folders)."""
+    repository = work_dir / "repository"
+    for name in (LM, IMAGE_MODEL):
+        source = MODELS / name
+        version = _latest_version(source)
+        (repository / name).mkdir(parents=True)
+        shutil.copy(source / "config.json", repository / name / "config.json")
+        shutil.copytree(
+            version, repository / name / version.name, ignore=shutil.ignore_patterns("*.png")
+        )
+    return repository
+
+
+def start_service(repository: Path, work_dir: Path) -> Server:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--models-dir", str(repository)]
+    return start_server(
+        "seedserve-generation",
+        argv,
+        f"{url}/v2/health/ready",
+        url,
+        work_dir / "logs",
+        env={"SEEDSERVE_STRICT_READINESS": "true"},
+        cwd=ROOT,
+    )
+
+
+def check_work(server: Server, work: Work) -> None:
+    """One request first: it must succeed and produce the units it is counted for."""
+    response = httpx.post(
+        server.url + work.request.path,
+        content=work.request.body,
+        headers=dict(work.request.headers or {}),
+        timeout=120,
+    )
+    response.raise_for_status()
+    data = response.json()
+    if work.unit == "tokens" and data["usage"]["completion_tokens"] != work.units_per_request:
+        raise RuntimeError(f"{work.name}: expected {work.units_per_request} tokens: {data}")
+    if work.unit == "images" and len(data["data"]) != work.units_per_request:
+        raise RuntimeError(f"{work.name}: expected {work.units_per_request} images")
+
+
+def measure_service(plan: Plan, generator: str, settings: Settings) -> list[dict[str, Any]]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
+        work_dir = Path(tmp)
+        repository = make_repository(work_dir)
+        works = build_work(plan, repository, settings)
+        server = start_service(repository, work_dir)
+        try:
+            for work in works:
+                check_work(server, work)
+                for c in work.concurrency:
+                    load = run_load(generator, server.url, work.request, c, plan.load_s, 300.0)
+                    if load.errors or not load.requests:
+                        raise RuntimeError(f"{work.name} at {c}: {load}\n{server.log_tail()}")
+                    served = load.rps * work.units_per_request
+                    inprocess = work.inprocess(c)
+                    rows.append(
+                        {
+                            "work": work.name,
+                            "unit": work.unit,
+                            "concurrency": c,
+                            "generator": load.generator,
+                            "requests": load.requests,
+                            "rps": load.rps,
+                            "p50_ms": load.p50_ms,
+                            "p99_ms": load.p99_ms,
+                            "served_per_s": served,
+                            "inprocess_per_s": inprocess,
+                            "ratio": served / inprocess,
+                        }
+                    )
+        finally:
+            stop_server(server)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines = [
+        "# Generation benchmark",
+        "",
+        f"{doc['machine']}; onnxruntime one intra-op thread; {doc['seconds']:.0f} s run"
+        + (" (--quick: figures are not meaningful)" if doc["quick"] else "")
+        + ".",
+        "",
+        "## Cached decoding vs recomputing the prefix (in process, ms per next token, p50)",
+        "",
+        "| model | prefix | cached ms | recompute ms | recompute / cached |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for block in doc["cache"]:
+        for row in block["rows"]:
+            prefix = str(row["prefix"])
+            if row["prefix"] != row["prefix_asked"]:
+                prefix += f" (asked {row['prefix_asked']}; graph has {block['max_length']})"
+            lines.append(
+                f"| {block['model']} | {prefix} | {row['cached_ms']:.3f} | "
+                f"{row['recompute_ms']:.3f} | {row['speedup']:.1f}x |"
+            )
+        if block["not_measured"]:
+            lines.append(
+                f"| {block['model']} | {', '.join(map(str, block['not_measured']))} | "
+                f"n/a: the graph has {block['max_length']} positions | | |"
+            )
+    lines += ["", "| model | cached flatness (longest / 32) | speedup at longest prefix |"]
+    lines += ["|---|---:|---:|"]
+    for block in doc["cache"]:
+        lo, hi = block["flatness_span"]
+        lines.append(
+            f"| {block['model']} | {block['flatness']:.2f}x ({hi} vs {lo}) | "
+            f"{block['speedup_longest']:.1f}x at {hi} |"
+        )
+    lines += [
+        "",
+        "## Through the service (127.0.0.1) vs the same work in process",
+        "",
+        f"Completions: {LM}, {NEW_TOKENS}-token outputs; next-word: {LM}; images: "
+        f"{IMAGE_MODEL}, {IMAGES_PER_REQUEST} per request, DDIM. In process at concurrency c = "
+        "c requests' worth of work in one batched call (generate_batch / n images).",
+        "",
+        "| work | concurrency | served /s | in process /s | served / in process | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in doc["service"]:
+        lines.append(
+            f"| {row['work']} | {row['concurrency']} | {row['served_per_s']:.1f} {row['unit']} | "
+            f"{row['inprocess_per_s']:.1f} | {row['ratio']:.2f} | {row['p50_ms']:.1f} | "
+            f"{row['p99_ms']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run(plan: Plan, generator: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    settings = Settings()
+    cache = [
+        cache_vs_recompute(MODELS / name, plan.prefixes, plan.point_s, settings)
+        for name in plan.cache_models
+    ]
+    service = measure_service(plan, generator, settings)
+    return {
+        "quick": plan.quick,
+        "machine": f"{os.cpu_count()} CPUs",
+        "seconds": time.perf_counter() - started,
+        "cache": cache,
+        "service": service,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.generation", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a smoke run of seconds")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--generator",
+        choices=("wrk", "python"),
+        default="wrk" if wrk_available() else "python",
+        help="load generator (default wrk when installed)",
+    )
+    args = parser.parse_args(argv)
+    doc = run(make_plan(args.quick), args.generator)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "generation.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (args.out / "generation.md").write_text(markdown(doc))
+    print(markdown(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
