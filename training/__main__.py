@@ -36,9 +36,10 @@ MODULES = {
 }
 # train-all order: the classifiers first, since the generators are scored with them
 SHIPPING_ORDER = ("training.classify", "training.lm", "training.generate")
-# modules whose training runs under torchrun with DDP (training/distributed.py); the others
-# refuse several ranks rather than train the same model twice and publish it twice
-DISTRIBUTED = {"training.classify"}
+# modules and families whose training runs under torchrun with DDP (training/distributed.py);
+# the others (the n-gram baseline) refuse several ranks rather than do the same work twice
+DISTRIBUTED = {"training.classify", *("rnn", "lstm", "gru", "transformer", "mamba")}
+DISTRIBUTED |= {"vae", "gan", "diffusion", "latent-diffusion"}
 
 
 def train_all(argv: list[str]) -> int:
@@ -65,7 +66,8 @@ def main(argv: list[str]) -> int:
         print(f"unknown family {family!r}; known: {', '.join(sorted(MODULES))}", file=sys.stderr)
         return 2
     several_ranks = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if command == "train" and several_ranks and MODULES[family] not in DISTRIBUTED:
+    distributed = MODULES[family] in DISTRIBUTED or family in DISTRIBUTED
+    if command == "train" and several_ranks and not distributed:
         print(f"{family}: trains on one process; start it without torchrun", file=sys.stderr)
         return 2
     module = importlib.import_module(MODULES[family])

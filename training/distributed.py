@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -53,6 +55,14 @@ class Distributed:
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return [float(v) for v in total.tolist()]
 
+    def agree(self, value: float) -> float:
+        """Rank 0's value on every rank: a decision (a clock reading, a stop flag) all must share."""
+        if not self.enabled:
+            return value
+        shared = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.broadcast(shared, src=0)
+        return float(shared.item())
+
     def wrap(self, model: nn.Module) -> nn.Module:
         """The model to train: DDP around it when there are several ranks."""
         if not self.enabled:
@@ -60,9 +70,26 @@ class Distributed:
         ids = [self.local_rank] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
+    def wrap_method(self, model: nn.Module, method: str) -> nn.Module:
+        """`wrap` for a model trained through a method other than forward (a VAE's `loss`):
+        DDP synchronises gradients only of what runs through its own forward."""
+        return self.wrap(Method(model, method))
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+
+class Method(nn.Module):
+    """A module whose forward is another module's named method (same parameters)."""
+
+    def __init__(self, model: nn.Module, method: str) -> None:
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, *args: Any) -> Any:
+        function: Callable[..., Any] = getattr(self.model, self.method)
+        return function(*args)
 
 
 def start(timeout_s: float = 1800.0) -> Distributed:

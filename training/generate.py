@@ -41,7 +41,9 @@ def main(command: str, family: str, argv: list[str]) -> int:
     module = importlib.import_module(FAMILIES[family])
     try:
         if command == "train":
-            print(f"published {module.train(family, argv)}")
+            published = module.train(family, argv)
+            if published is not None:  # None: a rank other than 0 under torchrun
+                print(f"published {published}")
         elif command == "export":
             print(f"published {module.export(family, argv)}")
         elif command == "evaluate":

@@ -1,5 +1,9 @@
 """What the four generator families share: the run config, image data in [0, 1], the training
 clock, EMA weights, loss curves, checkpoints and shipping a version into the repository.
+
+Under torchrun (training/distributed.py) every rank draws the same global batches (same seed)
+and trains on its strided share (`rank_batches`), DDP averages the gradients, the clock and the
+logged losses are agreed over the ranks, and rank 0 alone exports and publishes.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from training import distributed
 from training.data.images import KNOWN_DATASETS, carve, idx_folder, read_digits, read_idx_split
 from training.onnx_export import OPSET, export_onnx, verify
 from training.repository import DEFAULT_MODELS_DIR, publish_version
@@ -102,6 +107,30 @@ def random_batches(n: int, batch_size: int, generator: torch.Generator) -> Any:
             yield order[i : i + batch_size]
 
 
+def check_batch(batch_size: int, context: distributed.Distributed) -> None:
+    assert batch_size % context.world_size == 0, (
+        f"--batch-size {batch_size} must split evenly over {context.world_size} ranks"
+    )
+
+
+def train_on_ranks(
+    body: Callable[[distributed.Distributed], Path | None],
+) -> Path | None:
+    """Run a family's train-and-export under torchrun's process group (or alone without one);
+    the folder published, None on the ranks other than 0."""
+    context = distributed.start()
+    try:
+        return body(context)
+    finally:
+        distributed.stop(context)
+
+
+def ranks_mean(context: distributed.Distributed, **values: float) -> dict[str, float]:
+    """Each value averaged over the ranks (the same on every rank)."""
+    sums = context.sum([float(v) for v in values.values()])
+    return {name: total / context.world_size for name, total in zip(values, sums, strict=True)}
+
+
 class Clock:
     """Training progress in [0, 1]: the larger of iterations done and time budget used.
 
@@ -110,9 +139,18 @@ class Clock:
     machine is; with one thread and an idle machine the two agree.
     """
 
-    def __init__(self, iterations: int, max_minutes: float) -> None:
+    def __init__(
+        self,
+        iterations: int,
+        max_minutes: float,
+        context: distributed.Distributed | None = None,
+    ) -> None:
         self.iterations, self.budget_s = iterations, max_minutes * 60
         self.started_cpu, self.started_wall = time.process_time(), time.monotonic()
+        # several ranks must agree on the learning rate and the stop: rank 0's reading, taken
+        # once per iteration (a broadcast every rank makes)
+        self.context = context or distributed.Distributed()
+        self.agreed = (-1, 0.0)  # (iteration, rank 0's elapsed CPU seconds then)
 
     def elapsed(self) -> float:
         """CPU seconds used so far."""
@@ -122,7 +160,11 @@ class Clock:
         return time.monotonic() - self.started_wall
 
     def progress(self, iteration: int) -> float:
-        return max(iteration / self.iterations, self.elapsed() / self.budget_s)
+        if not self.context.enabled:
+            return max(iteration / self.iterations, self.elapsed() / self.budget_s)
+        if self.agreed[0] != iteration:
+            self.agreed = (iteration, self.context.agree(self.elapsed()))
+        return max(iteration / self.iterations, self.agreed[1] / self.budget_s)
 
     def learning_rate(self, iteration: int, peak: float, warmup: int) -> float:
         """Linear warmup, then cosine decay to 10% of the peak over the budget."""

@@ -5,6 +5,7 @@
     python -m training train gru --text my_texts/ --dataset letters   # a folder of .txt files
     python -m training train ngram          # the Kneser-Ney baseline: metrics only, no ONNX
     python -m training evaluate lstm        # re-measure the shipped lstm-austen on the test split
+    torchrun --nproc_per_node 2 -m training train lstm ...  # DDP: see training/distributed.py
 
 Families: rnn, lstm, gru (training/models/recurrent.py), transformer, mamba. `train` reads top to
 bottom: config, data and vocabulary, model, the loop (random windows of the training stream,
@@ -31,6 +32,7 @@ from tqdm import tqdm
 
 from service.tasks.tokenizer import WordTokenizer
 from training.data.corpus import Corpus, load_corpus
+from training.distributed import Distributed, start, stop
 from training.lm_eval import evaluate_stream, torch_logits_fn
 from training.models.mamba import MambaConfig, MambaLM
 from training.models.recurrent import RecurrentConfig, RecurrentLM
@@ -162,8 +164,21 @@ class TrainResult:
 
 
 def fit(
-    model: nn.Module, train_ids: np.ndarray, valid_ids: np.ndarray, cfg: TrainConfig
+    model: nn.Module,
+    train_ids: np.ndarray,
+    valid_ids: np.ndarray,
+    cfg: TrainConfig,
+    context: Distributed | None = None,
 ) -> TrainResult:
+    """The loop; under torchrun every rank draws the same global batch (same seed) and trains on
+    its share, DDP averages the gradients, rank 0's clock decides the learning rate and the stop,
+    and rank 0 alone validates (the other ranks' result keeps the last weights)."""
+    context = context or Distributed()
+    assert cfg.batch_size % context.world_size == 0, (
+        f"--batch-size {cfg.batch_size} must split evenly over {context.world_size} ranks"
+    )
+    device = context.device
+    trained = context.wrap(model)
     rng = np.random.default_rng(cfg.seed)
     optimizer = make_optimizer(model, cfg)
     valid = valid_ids[: cfg.eval_tokens]
@@ -172,15 +187,22 @@ def fit(
     recent: list[float] = []
     started = time.perf_counter()
     step, stopped_early = 0, False
-    progress = tqdm(range(cfg.max_iters), desc="train", mininterval=10, file=sys.stdout)
+    progress = tqdm(
+        range(cfg.max_iters),
+        desc="train",
+        mininterval=10,
+        file=sys.stdout,
+        disable=not context.is_main,
+    )
     for step in progress:
-        lr = learning_rate(step, cfg, time.perf_counter() - started)
+        lr = learning_rate(step, cfg, context.agree(time.perf_counter() - started))
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
-        x, y = get_batch(train_ids, cfg, rng)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            _, loss = model(x, y)
+        x, y = get_batch(train_ids, cfg, rng)  # the global batch: (B, T) each
+        x, y = context.shard(x).to(device), context.shard(y).to(device)  # (B / ranks, T)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            _, loss = trained(x, y)
         assert loss is not None
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -189,27 +211,29 @@ def fit(
         optimizer.step()
         recent.append(loss.item())
 
-        elapsed = time.perf_counter() - started
+        elapsed = context.agree(time.perf_counter() - started)
         out_of_time = cfg.max_minutes > 0 and elapsed > cfg.max_minutes * 60
         last = step == cfg.max_iters - 1 or out_of_time
         if (step + 1) % cfg.eval_interval == 0 or last:
-            val = evaluate_stream(torch_logits_fn(model), valid, cfg.block_size)
-            history.append(
-                {
-                    "step": step + 1,
-                    "train_loss": float(np.mean(recent)),
-                    "val_loss": val["loss"],
-                    "val_perplexity": val["perplexity"],
-                    "lr": lr,
-                    "seconds": round(elapsed, 1),
-                }
-            )
+            loss_sum, losses = context.sum([float(np.sum(recent)), float(len(recent))])
             recent = []
-            progress.set_postfix(val_ppl=f"{val['perplexity']:.1f}", lr=f"{lr:.1e}")
-            print(f"step {step + 1}: {history[-1]}", flush=True)
-            if val["loss"] < best_loss:
-                best_loss, best_step = val["loss"], step + 1
-                best_state = copy.deepcopy(model.state_dict())
+            if context.is_main:  # the others wait for it at the next all-reduce
+                val = evaluate_stream(torch_logits_fn(model), valid, cfg.block_size)
+                history.append(
+                    {
+                        "step": step + 1,
+                        "train_loss": loss_sum / losses,
+                        "val_loss": val["loss"],
+                        "val_perplexity": val["perplexity"],
+                        "lr": lr,
+                        "seconds": round(elapsed, 1),
+                    }
+                )
+                progress.set_postfix(val_ppl=f"{val['perplexity']:.1f}", lr=f"{lr:.1e}")
+                print(f"step {step + 1}: {history[-1]}", flush=True)
+                if val["loss"] < best_loss:
+                    best_loss, best_step = val["loss"], step + 1
+                    best_state = copy.deepcopy(model.state_dict())
         if out_of_time:
             stopped_early = True
             break
@@ -240,8 +264,17 @@ def ngram_baseline(
     }
 
 
-def train(family: str, cfg: TrainConfig, model_cfg: Any) -> Path:
-    """Train, then export, verify, measure and publish; returns the new version's folder."""
+def train(family: str, cfg: TrainConfig, model_cfg: Any) -> Path | None:
+    """Train, then export, verify, measure and publish; returns the new version's folder
+    (None on the ranks other than 0 under torchrun)."""
+    context = start()
+    try:
+        return train_on(family, cfg, model_cfg, context)
+    finally:
+        stop(context)
+
+
+def train_on(family: str, cfg: TrainConfig, model_cfg: Any, context: Distributed) -> Path | None:
     from training.lm_export import Checkpoint, publish_checkpoint  # export needs onnxscript
 
     torch.set_num_threads(cfg.threads)
@@ -250,20 +283,27 @@ def train(family: str, cfg: TrainConfig, model_cfg: Any) -> Path:
     model_cfg = dataclasses.replace(model_cfg, vocab_size=len(tokenizer))
     if hasattr(model_cfg, "block_size"):
         model_cfg = dataclasses.replace(model_cfg, block_size=cfg.block_size)
-    model = build_model(family, model_cfg)
+    model = build_model(family, model_cfg).to(context.device)
+    if context.enabled:
+        torch.manual_seed(cfg.seed + context.rank)  # different dropout on each rank
     parameters = sum(p.numel() for p in model.parameters())
     tokens = {split: len(a) for split, a in ids.items()}
-    print(
-        f"{family}: {parameters:,} parameters, vocabulary {len(tokenizer)}, tokens {tokens}",
-        flush=True,
-    )
+    if context.is_main:
+        print(
+            f"{family}: {parameters:,} parameters, vocabulary {len(tokenizer)}, tokens {tokens}"
+            + (f", {context.world_size} ranks on {context.device}" if context.enabled else ""),
+            flush=True,
+        )
 
-    result = fit(model, ids["train"], ids["validation"], cfg)
+    result = fit(model, ids["train"], ids["validation"], cfg, context)
+    if not context.is_main:
+        return None  # rank 0 checkpoints, exports and publishes
+    result.model.cpu()
     print(f"{family}: trained {result.iters_run} steps in {result.seconds:.0f} s", flush=True)
     checkpoint = Checkpoint(
         family=family,
         model_config=dataclasses.asdict(model_cfg),
-        train_config=as_json(cfg),
+        train_config=as_json(cfg) | {"ranks": context.world_size},  # DDP processes
         state_dict=result.model.state_dict(),
         vocab=tokenizer.to_json(),
         history=result.history,

@@ -68,10 +68,11 @@ def evaluate_stream(
 def torch_logits_fn(model: torch.nn.Module) -> LogitsFn:
     def run(x: np.ndarray) -> np.ndarray:
         model.eval()
+        device = next(model.parameters()).device  # a GPU under torchrun with nccl
         with torch.no_grad():
-            logits, _ = model(torch.from_numpy(x))
+            logits, _ = model(torch.from_numpy(x).to(device))
         assert logits is not None, "without targets a model returns its logits"
-        return logits.numpy()
+        return logits.cpu().numpy()
 
     return run
 

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from service.tasks.diffusion import alphas_cumprod
+from training.distributed import Distributed
 from training.generative import (
     EMA,
     Clock,
@@ -34,6 +35,7 @@ from training.generative import (
     ImageData,
     RunConfig,
     base_config,
+    check_batch,
     export_graph,
     latest_version,
     load_checkpoint,
@@ -42,11 +44,13 @@ from training.generative import (
     parameter_count,
     plot_curves,
     random_batches,
+    ranks_mean,
     save_checkpoint,
     ship,
     staging_folder,
     start,
     tensor_spec,
+    train_on_ranks,
 )
 from training.models.latent_denoiser import LatentDenoiser, LatentDenoiserConfig
 from training.models.unet import UNet, UNetConfig
@@ -115,18 +119,28 @@ def train_denoiser(
     null_label: int,
     config: DiffusionConfig,
     run: RunConfig,
+    context: Distributed | None = None,
 ) -> tuple[EMA, History, int, Clock]:
     """The DDPM loop over `data` (N, ...) in the diffusion's own scale. Returns the EMA model,
-    the loss history, the iterations run and the clock (CPU and wall seconds)."""
+    the loss history, the iterations run and the clock (CPU and wall seconds).
+
+    Under torchrun every rank draws the same global batch, timesteps and noise (one seeded
+    generator) and trains on its share; DDP averages the gradients."""
+    context = context or Distributed()
+    check_batch(config.batch_size, context)
     abar = torch.tensor(alphas_cumprod(schedule_parameters(config.schedule, config.timesteps)))
     abar = abar.float()
+    model.to(context.device)
+    trained = context.wrap(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
     ema = EMA(model, config.ema_decay)
-    history, clock = History(), Clock(config.iterations, run.max_minutes)
+    history, clock = History(), Clock(config.iterations, run.max_minutes, context)
     generator = torch.Generator().manual_seed(run.seed)
     batches = random_batches(len(data), config.batch_size, generator)
     expand = (-1,) + (1,) * (data.dim() - 1)  # broadcast abar_t over the sample's axes
-    bar = tqdm(total=config.iterations, desc="diffusion", mininterval=5)
+    bar = tqdm(
+        total=config.iterations, desc="diffusion", mininterval=5, disable=not context.is_main
+    )
     iteration = 0
     model.train()
     while iteration < config.iterations and clock.progress(iteration) < 1.0:
@@ -135,9 +149,10 @@ def train_denoiser(
         y[torch.rand(len(y), generator=generator) < config.label_dropout] = null_label
         t = torch.randint(0, config.timesteps, (len(x0),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
-        a = abar[t].view(expand)
+        x0, y, t, noise = (context.shard(v).to(context.device) for v in (x0, y, t, noise))
+        a = abar.to(context.device)[t].view(expand)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise  # (B, ...) forward process in one jump
-        loss = F.mse_loss(model(x_t, t, y), noise)
+        loss = F.mse_loss(trained(x_t, t, y), noise)
         for group in optimizer.param_groups:
             group["lr"] = clock.learning_rate(iteration, config.learning_rate, config.warmup)
         optimizer.zero_grad(set_to_none=True)
@@ -147,10 +162,11 @@ def train_denoiser(
         ema.update(model, iteration)
         iteration += 1
         if iteration % config.log_every == 0 or iteration == 1:
-            history.log(iteration, loss=loss.item())
+            history.log(iteration, **ranks_mean(context, loss=loss.item()))
             bar.set_postfix(loss=f"{history.last_mean('loss'):.4f}")
         bar.update(1)
     bar.close()
+    ema.model.cpu()
     return ema, history, iteration, clock
 
 
@@ -179,16 +195,21 @@ def diffusion_section(config: DiffusionConfig, num_classes: int) -> dict[str, An
 # Pixel-space diffusion
 
 
-def train_pixel(run: RunConfig, config: DiffusionConfig, unet: UNetConfig) -> Path:
+def train_pixel(
+    run: RunConfig, config: DiffusionConfig, unet: UNetConfig, context: Distributed
+) -> Path | None:
     start(run)
     data = load_image_data(run.dataset, run.data_dir, run.train_subset)
     unet.num_classes = len(data.labels)
     x, y = data.train_tensors()
     model = UNet(unet)
-    print(f"U-Net: {parameter_count(model):,} parameters; {len(x):,} training images")
+    if context.is_main:
+        print(f"U-Net: {parameter_count(model):,} parameters; {len(x):,} training images")
     ema, history, iterations, clock = train_denoiser(
-        model, x * 2 - 1, y, unet.num_classes, config, run
+        model, x * 2 - 1, y, unet.num_classes, config, run, context
     )
+    if not context.is_main:
+        return None  # rank 0 exports and publishes
     name = model_name("diffusion", data.name)
     checkpoint = save_checkpoint(
         run.runs_dir / name / "ckpt.pt",
@@ -310,7 +331,9 @@ def latent_bound(latents: np.ndarray) -> float:
     return round(float(np.quantile(np.abs(latents), 0.9999)), 2)
 
 
-def train_latent(run: RunConfig, config: DiffusionConfig, denoiser: LatentDenoiserConfig) -> Path:
+def train_latent(
+    run: RunConfig, config: DiffusionConfig, denoiser: LatentDenoiserConfig, context: Distributed
+) -> Path | None:
     start(run)
     data = load_image_data(run.dataset, run.data_dir, run.train_subset)
     vae_dir = config.vae or latest_version(run.models_dir, model_name("vae", data.name))
@@ -323,15 +346,18 @@ def train_latent(run: RunConfig, config: DiffusionConfig, denoiser: LatentDenois
     denoiser.latent_dim = mean.shape[1]
     denoiser.num_classes = len(data.labels)
     model = LatentDenoiser(denoiser)
-    print(
-        f"latent denoiser: {parameter_count(model):,} parameters; latents {mean.shape}, scale {latent_scale:.3f}"
-    )
+    if context.is_main:
+        print(
+            f"latent denoiser: {parameter_count(model):,} parameters; latents {mean.shape}, scale {latent_scale:.3f}"
+        )
     latents = torch.from_numpy(samples / latent_scale).float()
     latent_clip = latent_bound(latents.numpy())
     y = torch.from_numpy(data.train_labels)
     ema, history, iterations, clock = train_denoiser(
-        model, latents, y, denoiser.num_classes, config, run
+        model, latents, y, denoiser.num_classes, config, run, context
     )
+    if not context.is_main:
+        return None  # rank 0 exports and publishes
     name = model_name("latent-diffusion", data.name)
     checkpoint = save_checkpoint(
         run.runs_dir / name / "ckpt.pt",
@@ -452,13 +478,18 @@ def parse(
     return run, config, model
 
 
-def train(family: str, argv: list[str]) -> Path:
+def train(family: str, argv: list[str]) -> Path | None:
+    """Train, export and publish; None on the ranks other than 0 under torchrun."""
     latent = family == "latent-diffusion"
     run, config, model = parse(argv, latent)
-    if isinstance(model, LatentDenoiserConfig):
-        return train_latent(run, config, model)
-    assert isinstance(model, UNetConfig)
-    return train_pixel(run, config, model)
+
+    def body(context: Distributed) -> Path | None:
+        if isinstance(model, LatentDenoiserConfig):
+            return train_latent(run, config, model, context)
+        assert isinstance(model, UNetConfig)
+        return train_pixel(run, config, model, context)
+
+    return train_on_ranks(body)
 
 
 def export(family: str, argv: list[str]) -> Path:

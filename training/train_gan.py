@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from training.distributed import Distributed
 from training.generative import (
     EMA,
     Clock,
@@ -28,6 +29,7 @@ from training.generative import (
     ImageData,
     RunConfig,
     base_config,
+    check_batch,
     export_graph,
     load_checkpoint,
     load_image_data,
@@ -35,11 +37,13 @@ from training.generative import (
     parameter_count,
     plot_curves,
     random_batches,
+    ranks_mean,
     save_checkpoint,
     ship,
     staging_folder,
     start,
     tensor_spec,
+    train_on_ranks,
 )
 from training.models.gan import Discriminator, GANConfig, Generator
 from training.overrides import apply_overrides
@@ -98,35 +102,57 @@ def standing_statistics(generator: nn.Module, batches: int, batch_size: int, see
 
 
 def train_model(
-    run: RunConfig, config: GANTrainConfig, model_config: GANConfig, data: ImageData
-) -> Path:
+    run: RunConfig,
+    config: GANTrainConfig,
+    model_config: GANConfig,
+    data: ImageData,
+    context: Distributed | None = None,
+) -> Path | None:
+    """The loop; the checkpoint's path on rank 0, None on the other ranks.
+
+    Under torchrun both networks are DDP-wrapped: every rank draws the same global batch, labels
+    and latents (one seeded generator) and works on its share; the generator step runs the
+    frozen discriminator unwrapped, so only the generator's gradients are averaged there.
+    """
+    context = context or Distributed()
+    check_batch(config.batch_size, context)
+    device = context.device
     x, y = data.train_tensors()
-    generator, discriminator = Generator(model_config), Discriminator(model_config)
-    print(
-        f"GAN: generator {parameter_count(generator):,}, discriminator "
-        f"{parameter_count(discriminator):,} parameters; {len(x):,} training images"
-    )
+    generator = Generator(model_config).to(device)
+    discriminator = Discriminator(model_config).to(device)
+    trained_g, trained_d = context.wrap(generator), context.wrap(discriminator)
+    if context.is_main:
+        print(
+            f"GAN: generator {parameter_count(generator):,}, discriminator "
+            f"{parameter_count(discriminator):,} parameters; {len(x):,} training images"
+        )
     betas = (config.beta1, 0.999)
     g_optimizer = torch.optim.Adam(generator.parameters(), lr=config.learning_rate, betas=betas)
     d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.learning_rate, betas=betas)
     ema = EMA(generator, config.ema_decay)  # smooths the oscillation adversarial training has
-    history, clock = History(), Clock(config.iterations, run.max_minutes)
+    history, clock = History(), Clock(config.iterations, run.max_minutes, context)
     rng = torch.Generator().manual_seed(run.seed)
     batches = random_batches(len(x), config.batch_size, rng)
     num_classes = model_config.num_classes
     iteration = 0
-    bar = tqdm(total=config.iterations, desc="gan", mininterval=5)
+    bar = tqdm(total=config.iterations, desc="gan", mininterval=5, disable=not context.is_main)
     while iteration < config.iterations and clock.progress(iteration) < 1.0:
-        index = next(batches)
-        real, real_labels = x[index], y[index]
-        b = len(real)
+        index = next(batches)  # the global batch; every random draw below is global too
+        b = len(index)
+        index = context.shard(index)  # then each rank takes its share
+        real, real_labels = x[index].to(device), y[index].to(device)
         # 1. discriminator step, generator frozen (its output detached)
         set_frozen(discriminator, False)
         fake_labels = torch.randint(0, num_classes, (b,), generator=rng)
+        latent = torch.randn(b, model_config.latent_dim, generator=rng)
+        fake_labels, latent = (
+            context.shard(fake_labels).to(device),
+            context.shard(latent).to(device),
+        )
         with torch.no_grad():
-            fake = generator(torch.randn(b, model_config.latent_dim, generator=rng), fake_labels)
-        real_logits = discriminator(real, real_labels)
-        fake_logits = discriminator(fake, fake_labels)
+            fake = generator(latent, fake_labels)
+        real_logits = trained_d(real, real_labels)
+        fake_logits = trained_d(fake, fake_labels)
         d_loss = F.binary_cross_entropy_with_logits(
             real_logits, torch.full_like(real_logits, config.real_target)
         ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
@@ -137,7 +163,11 @@ def train_model(
         set_frozen(discriminator, True)
         fake_labels = torch.randint(0, num_classes, (b // 2,), generator=rng).repeat(2)
         latent = torch.randn(len(fake_labels), model_config.latent_dim, generator=rng)
-        fake = generator(latent, fake_labels)
+        fake_labels, latent = (
+            context.shard(fake_labels).to(device),
+            context.shard(latent).to(device),
+        )
+        fake = trained_g(latent, fake_labels)
         g_logits = discriminator(fake, fake_labels)
         g_loss = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
         diversity = mode_seeking_ratio(fake, latent)
@@ -149,11 +179,14 @@ def train_model(
         if iteration % config.log_every == 0 or iteration == 1:
             history.log(
                 iteration,
-                discriminator_loss=d_loss.item(),
-                generator_loss=g_loss.item(),
-                d_real=torch.sigmoid(real_logits).mean().item(),
-                d_fake=torch.sigmoid(fake_logits).mean().item(),
-                diversity=diversity.item(),
+                **ranks_mean(
+                    context,
+                    discriminator_loss=d_loss.item(),
+                    generator_loss=g_loss.item(),
+                    d_real=torch.sigmoid(real_logits).mean().item(),
+                    d_fake=torch.sigmoid(fake_logits).mean().item(),
+                    diversity=diversity.item(),
+                ),
             )
             bar.set_postfix(
                 d=f"{history.last_mean('discriminator_loss'):.3f}",
@@ -161,6 +194,9 @@ def train_model(
             )
         bar.update(1)
     bar.close()
+    if not context.is_main:
+        return None
+    ema.model.cpu()
     standing_statistics(ema.model, batches=20, batch_size=256, seed=run.seed)
     return save_checkpoint(
         run.runs_dir / model_name("gan", data.name) / "ckpt.pt",
@@ -269,12 +305,18 @@ def parse(argv: list[str]) -> tuple[RunConfig, GANTrainConfig, GANConfig]:
     return run, config, model
 
 
-def train(family: str, argv: list[str]) -> Path:
+def train(family: str, argv: list[str]) -> Path | None:
+    """Train, export and publish; None on the ranks other than 0 under torchrun."""
     run, config, model_config = parse(argv)
     start(run)
     data = load_image_data(run.dataset, run.data_dir, run.train_subset)
     model_config.num_classes = len(data.labels)
-    return export_version(run, data, train_model(run, config, model_config, data))
+
+    def body(context: Distributed) -> Path | None:
+        checkpoint = train_model(run, config, model_config, data, context)
+        return None if checkpoint is None else export_version(run, data, checkpoint)
+
+    return train_on_ranks(body)
 
 
 def export(family: str, argv: list[str]) -> Path:

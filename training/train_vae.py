@@ -1,6 +1,7 @@
 """Train a class-conditional VAE on 28x28 images; ship decoder (model.onnx = decoder.onnx) and encoder.
 
     python -m training train vae --dataset mnist [--iterations 6000 --latent-dim 16 ...]
+    torchrun --nproc_per_node 2 -m training train vae ...  # DDP: see training/generative.py
 
 Loss: the negative ELBO, Bernoulli reconstruction (BCE over the 784 pixels) + KL(q(z|x,y) || N(0, I)).
 The service samples z ~ N(0, I) and decodes it with the requested label; the encoder serves
@@ -16,12 +17,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from training.distributed import Distributed
 from training.generative import (
     Clock,
     History,
     ImageData,
     RunConfig,
     base_config,
+    check_batch,
     export_graph,
     load_checkpoint,
     load_image_data,
@@ -29,11 +32,13 @@ from training.generative import (
     parameter_count,
     plot_curves,
     random_batches,
+    ranks_mean,
     save_checkpoint,
     ship,
     staging_folder,
     start,
     tensor_spec,
+    train_on_ranks,
 )
 from training.models.vae import VAE, VAEConfig
 from training.overrides import apply_overrides
@@ -50,20 +55,31 @@ class VAETrainConfig:
 
 
 def train_model(
-    run: RunConfig, config: VAETrainConfig, model_config: VAEConfig, data: ImageData
-) -> Path:
+    run: RunConfig,
+    config: VAETrainConfig,
+    model_config: VAEConfig,
+    data: ImageData,
+    context: Distributed | None = None,
+) -> Path | None:
+    """The loop; the checkpoint's path on rank 0, None on the other ranks."""
+    context = context or Distributed()
+    check_batch(config.batch_size, context)
     x, y = data.train_tensors()
-    model = VAE(model_config)
-    print(f"VAE: {parameter_count(model):,} parameters; {len(x):,} training images")
+    model = VAE(model_config).to(context.device)
+    if context.enabled:
+        torch.manual_seed(run.seed + context.rank)  # each rank its own posterior samples
+    trained = context.wrap_method(model, "loss")
+    if context.is_main:
+        print(f"VAE: {parameter_count(model):,} parameters; {len(x):,} training images")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    history, clock = History(), Clock(config.iterations, run.max_minutes)
+    history, clock = History(), Clock(config.iterations, run.max_minutes, context)
     generator = torch.Generator().manual_seed(run.seed)
     batches = random_batches(len(x), config.batch_size, generator)
     iteration = 0
-    bar = tqdm(total=config.iterations, desc="vae", mininterval=5)
+    bar = tqdm(total=config.iterations, desc="vae", mininterval=5, disable=not context.is_main)
     while iteration < config.iterations and clock.progress(iteration) < 1.0:
-        index = next(batches)
-        reconstruction, kl = model.loss(x[index], y[index])
+        index = context.shard(next(batches))  # this rank's share of the global batch
+        reconstruction, kl = trained(x[index].to(context.device), y[index].to(context.device))
         loss = reconstruction + config.kl_weight * kl
         for group in optimizer.param_groups:
             group["lr"] = clock.learning_rate(iteration, config.learning_rate, config.warmup)
@@ -73,11 +89,16 @@ def train_model(
         iteration += 1
         if iteration % config.log_every == 0 or iteration == 1:
             history.log(
-                iteration, reconstruction=reconstruction.item(), kl=kl.item(), loss=loss.item()
+                iteration,
+                **ranks_mean(
+                    context, reconstruction=reconstruction.item(), kl=kl.item(), loss=loss.item()
+                ),
             )
             bar.set_postfix(loss=f"{history.last_mean('loss'):.1f}")
         bar.update(1)
     bar.close()
+    if not context.is_main:
+        return None
     return save_checkpoint(
         run.runs_dir / model_name("vae", data.name) / "ckpt.pt",
         model_config=asdict(model_config),
@@ -211,12 +232,18 @@ def parse(argv: list[str]) -> tuple[RunConfig, VAETrainConfig, VAEConfig]:
     return run, config, model
 
 
-def train(family: str, argv: list[str]) -> Path:
+def train(family: str, argv: list[str]) -> Path | None:
+    """Train, export and publish; None on the ranks other than 0 under torchrun."""
     run, config, model_config = parse(argv)
     start(run)
     data = load_image_data(run.dataset, run.data_dir, run.train_subset)
     model_config.num_classes = len(data.labels)
-    return export_version(run, data, train_model(run, config, model_config, data))
+
+    def body(context: Distributed) -> Path | None:
+        checkpoint = train_model(run, config, model_config, data, context)
+        return None if checkpoint is None else export_version(run, data, checkpoint)
+
+    return train_on_ranks(body)
 
 
 def export(family: str, argv: list[str]) -> Path:

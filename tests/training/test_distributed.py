@@ -87,5 +87,5 @@ def test_families_without_ddp_refuse_several_ranks(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert training_main(["train", "lstm", "--dataset", "austen"]) == 2
+    assert training_main(["train", "ngram", "--dataset", "austen"]) == 2
     assert "start it without torchrun" in capsys.readouterr().err
