@@ -125,6 +125,38 @@ def train_on_ranks(
         distributed.stop(context)
 
 
+def train_decoder_family(
+    argv: list[str],
+    parse: Callable[[list[str]], tuple[RunConfig, Any, Any]],
+    train_model: Callable[..., Path | None],
+    export_version: Callable[[RunConfig, ImageData, Path], Path],
+) -> Path | None:
+    """The `train` entry point shared by the VAE and the GAN: parse, load the images, train on
+    every rank, export on rank 0; None on the ranks other than 0 under torchrun."""
+    run, config, model_config = parse(argv)
+    start(run)
+    data = load_image_data(run.dataset, run.data_dir, run.train_subset)
+    model_config.num_classes = len(data.labels)
+
+    def body(context: distributed.Distributed) -> Path | None:
+        checkpoint = train_model(run, config, model_config, data, context)
+        return None if checkpoint is None else export_version(run, data, checkpoint)
+
+    return train_on_ranks(body)
+
+
+def export_decoder_family(
+    family: str,
+    argv: list[str],
+    parse: Callable[[list[str]], tuple[RunConfig, Any, Any]],
+    export_version: Callable[[RunConfig, ImageData, Path], Path],
+) -> Path:
+    """Re-export, re-measure and publish a family's last checkpoint without training again."""
+    run, _, _ = parse(argv)
+    data = load_image_data(run.dataset, run.data_dir, run.train_subset)
+    return export_version(run, data, run.runs_dir / model_name(family, data.name) / "ckpt.pt")
+
+
 def ranks_mean(context: distributed.Distributed, **values: float) -> dict[str, float]:
     """Each value averaged over the ranks (the same on every rank)."""
     sums = context.sum([float(v) for v in values.values()])

@@ -30,9 +30,9 @@ from training.generative import (
     RunConfig,
     base_config,
     check_batch,
+    export_decoder_family,
     export_graph,
     load_checkpoint,
-    load_image_data,
     model_name,
     parameter_count,
     plot_curves,
@@ -41,9 +41,8 @@ from training.generative import (
     save_checkpoint,
     ship,
     staging_folder,
-    start,
     tensor_spec,
-    train_on_ranks,
+    train_decoder_family,
 )
 from training.models.gan import Discriminator, GANConfig, Generator
 from training.overrides import apply_overrides
@@ -307,20 +306,9 @@ def parse(argv: list[str]) -> tuple[RunConfig, GANTrainConfig, GANConfig]:
 
 def train(family: str, argv: list[str]) -> Path | None:
     """Train, export and publish; None on the ranks other than 0 under torchrun."""
-    run, config, model_config = parse(argv)
-    start(run)
-    data = load_image_data(run.dataset, run.data_dir, run.train_subset)
-    model_config.num_classes = len(data.labels)
-
-    def body(context: Distributed) -> Path | None:
-        checkpoint = train_model(run, config, model_config, data, context)
-        return None if checkpoint is None else export_version(run, data, checkpoint)
-
-    return train_on_ranks(body)
+    return train_decoder_family(argv, parse, train_model, export_version)
 
 
 def export(family: str, argv: list[str]) -> Path:
     """Re-export, re-measure and publish the last checkpoint without training again."""
-    run, _, _ = parse(argv)
-    data = load_image_data(run.dataset, run.data_dir, run.train_subset)
-    return export_version(run, data, run.runs_dir / model_name("gan", data.name) / "ckpt.pt")
+    return export_decoder_family("gan", argv, parse, export_version)
