@@ -18,7 +18,8 @@ from starlette.requests import ClientDisconnect
 from service import __version__
 from service.dataplane import DataPlane, poll_repository
 from service.docs import add_docs
-from service.errors import Overloaded, ServiceError
+from service.errors import ServiceError
+from service.fastpath import App, error_parts
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
 from service.registry import Registry
@@ -39,7 +40,7 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, metrics: Metrics | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, metrics: Metrics | None = None) -> App:
     settings = settings or Settings()
     metrics = metrics or Metrics()
 
@@ -66,7 +67,7 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
                 poller.cancel()
             await app.state.dataplane.close()
 
-    app = FastAPI(
+    app = App(
         title="seedserve",
         version=__version__,
         summary="onnxruntime model server: classification, next-word prediction, text and image "
@@ -84,6 +85,9 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
         max_body_bytes=settings.max_body_bytes,
         access_log=settings.access_log,
     )
+    app.fast_path = RequestMiddleware(
+        app.infer, metrics, settings.max_body_bytes, settings.access_log
+    )
     _add_error_handlers(app)
     add_docs(app)
     for module in (health, v2, repository, models, classify, images, playground, text, completions):
@@ -100,10 +104,8 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> Response:
-        headers = {}
-        if isinstance(exc, Overloaded):
-            headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
-        return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=headers)
+        status, body, headers = error_parts(exc)
+        return Response(body, status_code=status, headers=headers)
 
     @app.exception_handler(ClientDisconnect)
     async def client_disconnected(request: Request, exc: ClientDisconnect) -> Response:

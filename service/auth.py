@@ -30,11 +30,16 @@ def _matches(presented: str | None, key: str) -> bool:
 async def require_inference_key(request: Request) -> None:
     # On every inference request: read the header directly rather than through sub-dependencies,
     # which FastAPI would solve per request even when no key is set.
-    settings: Settings = request.app.state.settings
+    check_inference_key(request.app.state.settings, request.headers.get("authorization"))
+
+
+def check_inference_key(settings: Settings, authorization: str | None) -> None:
+    """Raise Unauthorized unless no inference key is set or `authorization` presents one (the
+    admin key opens inference too)."""
     key = settings.api_key.get_secret_value() if settings.api_key else None
     if key is None:
         return
-    presented = _presented(request.headers.get("authorization"))
+    presented = _presented(authorization)
     admin = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
     if not (_matches(presented, key) or (admin is not None and _matches(presented, admin))):
         raise Unauthorized("a valid API key is required: send `Authorization: Bearer <key>`")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+
+import orjson
 
 STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -21,7 +22,7 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in record.__dict__.items() if k not in STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return orjson.dumps(entry, default=str).decode()
 
 
 def configure_logging(level: str) -> None:

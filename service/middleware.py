@@ -7,8 +7,8 @@ the body as it streams in, so an oversized chunked upload is cut off without bei
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -131,7 +131,7 @@ class RequestMiddleware:
 def _request_id(given: bytes | None) -> str:
     if given and len(given) <= 128 and given.isascii() and given.decode().isprintable():
         return given.decode()
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4().hex, without its Python-level cost
 
 
 def _route_template(scope: Scope) -> str:

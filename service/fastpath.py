@@ -1,0 +1,121 @@
+"""The inference hot path as plain ASGI, beside the framework.
+
+`POST /v2/models/{name}[/versions/{v}]/infer` is the request that carries the load. Through
+FastAPI it passes the server-error and exception middlewares, the router's match over every
+route, dependency solving and a Request/Response pair, which together cost more CPU than the
+inference of a small model (py-spy at concurrency 32 on cnn-mnist: dependency solving alone 6%
+of the process). `App` answers that one route itself, with the same request middleware (request
+id, body limit, HTTP metrics, access log), the same API-key check, the same data-plane call
+(`run_infer`) and the same error bodies; everything else, including the route's OpenAPI entry,
+stays with FastAPI.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import orjson
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.auth import check_inference_key
+from service.errors import Overloaded, ServiceError
+
+log = logging.getLogger(__name__)
+
+INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+INFER_ROUTES = (
+    "/v2/models/{model_name}/infer",
+    "/v2/models/{model_name}/versions/{model_version}/infer",
+)
+
+
+class Disconnected(Exception):
+    """The client went away before its body arrived."""
+
+
+class RouteName:
+    """What the request middleware reads from scope["route"] to label its metrics."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def error_parts(exc: ServiceError) -> tuple[int, bytes, dict[str, str]]:
+    """Status, JSON body and headers of the answer to a ServiceError (every route's shape)."""
+    headers = {"content-type": "application/json"}
+    if isinstance(exc, Overloaded):
+        headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
+    return exc.status_code, orjson.dumps({"error": exc.message}), headers
+
+
+class App(FastAPI):
+    """FastAPI, with the V2 infer route answered by `infer` when the app is serving."""
+
+    fast_path: ASGIApp | None = None  # the request middleware around `infer`; set by create_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.fast_path is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and getattr(self.state, "started", False)
+            and INFER_PATH.fullmatch(scope["path"])
+        ):
+            scope["app"] = self
+            await self.fast_path(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from service.routers.v2 import run_infer  # the routers import this module's helpers
+
+        match = INFER_PATH.fullmatch(scope["path"])
+        assert match is not None, "App.__call__ routes only infer paths here"
+        name, version = match.group(1), match.group(2)
+        scope["route"] = RouteName(INFER_ROUTES[version is not None])
+        headers = dict(scope["headers"])
+        try:
+            check_inference_key(self.state.settings, _text(headers.get(b"authorization")))
+            body = await _read_body(receive)
+            content, answer = await run_infer(
+                self.state.registry,
+                self.state.dataplane,
+                name,
+                version,
+                body,
+                _text(headers.get(b"inference-header-content-length")),
+            )
+            status = 200
+        except ServiceError as exc:
+            status, content, answer = error_parts(exc)
+        except Disconnected:
+            status, content, answer = 499, b"", {}  # nobody reads it; the metrics do
+        except Exception:
+            log.exception("inference failed", extra={"path": scope["path"]})
+            status, content = 500, orjson.dumps({"error": "internal server error"})
+            answer = {"content-type": "application/json"}
+        await _respond(send, status, content, answer)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Disconnected
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _respond(send: Send, status: int, content: bytes, headers: dict[str, str]) -> None:
+    raw = [(k.encode(), v.encode()) for k, v in headers.items()]
+    raw.append((b"content-length", str(len(content)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": content})
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
