@@ -4,6 +4,7 @@ data plane -> routers. Nothing is loaded at import time; the lifespan loads the 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -52,6 +53,9 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
         # Loading blocks on onnxruntime; keep the loop free so liveness answers meanwhile.
         await asyncio.to_thread(registry.load_all_quietly)
         app.state.started = True
+        if settings.gc_freeze:
+            gc.collect()
+            gc.freeze()
         ready = sum(s.ready for s in registry.models.values())
         log.info("ready", extra={"models_ready": ready, "models_total": len(registry.models)})
         poller = None
@@ -63,6 +67,8 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
             yield
         finally:
             app.state.started = False
+            if settings.gc_freeze:
+                gc.unfreeze()  # what start-up kept becomes collectable again
             if poller is not None:
                 poller.cancel()
             await app.state.dataplane.close()

@@ -4,6 +4,7 @@ keys and metrics as the FastAPI route it stands in for."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import re
 from pathlib import Path
 
@@ -101,3 +102,14 @@ def test_overloaded_answers_carry_retry_after(models_dir: Path) -> None:
         assert answer.status_code == 503
         assert answer.headers["retry-after"] == "1"
         assert "queued" in answer.json()["error"]
+
+
+def test_start_up_objects_are_frozen_while_serving_and_released_after(models_dir: Path) -> None:
+    before = gc.get_freeze_count()
+    with TestClient(create_app(Settings(models_dir=models_dir, access_log=False))) as client:
+        assert gc.get_freeze_count() > before  # the loaded model among them
+        assert client.post("/v2/models/linear-test/infer", json=BODY).status_code == 200
+    assert gc.get_freeze_count() == 0
+    off = Settings(models_dir=models_dir, access_log=False, gc_freeze=False)
+    with TestClient(create_app(off)):
+        assert gc.get_freeze_count() == 0

@@ -26,6 +26,8 @@ def test_smoke_run_writes_results_report_and_plot(tmp_path: Path) -> None:
         ("seedserve", "v2-json"),
         ("seedserve", "v2-binary"),
         ("seedserve", "classify-png"),
+        ("seedserve", "v2-json-b16"),
+        ("seedserve", "v2-binary-b16"),
         ("naive-fastapi", "v2-json"),
     }
     for row in rows.values():
