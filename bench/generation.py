@@ -7,8 +7,9 @@
    prefix again. A graph with fewer positions (the Transformer has 128) is measured at its
    longest prefix instead, and the report says so.
 2. The live service on 127.0.0.1 (a repository with only the models used): completions
-   tokens/s with 64-token outputs, next-word requests/s, diffusion images/s at 10 and 50 DDIM
-   steps, each at two concurrency levels, against the same work done in this process.
+   tokens/s with 64-token outputs (transformer-austen and lstm-austen at concurrency 1, 8 and
+   32), next-word requests/s, diffusion images/s at 10 and 50 DDIM steps, each at two
+   concurrency levels, against the same work done in this process.
 
 Writes generation.json and generation.md to --out. Run it on an otherwise idle machine.
 """
@@ -47,6 +48,8 @@ MODELS = ROOT / "models"
 PREFIXES = (32, 128, 256)
 CACHE_MODELS = ("transformer-austen", "mamba-austen", "lstm-austen")
 LM = "transformer-austen"
+# completions are measured on every model here (the first also serves next-word)
+COMPLETION_MODELS = (LM, "lstm-austen")
 IMAGE_MODEL = "diffusion-mnist"
 NEW_TOKENS = 64
 IMAGES_PER_REQUEST = 4
@@ -63,12 +66,17 @@ class Plan:
     image_steps: tuple[int, ...]
     text_concurrency: tuple[int, ...]
     image_concurrency: tuple[int, ...]
+    completion_models: tuple[str, ...] = (LM,)
+    completion_concurrency: tuple[int, ...] = (1, 8)
 
 
 def make_plan(quick: bool) -> Plan:
     if quick:
         return Plan(True, 0.05, 0.4, PREFIXES, (LM,), (10,), (1, 8), (1, 4))
-    return Plan(False, 1.0, 4.0, PREFIXES, CACHE_MODELS, (10, 50), (1, 8), (1, 4))
+    return Plan(
+        False, 1.0, 4.0, PREFIXES, CACHE_MODELS, (10, 50), (1, 8), (1, 4),
+        COMPLETION_MODELS, (1, 8, 32),
+    )  # fmt: skip
 
 
 def _latest_version(model_dir: Path) -> Path:
@@ -153,24 +161,47 @@ def _units_per_s(fn: Callable[[], object], units: int, seconds: float) -> float:
     return units * stats.calls_per_s
 
 
-def build_work(plan: Plan, repository: Path, settings: Settings) -> list[Work]:
-    lm_dir, image_dir = repository / LM, repository / IMAGE_MODEL
-    lm_config, image_config = _config(lm_dir), _config(image_dir)
-    lm_folder = _latest_version(lm_dir)
-    decoder = Decoder(
-        Graph(lm_folder / lm_config["graphs"]["step"], settings).run,
-        lm_config,
-        WordTokenizer.load(lm_folder / lm_config["tokenizer"]["vocab"]),
+def _decoder(model_dir: Path, settings: Settings) -> Decoder:
+    config, folder = _config(model_dir), _latest_version(model_dir)
+    return Decoder(
+        Graph(folder / config["graphs"]["step"], settings).run,
+        config,
+        WordTokenizer.load(folder / config["tokenizer"]["vocab"]),
     )
+
+
+def completion_work(plan: Plan, repository: Path, settings: Settings, name: str) -> Work:
+    """64-token completions of one model; in process: c prompts in one generate_batch."""
+    decoder = _decoder(repository / name, settings)
     params = SamplingParams(temperature=1.0, seed=0)
-    denoiser = Graph(_latest_version(image_dir) / "model.onnx", settings)
-    sessions = {"model": denoiser.session}
-    work_s = plan.point_s * 2
 
     def completions(c: int) -> float:
         return _units_per_s(
-            lambda: decoder.generate_batch([PROMPT] * c, NEW_TOKENS, params), NEW_TOKENS * c, work_s
+            lambda: decoder.generate_batch([PROMPT] * c, NEW_TOKENS, params),
+            NEW_TOKENS * c,
+            plan.point_s * 2,
         )
+
+    return Work(
+        "completions" if name == LM else f"completions {name}",
+        _json_request(
+            "/v1/completions",
+            {"model": name, "prompt": PROMPT, "max_tokens": NEW_TOKENS, "seed": 0},
+        ),
+        NEW_TOKENS,
+        "tokens",
+        plan.completion_concurrency,
+        completions,
+    )
+
+
+def build_work(plan: Plan, repository: Path, settings: Settings) -> list[Work]:
+    image_dir = repository / IMAGE_MODEL
+    image_config = _config(image_dir)
+    decoder = _decoder(repository / LM, settings)
+    denoiser = Graph(_latest_version(image_dir) / "model.onnx", settings)
+    sessions = {"model": denoiser.session}
+    work_s = plan.point_s * 2
 
     def next_word(c: int) -> float:
         return _units_per_s(lambda: decoder.next_word_distribution(PROMPT, 10), 1, work_s)
@@ -184,18 +215,8 @@ def build_work(plan: Plan, repository: Path, settings: Settings) -> list[Work]:
 
         return run
 
-    works = [
-        Work(
-            "completions",
-            _json_request(
-                "/v1/completions",
-                {"model": LM, "prompt": PROMPT, "max_tokens": NEW_TOKENS, "seed": 0},
-            ),
-            NEW_TOKENS,
-            "tokens",
-            plan.text_concurrency,
-            completions,
-        ),
+    works = [completion_work(plan, repository, settings, name) for name in plan.completion_models]
+    works += [
         Work(
             "next-word",
             _json_request(f"/v1/models/{LM}/next-word", {"text": PROMPT, "top_k": 10}),
@@ -220,10 +241,10 @@ def build_work(plan: Plan, repository: Path, settings: Settings) -> list[Work]:
     return works
 
 
-def make_repository(work_dir: Path) -> Path:
-    """Copies of the two served models (the service refuses symlinked model folders)."""
+def make_repository(work_dir: Path, names: Sequence[str] = (LM, IMAGE_MODEL)) -> Path:
+    """Copies of the served models (the service refuses symlinked model folders)."""
     repository = work_dir / "repository"
-    for name in (LM, IMAGE_MODEL):
+    for name in dict.fromkeys(names):
         source = MODELS / name
         version = _latest_version(source)
         (repository / name).mkdir(parents=True)
@@ -245,7 +266,8 @@ def start_service(repository: Path, work_dir: Path) -> Server:
         f"{url}/v2/health/ready",
         url,
         work_dir / "logs",
-        env={"SEEDSERVE_STRICT_READINESS": "true"},
+        # completions at concurrency 32 must not be refused (the default limit is 16)
+        env={"SEEDSERVE_STRICT_READINESS": "true", "SEEDSERVE_MAX_CONCURRENT_GENERATIONS": "64"},
         cwd=ROOT,
     )
 
@@ -270,7 +292,7 @@ def measure_service(plan: Plan, generator: str, settings: Settings) -> list[dict
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
         work_dir = Path(tmp)
-        repository = make_repository(work_dir)
+        repository = make_repository(work_dir, (LM, IMAGE_MODEL, *plan.completion_models))
         works = build_work(plan, repository, settings)
         server = start_service(repository, work_dir)
         try:
@@ -345,7 +367,9 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         "## Through the service (127.0.0.1) vs the same work in process",
         "",
-        f"Completions: {LM}, {NEW_TOKENS}-token outputs; next-word: {LM}; images: "
+        f"Completions: {LM} (and `completions <model>` rows for "
+        f"{', '.join(m for m in COMPLETION_MODELS if m != LM)} in a full run), {NEW_TOKENS}-token "
+        f"outputs, continuous batching in the service; next-word: {LM}; images: "
         f"{IMAGE_MODEL}, {IMAGES_PER_REQUEST} per request, DDIM. In process at concurrency c = "
         "c requests' worth of work in one batched call (generate_batch / n images).",
         "",

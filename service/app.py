@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -47,6 +48,9 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.switch_interval_ms > 0:
+            # the decode engine's thread and the event loop both run Python: see the setting
+            sys.setswitchinterval(settings.switch_interval_ms / 1e3)
         registry = Registry(Repository(settings.models_dir), settings, metrics)
         app.state.registry = registry
         app.state.dataplane = DataPlane(registry, metrics, settings)

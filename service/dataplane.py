@@ -67,16 +67,7 @@ class DataPlane:
         `work` gets an Event that is set when the client goes away; it should check it between
         steps and stop. Beyond `max_concurrent_generations` per model the request is refused.
         """
-        key = (model.name, model.version)
-        limit = self.settings.max_concurrent_generations
-        if self._tasks_running.get(key, 0) >= limit:
-            self.metrics.rejected.labels(model.name, str(model.version), "busy").inc()
-            raise Overloaded(
-                f"model {model.name!r} is running {limit} generations, its limit; retry later"
-            )
-        self._tasks_running[key] = self._tasks_running.get(key, 0) + 1
-        gauge = self.metrics.tasks_in_flight.labels(model.name, str(model.version))
-        gauge.inc()
+        release = self.start_generation(model)
         cancel = threading.Event()
         job = asyncio.get_running_loop().run_in_executor(self.task_executor, work, cancel)
         try:
@@ -91,8 +82,32 @@ class DataPlane:
             # Nobody awaits `job` once this coroutine is cancelled: take its outcome so asyncio
             # does not log "exception was never retrieved" for a stopped task.
             job.add_done_callback(lambda f: f.cancelled() or f.exception())
-            self._tasks_running[key] -= 1
-            gauge.dec()
+            release()
+
+    def start_generation(self, model: LoadedModel) -> Callable[[], None]:
+        """Count one generation against `model`'s `max_concurrent_generations` (Overloaded
+        beyond it) and in the in-flight gauge; call the returned function (on the event loop,
+        any number of times) once the generation has stopped."""
+        key = (model.name, model.version)
+        limit = self.settings.max_concurrent_generations
+        if self._tasks_running.get(key, 0) >= limit:
+            self.metrics.rejected.labels(model.name, str(model.version), "busy").inc()
+            raise Overloaded(
+                f"model {model.name!r} is running {limit} generations, its limit; retry later"
+            )
+        self._tasks_running[key] = self._tasks_running.get(key, 0) + 1
+        gauge = self.metrics.tasks_in_flight.labels(model.name, str(model.version))
+        gauge.inc()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._tasks_running[key] -= 1
+                gauge.dec()
+
+        return release
 
     def policy(self, model: LoadedModel) -> BatchPolicy | None:
         """The batching policy of the model's primary graph: config.json, then settings."""

@@ -114,6 +114,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.decode_batch_size = Histogram(
+            f"{PREFIX}_decode_batch_size",
+            "Sequences advanced by each language-model decode step (continuous batching).",
+            MODEL,
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.tasks_in_flight = Gauge(
             f"{PREFIX}_generation_tasks_in_flight",
             "Generation requests running now.",

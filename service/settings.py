@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     """onnxruntime graph optimisation level."""
     inference_threads: int = Field(2, ge=1, le=256)
     """Threads that run onnxruntime calls off the event loop."""
+    switch_interval_ms: float = Field(0.5, ge=0, le=100)
+    """How long a Python thread may hold the GIL while another waits for it, in milliseconds
+    (Python's default is 5; 0 = leave it). Short turns keep the language-model decode thread
+    and the event loop from waiting on each other (each waits up to this per hand-over)."""
     gc_freeze: bool = True
     """After start-up, move every object alive then (models, routes, libraries) out of the
     garbage collector's sight (`gc.freeze`): full collections then scan only what requests made,
@@ -77,7 +81,8 @@ class Settings(BaseSettings):
     """Ready only when every model in the repository loaded (else: when at least one did)."""
 
     task_threads: int = Field(8, ge=1, le=256)
-    """Threads that run generation loops (diffusion sampling, token decoding)."""
+    """Threads that run generation loops (diffusion sampling) and read language-model prompts
+    (the decoding itself runs in one decode-engine thread per model version)."""
     max_concurrent_generations: int = Field(16, ge=1)
     """Generation requests running at once per model; more get 503 with Retry-After."""
     max_images_per_generation: int = Field(64, ge=1)
@@ -94,6 +99,9 @@ class Settings(BaseSettings):
     """Largest `max_tokens` (tokens to generate per sequence) of a text-generation request."""
     max_completion_choices: int = Field(16, ge=1)
     """Most sequences one completion request may write: `n` x the number of prompts."""
+    max_decode_batch: int = Field(64, ge=1, le=4096)
+    """Most sequences (over all requests) one language-model version advances per decode step;
+    the sequences of further requests wait their turn (continuous batching)."""
     max_logprobs: int = Field(20, ge=0)
     """Largest `logprobs` (alternative tokens reported per token) of a completion request."""
     max_stop_sequences: int = Field(16, ge=0)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from service.tasks.graphs import Graph, GraphSpec
 from training.data.graphs import graph_batch, images_to_graphs
 from training.data.images import IMAGE_SIZE, ImageDataset, load_dataset
-from training.distributed import Distributed, start, stop
+from training.distributed import Distributed, run_on_ranks
 from training.evaluation import (
     evaluate_onnx,
     evaluate_onnx_graphs,
@@ -446,11 +446,7 @@ def train(
 ) -> Path | None:
     """Train, export, verify, measure and publish; returns the new version's folder (on rank 0;
     the other ranks of a torchrun return None)."""
-    context = start()
-    try:
-        return train_on(family, cfg, model_cfg, spec, context)
-    finally:
-        stop(context)
+    return run_on_ranks(lambda context: train_on(family, cfg, model_cfg, spec, context))
 
 
 def train_on(

@@ -19,11 +19,13 @@ import datetime as dt
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,22 @@ def start(timeout_s: float = 1800.0) -> Distributed:
     return Distributed(rank, world_size, local_rank, device)
 
 
-def stop(context: Distributed) -> None:
+def stop(context: Distributed, succeeded: bool = True) -> None:
     if context.enabled and dist.is_initialized():
+        if succeeded:
+            # Leave together: a rank that tears gloo down while rank 0 still exports has been
+            # seen to abort in the teardown ("terminate called without an active exception").
+            dist.barrier()
         dist.destroy_process_group()
+
+
+def run_on_ranks(body: Callable[[Distributed], T]) -> T:
+    """Run `body` in torchrun's process group (or alone without one), then leave the group."""
+    context = start()
+    try:
+        result = body(context)
+    except BaseException:
+        stop(context, succeeded=False)  # no barrier: the other ranks may be mid-collective
+        raise
+    stop(context)
+    return result

@@ -118,11 +118,7 @@ def train_on_ranks(
 ) -> Path | None:
     """Run a family's train-and-export under torchrun's process group (or alone without one);
     the folder published, None on the ranks other than 0."""
-    context = distributed.start()
-    try:
-        return body(context)
-    finally:
-        distributed.stop(context)
+    return distributed.run_on_ranks(body)
 
 
 def train_decoder_family(

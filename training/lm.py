@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from service.tasks.tokenizer import WordTokenizer
 from training.data.corpus import Corpus, load_corpus
-from training.distributed import Distributed, start, stop
+from training.distributed import Distributed, run_on_ranks
 from training.lm_eval import evaluate_stream, torch_logits_fn
 from training.models.mamba import MambaConfig, MambaLM
 from training.models.recurrent import RecurrentConfig, RecurrentLM
@@ -267,11 +267,7 @@ def ngram_baseline(
 def train(family: str, cfg: TrainConfig, model_cfg: Any) -> Path | None:
     """Train, then export, verify, measure and publish; returns the new version's folder
     (None on the ranks other than 0 under torchrun)."""
-    context = start()
-    try:
-        return train_on(family, cfg, model_cfg, context)
-    finally:
-        stop(context)
+    return run_on_ranks(lambda context: train_on(family, cfg, model_cfg, context))
 
 
 def train_on(family: str, cfg: TrainConfig, model_cfg: Any, context: Distributed) -> Path | None:

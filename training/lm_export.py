@@ -2,17 +2,23 @@
 
     model.onnx  input_ids INT64 (batch, seq) -> logits FP32 (batch, seq, vocab), from empty state
     step.onnx   (input_ids (batch, new), *state) -> (logits (batch, new, vocab), *next state)
+                the Transformer's also takes attention_mask INT64 (batch, past + new) after
+                input_ids: 1 = real token, 0 = padding at the start of a shorter cache
+
 
 Both have dynamic batch and length for every family (the recurrent layers are native ONNX
 RNN/LSTM/GRU ops, Mamba's scan is a masked matrix product, the Transformer's cache is concatenated
 on a dynamic past axis). Export fails when onnxruntime differs from torch by more than the
-tolerance, or when decoding a text in pieces through step.onnx differs from model.onnx.
+tolerance, or when decoding a text in pieces through step.onnx differs from model.onnx (and,
+with an attention mask, when left-padded rows differ from the same texts unpadded).
 The test metrics in the card are measured through onnxruntime on the shipped model.onnx.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -32,11 +38,20 @@ from training.lm_report import lm_card_markdown, plot_lm_curves
 from training.models.lm_common import BATCH, PAST, StateSpec, dynamic_state_shapes
 from training.models.recurrent import ONNX_TRANSLATIONS
 from training.onnx_export import OPSET, ExportMismatch, verify
-from training.repository import DEFAULT_MODELS_DIR, next_version, publish_version, sha256_of
+from training.repository import (
+    DEFAULT_MODELS_DIR,
+    library_versions,
+    next_version,
+    publish_version,
+    sha256_of,
+    write_json,
+)
 
 MAX_BATCH_SIZE = 64
 # a prompt of 9 tokens then single tokens then a chunk: past lengths 0, 9, 10, 11, ...
 STEP_CHUNKS = (9, 1, 1, 1, 7, 1, 12)
+STEP_PADDING = (0, 8, 3)  # left padding of the check windows' rows (inside the first chunk)
+ATTENTION_MASK = "attention_mask"
 TEST_SLICE_TOKENS = 2048  # scored tokens of the card's "test_slice" (tests re-measure it)
 
 
@@ -94,22 +109,57 @@ class StepGraph(nn.Module):
         return self.model.step(input_ids, *state)  # type: ignore[operator]
 
 
+class MaskedStepGraph(nn.Module):
+    """step.onnx with an attention mask (B, past + new): caches of different lengths, padded at
+    the start, share one call (the Transformer's)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *state: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        return self.model.step_masked(input_ids, attention_mask, *state)  # type: ignore[operator]
+
+
 def state_specs(model: nn.Module) -> list[StateSpec]:
     return model.state_specs()  # type: ignore[operator]
 
 
-def export_graphs(model: nn.Module, folder: Path, example_ids: torch.Tensor, opset: int) -> None:
-    """Write folder/model.onnx and folder/step.onnx (dynamo exporter, one file each)."""
+def takes_attention_mask(model: nn.Module) -> bool:
+    return bool(getattr(model, "step_attention_mask", False))
+
+
+def step_graph(model: nn.Module) -> nn.Module:
+    return (MaskedStepGraph if takes_attention_mask(model) else StepGraph)(model).eval()
+
+
+def step_inputs(
+    model: nn.Module, ids: torch.Tensor, state: list[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The step graph's inputs by name, in its argument order (no padding: mask all ones)."""
     specs = state_specs(model)
-    # batch 2 and a past of 3 in the examples: sizes 0 and 1 would be specialised by the exporter
-    example_state = [torch.zeros(s.shape(2, 3)) for s in specs]
-    common: dict[str, Any] = {
+    inputs = {"input_ids": ids}
+    if takes_attention_mask(model):
+        past = [t.shape[s.length_axis] for s, t in zip(specs, state, strict=True)
+                if s.length_axis is not None]  # fmt: skip
+        inputs[ATTENTION_MASK] = torch.ones(ids.shape[0], past[0] + ids.shape[1], dtype=torch.int64)
+    return inputs | {s.input: t for s, t in zip(specs, state, strict=True)}
+
+
+def export_options(opset: int) -> dict[str, Any]:
+    return {
         "opset_version": opset,
         "dynamo": True,
         "external_data": False,
         "verbose": False,
         "custom_translation_table": ONNX_TRANSLATIONS,
     }
+
+
+def export_graphs(model: nn.Module, folder: Path, example_ids: torch.Tensor, opset: int) -> None:
+    """Write folder/model.onnx and folder/step.onnx (dynamo exporter, one file each)."""
     with torch.no_grad():
         torch.onnx.export(
             FullGraph(model).eval(),
@@ -118,17 +168,28 @@ def export_graphs(model: nn.Module, folder: Path, example_ids: torch.Tensor, ops
             input_names=["input_ids"],
             output_names=["logits"],
             dynamic_shapes=({0: BATCH, 1: "seq"},),
-            **common,
+            **export_options(opset),
         )
+    export_step_graph(model, folder / "step.onnx", example_ids, opset)
+
+
+def export_step_graph(model: nn.Module, path: Path, example_ids: torch.Tensor, opset: int) -> None:
+    specs = state_specs(model)
+    # batch 2 and a past of 3 in the examples: sizes 0 and 1 would be specialised by the exporter
+    inputs = step_inputs(model, example_ids[:2, :5], [torch.zeros(s.shape(2, 3)) for s in specs])
+    # varargs: the state shapes are one tuple, like the arguments they describe
+    shapes: list[Any] = [{0: BATCH, 1: "new"}, tuple(dynamic_state_shapes(specs))]
+    if ATTENTION_MASK in inputs:
+        shapes.insert(1, {0: BATCH, 1: "past_and_new"})
+    with torch.no_grad():
         torch.onnx.export(
-            StepGraph(model).eval(),
-            (example_ids[:2, :5], *example_state),
-            str(folder / "step.onnx"),
-            input_names=["input_ids", *(s.input for s in specs)],
+            step_graph(model),
+            tuple(inputs.values()),
+            str(path),
+            input_names=list(inputs),
             output_names=["logits", *(s.output for s in specs)],
-            # varargs: the state shapes are one tuple, like the arguments they describe
-            dynamic_shapes=({0: BATCH, 1: "new"}, tuple(dynamic_state_shapes(specs))),
-            **common,
+            dynamic_shapes=tuple(shapes),
+            **export_options(opset),
         )
 
 
@@ -140,10 +201,18 @@ def session(path: Path) -> ort.InferenceSession:
 
 
 def step_in_pieces(
-    step: ort.InferenceSession, specs: list[StateSpec], ids: np.ndarray, chunks: tuple[int, ...]
+    step: ort.InferenceSession,
+    specs: list[StateSpec],
+    ids: np.ndarray,
+    chunks: tuple[int, ...],
+    attention_mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Logits (B, T, V) for ids (B, T) fed through step.onnx a few tokens at a time."""
+    """Logits (B, T, V) for ids (B, T) fed through step.onnx a few tokens at a time (the mask,
+    (B, T), is all ones unless given; only for a graph with that input)."""
     state = [np.zeros(s.shape(ids.shape[0], 0), dtype=np.float32) for s in specs]
+    if attention_mask is None:
+        attention_mask = np.ones(ids.shape, dtype=np.int64)
+    masked = ATTENTION_MASK in {i.name for i in step.get_inputs()}
     outputs, start = [], 0
     for size in chunks:
         if start >= ids.shape[1]:
@@ -152,6 +221,8 @@ def step_in_pieces(
             "input_ids": ids[:, start : start + size],
             **{s.input: v for s, v in zip(specs, state, strict=True)},
         }
+        if masked:
+            feed[ATTENTION_MASK] = attention_mask[:, : start + size]
         logits, *state = step.run(None, feed)
         outputs.append(logits)
         start += size
@@ -190,15 +261,15 @@ def check_export(
     with torch.no_grad():
         zeros = [torch.zeros(s.shape(3, 0)) for s in specs]
         first = model.step(ids[:, :prefix], *zeros)  # type: ignore[operator]
-    state = {s.input: t for s, t in zip(specs, first[1:], strict=True)}
-    inputs = {"input_ids": ids[:, prefix:], **state}
-    step_diff = verify(StepGraph(model), folder / "step.onnx", inputs, tolerance)
-    full = session(folder / "model.onnx").run(["logits"], {"input_ids": windows})[0]
-    pieces = step_in_pieces(session(folder / "step.onnx"), specs, windows, STEP_CHUNKS)
+    inputs = step_inputs(model, ids[:, prefix:], list(first[1:]))
+    step_diff = verify(step_graph(model), folder / "step.onnx", inputs, tolerance)
+    full_session, step_session = session(folder / "model.onnx"), session(folder / "step.onnx")
+    full = full_session.run(["logits"], {"input_ids": windows})[0]
+    pieces = step_in_pieces(step_session, specs, windows, STEP_CHUNKS)
     step_vs_full = float(np.abs(pieces - full).max())
     if not step_vs_full <= tolerance:
         raise ExportMismatch(f"step.onnx in pieces vs model.onnx: {step_vs_full:.3g} > {tolerance}")
-    return {
+    report: dict[str, Any] = {
         "opset": OPSET,
         "max_abs_diff": max(full_diff, step_diff),
         "model_onnx_max_abs_diff": full_diff,
@@ -210,6 +281,37 @@ def check_export(
             f"pieces of {list(STEP_CHUNKS)} tokens against model.onnx"
         ),
     }
+    if takes_attention_mask(model):
+        padded = padded_vs_full(full_session, step_session, specs, windows)
+        if not padded <= tolerance:
+            raise ExportMismatch(f"left-padded rows vs model.onnx: {padded:.3g} > {tolerance}")
+        report["step_padded_vs_full_max_abs_diff"] = padded
+        report["verified_on"] += (
+            f"; the same rows left-padded by {list(STEP_PADDING)} tokens (attention_mask) "
+            "against model.onnx on each row alone"
+        )
+    return report
+
+
+def padded_vs_full(
+    full: ort.InferenceSession,
+    step: ort.InferenceSession,
+    specs: list[StateSpec],
+    windows: np.ndarray,
+) -> float:
+    """Rows with different amounts of padding at the start share the step calls: the logits of
+    their real tokens against model.onnx on each row alone."""
+    mask = np.ones(windows.shape, dtype=np.int64)
+    ids = windows.copy()
+    for row, pad in enumerate(STEP_PADDING[: len(windows)]):
+        mask[row, :pad] = 0
+        ids[row, :pad] = 0  # any id: padded tokens must not matter
+    pieces = step_in_pieces(step, specs, ids, STEP_CHUNKS, mask)
+    diffs = []
+    for row, pad in enumerate(STEP_PADDING[: len(windows)]):
+        alone = full.run(["logits"], {"input_ids": windows[row : row + 1, pad:]})[0][0]
+        diffs.append(float(np.abs(pieces[row, pad:] - alone).max()))
+    return max(diffs)
 
 
 def step_section(model: nn.Module) -> dict[str, Any]:
@@ -221,7 +323,7 @@ def step_section(model: nn.Module) -> dict[str, Any]:
         "axes": {BATCH: "number of sequences", PAST: "tokens already in the state"},
         "max_new_tokens": None,  # any number of tokens per call
         "state": [s.to_json() for s in state_specs(model)],
-    }
+    } | ({"attention_mask": ATTENTION_MASK} if takes_attention_mask(model) else {})
 
 
 def language_model_config(
@@ -379,11 +481,91 @@ def evaluate_shipped(
     return metrics, card
 
 
+PROOF_WINDOWS = 4  # test windows of block_size tokens on which the checkpoint must be model.onnx
+
+
+def reexport_step(checkpoint: Checkpoint, folder: Path, opset: int = OPSET) -> dict[str, Any]:
+    """Replace a published version's step.onnx with a fresh export of the same weights (a new
+    input, say), without retraining; model.onnx, vocab.json and the quality numbers stay.
+
+    The checkpoint must first prove it is the shipped model: same vocabulary, and torch's logits
+    equal to the shipped model.onnx's on real test text within the training tolerance. The new
+    step.onnx then passes `check_export` against the shipped model.onnx. config.json's "step"
+    section, the card's step.onnx hash and its step export numbers are rewritten to match.
+    """
+    model = checkpoint.build()
+    tokenizer = WordTokenizer.from_json(checkpoint.vocab)
+    if tokenizer.to_json() != json.loads((folder / "vocab.json").read_text()):
+        raise ExportMismatch(f"{folder}: the checkpoint's vocabulary is not the shipped one")
+    train_cfg = checkpoint.train_config
+    corpus = load_corpus(Path(train_cfg["text"]) if train_cfg["text"] else None)
+    test_ids = corpus.encode(tokenizer, "test")
+    tolerance, block = float(train_cfg["tolerance"]), int(train_cfg["block_size"])
+    windows = sample_windows(test_ids, PROOF_WINDOWS, block)
+    shipped = session(folder / "model.onnx").run(["logits"], {"input_ids": windows})[0]
+    with torch.no_grad():
+        mine = model.full(torch.from_numpy(windows)).numpy()  # type: ignore[operator]
+    proof = float(np.abs(mine - shipped).max())
+    if not proof <= tolerance:
+        raise ExportMismatch(f"checkpoint vs shipped model.onnx: {proof:.3g} > {tolerance:g}")
+    model_dir = folder.parent
+    config_path, card_path = model_dir / "config.json", folder / "card.json"
+    config, card = json.loads(config_path.read_text()), json.loads(card_path.read_text())
+    staging = Path(tempfile.mkdtemp(prefix=".staging-step-", dir=model_dir))
+    try:
+        shutil.copy2(folder / "model.onnx", staging / "model.onnx")
+        export_step_graph(model, staging / "step.onnx", torch.from_numpy(windows[:2, :8]), opset)
+        export = check_export(model, staging, test_ids, tolerance, config.get("max_length"))
+        step_keys = [k for k in export if k.startswith("step_") or k == "verified_on"]
+        card["export"] |= {k: export[k] for k in step_keys}
+        card["export"]["max_abs_diff"] = max(
+            card["export"]["model_onnx_max_abs_diff"], export["step_onnx_max_abs_diff"]
+        )
+        card["export"]["step_reexport"] = {
+            "created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+            "versions": library_versions(),
+            "checkpoint_vs_model_onnx_max_abs_diff": proof,
+            "proved_on": f"{PROOF_WINDOWS} test windows of {block} tokens",
+            "why": "step.onnx exported again from the same weights (training/lm_export.py "
+            "--reexport-step); model.onnx, vocab.json and the quality numbers are unchanged",
+        }
+        os.replace(staging / "step.onnx", folder / "step.onnx")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    step = folder / "step.onnx"
+    old_hash = card["files"]["step.onnx"]["sha256"]
+    card["files"]["step.onnx"] = {"sha256": sha256_of(step), "bytes": step.stat().st_size}
+    hashes = {name: card["files"][name]["sha256"] for name in ("model.onnx", "step.onnx")}
+    write_json(card_path, card)
+    # only the step.onnx hash and the export section change; the rest stays as published
+    fresh = lm_card_markdown(model_dir.name, card["version"], card, hashes)
+    text = (folder / "card.md").read_text().replace(old_hash, hashes["step.onnx"])
+    section = "## Export"
+    (folder / "card.md").write_text(text[: text.index(section)] + fresh[fresh.index(section) :])
+    write_json(config_path, config | {"step": step_section(model)})
+    print(
+        f"{step}: re-exported ({step.stat().st_size:,} bytes); checkpoint vs model.onnx "
+        f"{proof:.2g}, step vs full {export['step_vs_full_max_abs_diff']:.2g}",
+        flush=True,
+    )
+    return card["export"]
+
+
 def main(argv: list[str]) -> int:
-    """python -m training.lm_export CHECKPOINT [MODELS_DIR]: publish a saved checkpoint."""
+    """python -m training.lm_export CHECKPOINT [MODELS_DIR]: publish a saved checkpoint.
+    python -m training.lm_export --reexport-step CHECKPOINT VERSION_FOLDER: export step.onnx of a
+    published version again from its checkpoint (see reexport_step), e.g.
+    python -m training.lm_export --reexport-step runs/transformer-austen.pt models/transformer-austen/1
+    """
     if not argv or argv[0] in ("-h", "--help"):
         print(main.__doc__)
         return 2
+    if argv[0] == "--reexport-step":
+        if len(argv) != 3:
+            print(main.__doc__)
+            return 2
+        reexport_step(Checkpoint.load(Path(argv[1])), Path(argv[2]))
+        return 0
     models_dir = Path(argv[1]) if len(argv) > 1 else DEFAULT_MODELS_DIR
     publish_checkpoint(Checkpoint.load(Path(argv[0])), models_dir)
     return 0

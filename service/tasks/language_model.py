@@ -1,5 +1,6 @@
 """Language models in the service: the decoder built at load, the limits a request must respect,
-and the decoding loop run in the task pool, streamed back token by token with its metrics.
+and generation: prefill in the task pool, then decoding in the model's `DecodeEngine`
+(continuous batching across requests), streamed back token by token with its metrics.
 
 Routers (OpenAI completions, the Open Inference Protocol generate extension, next-word) translate
 HTTP into a `GenerationJob` and read `stream_generation`'s events; nothing here knows HTTP.
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import Cancelled, InvalidInput, ModelLoadError
+from service.errors import InvalidInput, ModelLoadError
 from service.registry import PREPARERS, LoadedModel
 from service.repository import Repository, read_json
 from service.settings import Settings
+from service.tasks.engine import DecodeEngine, DecodeRequest
 from service.tasks.sampling import SamplingParams
-from service.tasks.textgen import Context, Decoder, GeneratedToken
+from service.tasks.textgen import Context, Continuation, Decoder, GeneratedToken
 from service.tasks.tokenizer import Token, WordTokenizer
 
 TASK = "language-model"
@@ -177,69 +178,82 @@ class SequenceToken:
 Event = PromptsRead | SequenceToken
 
 
+def decode_engine(dataplane: Any, model: LoadedModel) -> DecodeEngine:
+    """The decode engine of `model`, made on first use. It lives in `model.batchers` (as the
+    batcher of the step graph), so unloading, reloading and shutting down drain and stop it."""
+    engine: DecodeEngine | None = model.batchers.get("step")
+    if engine is None:
+        labels = (model.name, str(model.version))
+        max_batch = dataplane.settings.max_decode_batch
+        engine = DecodeEngine(decoder_of(model), max_batch, dataplane.metrics, labels)
+        model.batchers["step"] = engine
+    return engine
+
+
+async def cancel_when_disconnected(
+    disconnected: Callable[[], Awaitable[bool]], request: DecodeRequest, every_s: float = 0.1
+) -> None:
+    """Poll for a client that went away (a plain answer notices it no other way)."""
+    while not request.left:
+        await asyncio.sleep(every_s)
+        if await disconnected():
+            request.cancel()
+            return
+
+
 async def stream_generation(
     dataplane: Any,
     model: LoadedModel,
     job: GenerationJob,
     disconnected: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncGenerator[Event, None]:
-    """Run `job` in the task pool and yield its events as they happen.
+    """Read the prompts in the task pool, then write `job` in the model's decode engine
+    (continuous batching with every other request), yielding the events as they happen.
 
-    Closing the iterator (a client that went away, a cancelled request) stops the decoding loop
-    before its next token. Errors raised before the first event reach the caller before anything
-    was sent, so they can still become an HTTP status.
+    Closing the iterator (a client that went away, a cancelled request) takes the sequences out
+    of the engine before its next step; the generation's slot (`max_concurrent_generations`,
+    the in-flight gauge) is freed when they are out. Errors raised before the first event reach
+    the caller before anything was sent, so they can still become an HTTP status.
     """
     decoder = decoder_of(model)
     metrics = dataplane.metrics
     labels = (model.name, str(model.version))
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Event | None] = asyncio.Queue()
     started = time.perf_counter()
 
-    def put(item: Event | None) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, item)
-
-    def work(cancel: threading.Event) -> None:
-        try:
-            contexts: list[Context] = []
-            for prompt in job.prompts:
-                first = decoder.read(prompt, job.prompt_logprobs)
-                contexts += [first] + [first.copy() for _ in range(job.n - 1)]
-            metrics.prompt_tokens.labels(*labels).inc(
-                sum(len(c.tokens) for c in contexts[:: job.n])
-            )
-            put(PromptsRead(contexts[:: job.n]))
-            tokens = decoder.continue_many(
-                contexts, job.max_tokens, job.params, job.stop, job.top_logprobs
-            )
-            previous: dict[int, float] = {}
-            for index, token in tokens:
-                if cancel.is_set():
-                    tokens.close()
-                    raise Cancelled("the client went away; generation stopped")
-                now = time.perf_counter()
-                if not previous:
-                    metrics.time_to_first_token.labels(*labels).observe(now - started)
-                elif index in previous:
-                    metrics.inter_token_latency.labels(*labels).observe(now - previous[index])
-                previous[index] = now
-                metrics.generated_tokens.labels(*labels).inc()
-                put(SequenceToken(index, token))
-        finally:
-            put(None)
+    def prefill() -> list[Continuation]:
+        contexts: list[Context] = []
+        for prompt in job.prompts:
+            first = decoder.read(prompt, job.prompt_logprobs)
+            contexts += [first] + [first.copy() for _ in range(job.n - 1)]
+        return [
+            Continuation(decoder, c, job.max_tokens, p, job.stop, job.top_logprobs)
+            for c, p in zip(contexts, job.params, strict=True)
+        ]
 
     async with dataplane.track(model):
-        task = asyncio.ensure_future(dataplane.run_task(model, work, disconnected))
-        task.add_done_callback(lambda _: queue.put_nowait(None))  # refused before the work ran
+        release = dataplane.start_generation(model)
+        request: DecodeRequest | None = None
+        watcher: asyncio.Task[None] | None = None
         try:
-            while (item := await queue.get()) is not None:
-                yield item
-            await task  # raises what the work raised
+            loop = asyncio.get_running_loop()
+            sequences = await loop.run_in_executor(dataplane.task_executor, prefill)
+            contexts = [s.context for s in sequences[:: job.n]]
+            metrics.prompt_tokens.labels(*labels).inc(sum(len(c.tokens) for c in contexts))
+            request = decode_engine(dataplane, model).submit(sequences, started, release)
+            if disconnected is not None:
+                watcher = asyncio.create_task(cancel_when_disconnected(disconnected, request))
+            yield PromptsRead(contexts)
+            while tokens := await request.next_tokens():
+                for index, token in tokens:
+                    yield SequenceToken(index, token)
             metrics.generation_duration.labels(*labels).observe(time.perf_counter() - started)
         finally:
-            if not task.done():
-                task.cancel()  # run_task then tells the work to stop
-                await asyncio.gather(task, return_exceptions=True)
+            if watcher is not None:
+                watcher.cancel()
+            if request is None:
+                release()
+            else:
+                request.cancel()  # no-op once it left; its slot is freed when it has
 
 
 async def first_event(events: AsyncGenerator[Event, None]) -> PromptsRead:

@@ -49,8 +49,10 @@ def apply_repetition_penalty(
     logits: np.ndarray, previous: Iterable[int], penalty: float
 ) -> np.ndarray:
     """CTRL's penalty: logits of tokens already seen are divided by it (multiplied if negative)."""
+    if penalty == 1.0:
+        return logits
     seen = np.unique(np.fromiter(previous, dtype=np.int64))
-    if penalty == 1.0 or seen.size == 0:
+    if seen.size == 0:
         return logits
     out = logits.copy()
     values = out[seen]
@@ -117,10 +119,23 @@ class Sampler:
         if self.params.greedy:
             token = int(np.argmax(shaped))
         else:
-            shaped = shaped / self.params.temperature
+            if self.params.temperature != 1.0:
+                shaped = shaped / self.params.temperature
             shaped = filter_top_k(shaped, self.params.top_k)
             shaped = filter_top_p(shaped, self.params.top_p)
-            probs = np.exp(log_softmax(shaped))
-            token = int(self.rng.choice(probs.shape[-1], p=probs))
+            # nothing reshaped the logits: their log-softmax is the model's, already computed
+            shaped_logprobs = model_logprobs if shaped is logits else log_softmax(shaped)
+            token = draw(self.rng, np.exp(shaped_logprobs))
         top = top_logprobs(model_logprobs, self.top_logprobs)
         return Choice(token, float(model_logprobs[token]), top)
+
+
+def draw(rng: np.random.Generator, probs: np.ndarray) -> int:
+    """One index drawn with probabilities `probs` (V,): the same draw as
+    `rng.choice(V, p=probs)` from the same generator state (numpy's algorithm: the normalised
+    cumulative sum searched with one uniform double), without its validation passes."""
+    cdf = probs.cumsum()
+    if not cdf[-1] > 0:  # NaN or nothing left: rng.choice would refuse these too
+        raise ValueError("the probabilities to draw from are not finite and positive")
+    cdf /= cdf[-1]
+    return int(cdf.searchsorted(rng.random(), side="right"))

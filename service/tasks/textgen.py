@@ -8,6 +8,10 @@ Transformer (key/value cache) and Mamba (conv + SSM state) are driven by the sam
     prefill: state = zeros (past axis 0), one call with the whole prompt -> logits of its last token
     decode:  one call per new token, feeding each output state back as the matching input
 
+A graph whose "step" section names an `attention_mask` input (the Transformer's: (batch, past +
+new) INT64, 1 = real token, 0 = padding) lets key/value caches of different lengths share one
+call: `join` pads the shorter caches at the start, `split` hands each sequence back its own.
+
 The session is created by the caller (the service's runtime layer owns that): pass an
 onnxruntime.InferenceSession, or any `run(feeds, output_names) -> list of arrays` function.
 """
@@ -78,45 +82,122 @@ class StepModel:
         self.output_names = [self.logits, *(s.output for s in self.state)]
         self.max_new_tokens = section.get("max_new_tokens")  # None: any number per call
         self.max_length: int | None = config.get("max_length")  # positions the graph supports
+        mask = section.get("attention_mask")  # input name; None: caches must be equally long
+        self.attention_mask: str | None = None if mask is None else str(mask)
+        # what the last split handed out, and the batched state and mask it was cut from
+        self._last_split: tuple[tuple[list[np.ndarray], ...], list[np.ndarray], np.ndarray | None]
+        self._last_split = ((), [], None)
 
     def initial_state(self, batch: int = 1) -> list[np.ndarray]:
         return [s.zeros(batch) for s in self.state]
 
+    def past_length(self, state: Sequence[np.ndarray]) -> int:
+        """Tokens in a (joined) state's cache, padding included; 0 for a fixed-size state."""
+        for spec, tensor in zip(self.state, state, strict=True):
+            if spec.length_axis is not None:
+                return int(tensor.shape[spec.length_axis])
+        return 0
+
     def run(
-        self, ids: np.ndarray, state: Sequence[np.ndarray]
+        self,
+        ids: np.ndarray,
+        state: Sequence[np.ndarray],
+        attention_mask: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """ids (B, T) int64 and the state -> logits (B, T, V) float32 and the next state."""
+        """ids (B, T) int64 and the state -> logits (B, T, V) float32 and the next state.
+
+        `attention_mask` (B, past + T), 1 = real and 0 = padding, only for a graph that takes
+        one; without it every token is real."""
+        if attention_mask is not None and self.attention_mask is None:
+            raise ValueError("this step graph has no attention mask input")
+        past = self.past_length(state)
+        if self.attention_mask is not None and attention_mask is None:
+            attention_mask = np.ones((ids.shape[0], past + ids.shape[1]), dtype=np.int64)
         chunk = self.max_new_tokens or ids.shape[1]
         all_logits = []
         for start in range(0, ids.shape[1], chunk):
             feeds = {
                 self.input_ids: np.ascontiguousarray(ids[:, start : start + chunk], dtype=np.int64)
             }
+            if self.attention_mask is not None and attention_mask is not None:
+                end = past + min(start + chunk, ids.shape[1])
+                feeds[self.attention_mask] = np.ascontiguousarray(
+                    attention_mask[:, :end], dtype=np.int64
+                )
             feeds.update({s.input: v for s, v in zip(self.state, state, strict=True)})
             logits, *state = self.run_graph(feeds, self.output_names)
             all_logits.append(logits)
         return np.concatenate(all_logits, axis=1), list(state)
 
-    def join(self, states: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray] | None:
-        """Several sequences' states as one batch, or None when caches differ in length."""
-        joined = []
-        for k, spec in enumerate(self.state):
-            parts = [s[k] for s in states]
-            if spec.length_axis is not None and len({p.shape[spec.length_axis] for p in parts}) > 1:
-                return None
-            joined.append(np.concatenate(parts, axis=spec.batch_axis))
+    def join(
+        self, states: Sequence[Sequence[np.ndarray]]
+    ) -> tuple[list[np.ndarray], np.ndarray | None] | None:
+        """Several sequences' states as one batch, and the mask of its past (B, past): None when
+        no cache needed padding. Caches of different lengths are padded at the start when the
+        graph takes an attention mask; without one they cannot be joined (None).
+
+        The states the last `split` handed out, all of them in the same order (the next decode
+        step of the same batch), are joined already: that batch comes back without a copy."""
+        handed, batched, batched_mask = self._last_split
+        if len(states) == len(handed) and all(s is h for s, h in zip(states, handed, strict=True)):
+            return list(batched), batched_mask
+        lengths = [self.past_length(s) for s in states]
+        longest = max(lengths, default=0)
+        if longest == min(lengths, default=0):
+            joined = [
+                np.concatenate([s[k] for s in states], axis=spec.batch_axis)
+                for k, spec in enumerate(self.state)
+            ]
+            return joined, None
+        if self.attention_mask is None:
+            return None
+        mask = np.zeros((len(states), longest), dtype=np.int64)
+        for row, length in enumerate(lengths):
+            mask[row, longest - length :] = 1
+        return [
+            self._pad_and_join(k, [s[k] for s in states], longest) for k in range(len(self.state))
+        ], mask
+
+    def _pad_and_join(self, k: int, parts: Sequence[np.ndarray], longest: int) -> np.ndarray:
+        """State tensor k of every sequence in one array, caches padded with zeros at the start."""
+        spec = self.state[k]
+        if spec.length_axis is None:
+            return np.concatenate(parts, axis=spec.batch_axis)
+        shape = list(parts[0].shape)
+        shape[spec.batch_axis] = sum(p.shape[spec.batch_axis] for p in parts)
+        shape[spec.length_axis] = longest
+        joined = np.zeros(shape, dtype=parts[0].dtype)
+        row = 0
+        for part in parts:
+            where: list[slice] = [slice(None)] * len(shape)
+            where[spec.batch_axis] = slice(row, row + part.shape[spec.batch_axis])
+            where[spec.length_axis] = slice(longest - part.shape[spec.length_axis], longest)
+            joined[tuple(where)] = part
+            row += part.shape[spec.batch_axis]
         return joined
 
-    def split(self, state: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
-        """One batched state back into per-sequence states (each keeps a batch axis of 1)."""
+    def split(
+        self, state: Sequence[np.ndarray], attention_mask: np.ndarray | None = None
+    ) -> list[list[np.ndarray]]:
+        """One batched state back into per-sequence states (each keeps a batch axis of 1); given
+        the call's mask (B, past + new), each cache keeps only its own (real) entries. The parts
+        are views of the batch (state arrays are never written in place)."""
         batch = state[0].shape[self.state[0].batch_axis] if state else 0
-        return [
-            [
-                np.take(t, [i], axis=spec.batch_axis)
-                for spec, t in zip(self.state, state, strict=True)
-            ]
-            for i in range(batch)
-        ]
+        real = None if attention_mask is None else (attention_mask > 0).sum(axis=1)
+        parts = []
+        for i in range(batch):
+            own = []
+            for spec, tensor in zip(self.state, state, strict=True):
+                where = [slice(None)] * tensor.ndim
+                where[spec.batch_axis] = slice(i, i + 1)
+                if real is not None and spec.length_axis is not None:  # padding is at the start
+                    where[spec.length_axis] = slice(
+                        tensor.shape[spec.length_axis] - int(real[i]), None
+                    )
+                own.append(tensor[tuple(where)])
+            parts.append(own)
+        self._last_split = (tuple(parts), list(state), attention_mask)
+        return parts
 
 
 @dataclass
@@ -231,10 +312,7 @@ class Decoder:
         context.logits = logits[0, -1]
 
     def past_length(self, context: Context) -> int:
-        for spec, tensor in zip(self.model.state, context.state, strict=True):
-            if spec.length_axis is not None:
-                return int(tensor.shape[spec.length_axis])
-        return len(context.ids)
+        return self.model.past_length(context.state) if self.has_cache() else len(context.ids)
 
     # -- next word -------------------------------------------------------------------------------
     def next_word_distribution(self, text: str, k: int = 10) -> list[WordProbability]:
@@ -286,52 +364,92 @@ class Decoder:
         time; the contexts are advanced in place. `top_logprobs` alternatives come with each."""
         if params is None or isinstance(params, SamplingParams):
             params = [params or SamplingParams()] * len(contexts)
-        writers = [TextWriter(c.tokens, c.text, stop) for c in contexts]
-        samplers = [Sampler(p, self.banned, top_logprobs) for p in params]
-        active = list(range(len(contexts)))
-        for n in range(max_tokens):
-            chosen = {}
-            for i in list(active):
-                choice = samplers[i].choose(contexts[i].logits, contexts[i].ids[1:])
-                word = self.tokenizer.word(choice.token_id)
-                text, stopped = writers[i].push(word)
-                last = stopped or n == max_tokens - 1
-                if last and not stopped:
-                    text += writers[i].flush()
-                reason = "stop" if stopped else "length" if last else None
-                top = tuple((self.tokenizer.word(t), lp) for t, lp in choice.top)
-                yield i, GeneratedToken(choice.token_id, word, choice.logprob, text, reason, top)
-                if last:
-                    active.remove(i)
-                else:
-                    chosen[i] = choice.token_id
-            if not chosen:
+        sequences = [
+            Continuation(self, c, max_tokens, p, stop, top_logprobs)
+            for c, p in zip(contexts, params, strict=True)
+        ]
+        while True:
+            running = []
+            for i, sequence in enumerate(sequences):
+                if not sequence.done:
+                    yield i, sequence.next_token()
+                    if not sequence.done:
+                        running.append(sequence)
+            if not running:
                 return
-            self.feed_many([contexts[i] for i in chosen], list(chosen.values()))
+            self.feed_many([s.context for s in running], [s.chosen for s in running])
 
     def feed_many(self, contexts: Sequence[Context], token_ids: Sequence[int]) -> None:
-        """`feed` for several contexts, batching those whose states can be joined."""
+        """`feed` for several contexts, batching those whose states can be joined: all of them
+        for recurrent state or a cache graph with an attention mask, else equal cache lengths."""
         groups: dict[int, list[int]] = {}
+        padded = self.model.attention_mask is not None
         for i, context in enumerate(contexts):
             needs_restart = self.model.max_length is not None and (
                 self.past_length(context) + 1 > self.model.max_length
             )
-            key = -1 - i if needs_restart else self.past_length(context) if self.has_cache() else 0
-            groups.setdefault(key, []).append(i)
+            key = self.past_length(context) if self.has_cache() and not padded else 0
+            groups.setdefault(-1 - i if needs_restart else key, []).append(i)
         for key, members in groups.items():
             joined = self.model.join([contexts[i].state for i in members])
             if key < 0 or joined is None:
                 for i in members:
                     self.feed(contexts[i], token_ids[i])
                 continue
+            state, past_mask = joined
+            mask = None
+            if past_mask is not None:  # the new tokens are real
+                mask = np.concatenate([past_mask, np.ones((len(members), 1), np.int64)], axis=1)
             ids = np.array([[token_ids[i]] for i in members], dtype=np.int64)
-            logits, state = self.model.run(ids, joined)
-            for row, (i, part) in enumerate(zip(members, self.model.split(state), strict=True)):
+            logits, state = self.model.run(ids, state, mask)
+            parts = self.model.split(state, mask)
+            for row, (i, part) in enumerate(zip(members, parts, strict=True)):
                 contexts[i].ids.append(token_ids[i])
                 contexts[i].state, contexts[i].logits = part, logits[row, -1]
 
     def has_cache(self) -> bool:
         return any(s.length_axis is not None for s in self.model.state)
+
+
+class Continuation:
+    """One sequence being written: its context, sampler, text writer and token budget.
+
+    `next_token` picks the next token and the text it releases; unless the sequence is then
+    `done`, the caller feeds `chosen` to the model (alone or batched with other sequences)
+    before asking again. `Decoder.continue_many` and the service's decode engine both use it."""
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        context: Context,
+        max_tokens: int,
+        params: SamplingParams,
+        stop: Sequence[str] = (),
+        top_logprobs: int = 0,
+    ) -> None:
+        self.context = context
+        self.tokenizer = decoder.tokenizer
+        self.sampler = Sampler(params, decoder.banned, top_logprobs)
+        self.writer = TextWriter(context.tokens, context.text, stop)
+        self.left = max_tokens  # tokens still to write; 0 once a stop string appeared
+        self.chosen = -1  # the last token written: the one to feed next
+
+    @property
+    def done(self) -> bool:
+        return self.left <= 0
+
+    def next_token(self) -> GeneratedToken:
+        assert not self.done, "the sequence is finished"
+        choice = self.sampler.choose(self.context.logits, self.context.ids[1:])
+        word = self.tokenizer.word(choice.token_id)
+        text, stopped = self.writer.push(word)
+        self.left = 0 if stopped else self.left - 1
+        if self.done and not stopped:
+            text += self.writer.flush()
+        reason = "stop" if stopped else "length" if self.done else None
+        top = tuple((self.tokenizer.word(t), lp) for t, lp in choice.top)
+        self.chosen = choice.token_id
+        return GeneratedToken(choice.token_id, word, choice.logprob, text, reason, top)
 
 
 class TextWriter:

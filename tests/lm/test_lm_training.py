@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from padded_batching_check import counted_decoder, prompts_of, step_together_and_alone
 
 from service.tasks.sampling import SamplingParams
 from service.tasks.textgen import Decoder
@@ -61,6 +62,13 @@ def test_smoke_run_publishes_a_working_version(tmp_path: Path, family: str) -> N
         t.text for t in decoder.generate("Emma Woodhouse,", 6, SamplingParams(temperature=0))
     )
     assert written.startswith(" handsome")
+    if family == "transformer":  # caches of different lengths share a step call (padding mask)
+        assert config["step"]["attention_mask"] == "attention_mask"
+        assert card["export"]["step_padded_vs_full_max_abs_diff"] <= 1e-4
+        decoder, runner = counted_decoder(model_dir)
+        prompts = prompts_of(decoder, SMALL_TEXT, [2, 5, 9, 12, 14])  # some restart at 16
+        worst, restarts = step_together_and_alone(decoder, runner, prompts)
+        assert worst <= 1e-4 and restarts >= 1
 
 
 def test_options_are_checked(capsys: pytest.CaptureFixture[str]) -> None:

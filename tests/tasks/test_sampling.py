@@ -9,6 +9,7 @@ from service.tasks.sampling import (
     Sampler,
     SamplingParams,
     apply_repetition_penalty,
+    draw,
     filter_top_k,
     filter_top_p,
     log_softmax,
@@ -84,3 +85,16 @@ def test_invalid_parameters_are_refused() -> None:
     for bad in ({"temperature": -1}, {"top_k": -1}, {"top_p": 0}, {"repetition_penalty": 0}):
         with pytest.raises(ValueError):
             SamplingParams(**bad)  # type: ignore[arg-type]
+
+
+def test_draw_is_numpys_choice_without_the_checks() -> None:
+    """Same generator state, same index as rng.choice(p=...): seeds keep their texts."""
+    source = np.random.default_rng(0)
+    for seed in range(50):
+        logits = source.normal(size=int(source.integers(2, 9000))) * source.uniform(0.1, 10)
+        probs = np.exp(log_softmax(logits))
+        ours, numpys = np.random.default_rng(seed), np.random.default_rng(seed)
+        for _ in range(10):
+            assert draw(ours, probs) == int(numpys.choice(probs.shape[-1], p=probs))
+    with pytest.raises(ValueError, match="not finite"):
+        draw(np.random.default_rng(0), np.array([0.5, np.nan]))

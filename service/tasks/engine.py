@@ -1,0 +1,274 @@
+"""Continuous batching of language-model decode steps across concurrent requests.
+
+One `DecodeEngine` per loaded language-model version owns every sequence being written by any
+request, in ONE scheduler thread. Each iteration it
+
+    1. admits waiting sequences (up to `max_batch` running at once; the others wait their turn)
+       and drops the sequences of requests that were cancelled (their client went away),
+    2. picks the next token of every running sequence (its own `Continuation`: sampler, text
+       writer, stop strings, token budget — the same code as `Decoder.continue_many`),
+    3. hands each request its new tokens (one `call_soon_threadsafe` per event loop), and
+    4. advances every sequence that continues with ONE `Decoder.feed_many` call.
+
+Sequences join and leave between iterations, whatever their length or start time: a request
+never holds a thread while it waits for tokens, it awaits them on its event loop. Prefill (the
+prompt) is done by the caller before `submit`. The same seed gives the same tokens alone or
+batched, since each sequence samples from its own generator (the logits of a batched call equal
+the lone call's up to float rounding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from service.errors import Cancelled
+from service.metrics import Metrics
+from service.tasks.textgen import Continuation, Decoder, GeneratedToken
+
+Tokens = list[tuple[int, GeneratedToken]]  # (sequence index in its request, token)
+
+
+class DecodeRequest:
+    """One request's sequences inside the engine; its event loop reads their tokens.
+
+    `cancel()` may be called from any thread: the request leaves at the engine's next iteration.
+    When it has left (finished, cancelled or failed), `on_leave` runs on the request's loop."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sequences: int,
+        started: float,
+        on_leave: Callable[[], None],
+    ) -> None:
+        self.loop = loop
+        self.remaining = sequences  # sequences not finished or dropped (the scheduler's count)
+        self.started = started  # when the request arrived: time to first token counts from it
+        self.on_leave = on_leave
+        self.cancelled = False
+        self.error: BaseException | None = None
+        self.first_token_at: float | None = None
+        self.previous: dict[int, float] = {}  # sequence index -> when its last token came
+        self._inbox: asyncio.Queue[Tokens | BaseException | None] = asyncio.Queue()
+        self.left = False  # set on the loop when the end of the request was handed over
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    async def next_tokens(self) -> Tokens:
+        """The tokens of the next iteration(s) that gave this request any; [] once every
+        sequence is finished. Raises the engine's error, or Cancelled after `cancel()`."""
+        item = await self._inbox.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item or []
+
+    def _hand_over(self, tokens: Tokens, end: bool) -> None:
+        """On the request's loop: queue the tokens, and the end (None or the error) if it left."""
+        if tokens:
+            self._inbox.put_nowait(tokens)
+        if end and not self.left:
+            self.left = True
+            if self.error is not None:
+                self._inbox.put_nowait(self.error)
+            elif self.cancelled:
+                self._inbox.put_nowait(Cancelled("the client went away; generation stopped"))
+            else:
+                self._inbox.put_nowait(None)
+            self.on_leave()
+
+
+@dataclass
+class _Running:
+    request: DecodeRequest
+    index: int
+    sequence: Continuation
+
+
+@dataclass
+class _Parcel:
+    request: DecodeRequest
+    tokens: Tokens
+    end: bool
+
+
+class _EngineMetrics:
+    """The engine's metric children, bound to its model's labels once."""
+
+    def __init__(self, metrics: Metrics, labels: tuple[str, str]) -> None:
+        self.time_to_first_token = metrics.time_to_first_token.labels(*labels)
+        self.inter_token_latency = metrics.inter_token_latency.labels(*labels)
+        self.generated_tokens = metrics.generated_tokens.labels(*labels)
+        self.decode_batch_size = metrics.decode_batch_size.labels(*labels)
+
+
+class DecodeEngine:
+    """The decode scheduler of one language-model version (see the module docstring)."""
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        max_batch: int,
+        metrics: Metrics | None = None,
+        labels: tuple[str, str] = ("", ""),
+    ) -> None:
+        assert max_batch >= 1, "max_batch must be at least 1"
+        self.decoder = decoder
+        self.max_batch = max_batch
+        self.steps = 0  # feed_many calls made
+        self.tokens = 0  # tokens written
+        self._labels = labels
+        self._metrics = None if metrics is None else _EngineMetrics(metrics, labels)
+        self._lock = threading.Condition()
+        self._waiting: deque[_Running] = deque()
+        self._thread: threading.Thread | None = None
+        self._closing = False  # once set, the thread exits whenever it has nothing to do
+
+    # -- the requests' side (their event loop) ---------------------------------------------------
+    def submit(
+        self,
+        sequences: Sequence[Continuation],
+        started: float,
+        on_leave: Callable[[], None] = lambda: None,
+    ) -> DecodeRequest:
+        """Queue a request's sequences (prefill done) and return the handle to read them with.
+        Call from the request's event loop."""
+        loop = asyncio.get_running_loop()
+        live = [(i, s) for i, s in enumerate(sequences) if not s.done]
+        request = DecodeRequest(loop, len(live), started, on_leave)
+        if not live:  # max_tokens 0: nothing to write
+            request._hand_over([], end=True)
+            return request
+        with self._lock:
+            self._waiting.extend(_Running(request, i, s) for i, s in live)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"decode-{self._labels[0]}", daemon=True
+                )
+                self._thread.start()
+            self._lock.notify()
+        return request
+
+    async def close(self) -> None:
+        """Let every running and waiting sequence finish, then stop the scheduler thread. A
+        request that still arrives afterwards (it picked this version just before a swap)
+        starts a thread that serves it and stops again."""
+        with self._lock:
+            self._closing = True
+            thread = self._thread
+            self._lock.notify()
+        if thread is not None:
+            await asyncio.to_thread(thread.join)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    # -- the scheduler thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        running: list[_Running] = []
+        while True:
+            with self._lock:
+                while not running and not self._waiting:
+                    if self._closing:
+                        self._thread = None
+                        return
+                    self._lock.wait()
+                dropped = [r for r in self._waiting if r.request.cancelled]
+                if dropped:
+                    self._waiting = deque(r for r in self._waiting if not r.request.cancelled)
+                while self._waiting and len(running) < self.max_batch:
+                    running.append(self._waiting.popleft())
+            dropped += [r for r in running if r.request.cancelled]
+            running = [r for r in running if not r.request.cancelled]
+            running = self._iterate(running, dropped)
+
+    def _iterate(self, running: list[_Running], dropped: list[_Running]) -> list[_Running]:
+        """One token for every running sequence, then one step for those that continue.
+        Returns the sequences to run next time."""
+        parcels: dict[DecodeRequest, _Parcel] = {}
+        for item in dropped:
+            self._count_down(item.request, parcels)
+        continuing: list[_Running] = []
+        now = time.perf_counter()
+        try:
+            for item in running:
+                token = item.sequence.next_token()
+                self._observe(item, now)
+                parcel = parcels.get(item.request)
+                if parcel is None:
+                    parcel = parcels[item.request] = _Parcel(item.request, [], False)
+                parcel.tokens.append((item.index, token))
+                if item.sequence.done:
+                    self._count_down(item.request, parcels)
+                else:
+                    continuing.append(item)
+        except Exception as exc:  # a bug in token picking: end the requests, keep serving
+            self._deliver(parcels.values())
+            return self._fail(running, exc)
+        self._deliver(parcels.values())
+        if not continuing:
+            return continuing
+        try:
+            self.decoder.feed_many(
+                [c.sequence.context for c in continuing], [c.sequence.chosen for c in continuing]
+            )
+        except Exception as exc:  # a failing step graph: every request in the step gets it
+            return self._fail(continuing, exc)
+        self.steps += 1
+        if self._metrics is not None:
+            self._metrics.decode_batch_size.observe(len(continuing))
+        return continuing
+
+    @staticmethod
+    def _fail(items: list[_Running], exc: Exception) -> list[_Running]:
+        """The requests of `items` end with `exc`: their unfinished sequences are returned, to
+        be dropped (and the requests ended) at the next iteration."""
+        for item in items:
+            item.request.error = exc
+            item.request.cancel()
+        return [item for item in items if not item.sequence.done]
+
+    def _count_down(self, request: DecodeRequest, parcels: dict[DecodeRequest, _Parcel]) -> None:
+        """One of the request's sequences finished or was dropped; the last one ends it."""
+        request.remaining -= 1
+        if request.remaining == 0:
+            parcel = parcels.get(request)
+            if parcel is None:
+                parcel = parcels[request] = _Parcel(request, [], True)
+            parcel.end = True
+
+    def _observe(self, item: _Running, now: float) -> None:
+        request = item.request
+        self.tokens += 1
+        if self._metrics is not None:
+            if request.first_token_at is None:
+                self._metrics.time_to_first_token.observe(now - request.started)
+            elif item.index in request.previous:
+                self._metrics.inter_token_latency.observe(now - request.previous[item.index])
+            self._metrics.generated_tokens.inc()
+        if request.first_token_at is None:
+            request.first_token_at = now
+        request.previous[item.index] = now
+
+    @staticmethod
+    def _deliver(parcels: Iterable[_Parcel]) -> None:
+        """Hand every request its parcel: one callback per event loop per iteration."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Parcel]] = {}
+        for parcel in parcels:
+            by_loop.setdefault(parcel.request.loop, []).append(parcel)
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_hand_over_all, batch)
+            except RuntimeError:  # the loop is closed: nobody is left to read
+                continue
+
+
+def _hand_over_all(parcels: list[_Parcel]) -> None:
+    for parcel in parcels:
+        parcel.request._hand_over(parcel.tokens, parcel.end)

@@ -1,0 +1,116 @@
+"""Key/value caches of different lengths share one step call through the Transformer step
+graph's attention_mask (padding at the start), and give what each sequence gets alone.
+
+Checked on the shipped transformer-austen and on a graph without the mask (old exports: equal
+lengths only); tests/lm/test_lm_training.py runs the same check on a smoke-trained transformer
+published by the training entry point."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from padded_batching_check import (
+    Counted,
+    counted_decoder,
+    greedy,
+    prompts_of,
+    step_together_and_alone,
+)
+
+from service.tasks.textgen import Decoder, StepModel
+from service.tasks.tokenizer import PARAGRAPH, WordTokenizer
+from training.lm import build_model, default_model_config
+from training.lm_export import export_step_graph, step_section
+from training.onnx_export import OPSET
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+AUSTEN = (
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+    'must be in want of a wife. "My dear Mr. Bennet," said his lady to him one day, "have you '
+    'heard that Netherfield Park is let at last?" Mr. Bennet replied that he had not. "But it '
+    'is," returned she; "for Mrs. Long has just been here, and she told me all about it." Mr. '
+    'Bennet made no answer. "Do you not want to know who has taken it?" cried his wife '
+    'impatiently. "You want to tell me, and I have no objection to hearing it." This was '
+    'invitation enough. "Why, my dear, you must know, Mrs. Long says that Netherfield is taken '
+    "by a young man of large fortune from the north of England; that he came down on Monday in "
+    "a chaise and four to see the place, and was so much delighted with it, that he agreed "
+    "with Mr. Morris immediately."
+)
+
+
+def test_shipped_transformer_steps_different_lengths_in_one_call() -> None:
+    decoder, runner = counted_decoder(MODELS / "transformer-austen")
+    assert decoder.model.attention_mask == "attention_mask"
+    # 10 .. 80 tokens, and one that reaches the 128-position limit and restarts on the way
+    prompts = prompts_of(decoder, AUSTEN, [10, 23, 37, 51, 80, 122])
+    worst, restarts = step_together_and_alone(decoder, runner, prompts)
+    assert worst <= 1e-4 and restarts == 1
+
+
+def test_shipped_transformer_prefill_of_left_padded_prompts() -> None:
+    """Whole prompts padded at the start in one call: no NaN, and each row's real logits are the
+    prompt's alone (the padded rows' own outputs are never used)."""
+    decoder, _ = counted_decoder(MODELS / "transformer-austen")
+    model = decoder.model
+    rows = [
+        decoder.tokenizer.encode(p, add_bos=True) for p in prompts_of(decoder, AUSTEN, [4, 17, 30])
+    ]
+    width = max(len(r) for r in rows)
+    ids = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :], mask[i, width - len(row) :] = row, 1
+    logits, state = model.run(ids, model.initial_state(len(rows)), mask)
+    assert np.isfinite(logits).all()
+    for i, (row, own) in enumerate(zip(rows, model.split(state, mask), strict=True)):
+        alone, alone_state = model.run(np.array([row]), model.initial_state(1))
+        np.testing.assert_allclose(logits[i, width - len(row) :], alone[0], atol=1e-4)
+        for got, expected in zip(own, alone_state, strict=True):  # split drops the padding
+            assert got.shape == expected.shape
+            np.testing.assert_allclose(got, expected, atol=1e-4)
+    # the next decode step of the same batch gets the batch back as it is (no copy)
+    parts = model.split(state, mask)
+    again = model.join(parts)
+    assert again is not None and again[0][0] is state[0] and again[1] is mask
+    assert model.join(parts[1:]) is not None and model.join(parts[1:])[0][0] is not state[0]
+    with pytest.raises(ValueError, match="attention mask"):
+        StepModel(model.run_graph, {"step": {"state": []}}).run(ids, [], mask)
+
+
+def test_a_graph_without_the_mask_batches_only_equal_lengths(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = dataclasses.replace(
+        default_model_config("transformer"),
+        vocab_size=40, adaptive_cutoffs=(10, 20), n_embd=8, n_head=2, n_layer=1, block_size=32,
+    )  # fmt: skip
+    model = build_model("transformer", config).eval()
+    model.step_attention_mask = False  # as exported before the mask existed
+    ids = np.random.default_rng(0).integers(2, 40, size=64)
+    export_step_graph(
+        model, tmp_path / "step.onnx", torch.from_numpy(ids[:16].reshape(2, 8)), OPSET
+    )
+    session = ort.InferenceSession(str(tmp_path / "step.onnx"), providers=["CPUExecutionProvider"])
+    assert "attention_mask" not in {i.name for i in session.get_inputs()}
+    section = step_section(model)
+    assert "attention_mask" not in section
+    runner = Counted(session)
+    words = ["<unk>", PARAGRAPH, *(f"w{i}" for i in range(2, 40))]
+    decoder = Decoder(runner, {"step": section, "max_length": 32}, WordTokenizer(words))
+    assert decoder.model.attention_mask is None
+    assert decoder.model.join([decoder.restart([1, 2]).state, decoder.restart([1]).state]) is None
+    prompts = ["w3 w4 w5", "w6 w7", "w8 w9", "w10 w11 w12 w13"]  # lengths 4, 3, 3, 5 with <s>
+    together = [decoder.read(p) for p in prompts]
+    alone = [decoder.read(p) for p in prompts]
+    for _ in range(3):
+        runner.batches.clear()
+        decoder.feed_many(together, [greedy(c) for c in together])
+        assert sorted(runner.batches) == [1, 1, 2], runner.batches  # only equal lengths share
+        for context in alone:
+            decoder.feed(context, greedy(context))
+        for a, b in zip(together, alone, strict=True):
+            np.testing.assert_allclose(a.logits, b.logits, atol=1e-5)

@@ -1,0 +1,300 @@
+"""The decode engine (continuous batching): requests that run together share step calls and
+still write exactly what `Decoder.generate` writes alone for the same seeds, whatever their
+prompt lengths, token budgets and start times; cancelled requests leave at the next step, a
+failing step ends only its own requests, and closing drains the engine.
+
+Tiny real ONNX bigram models (tests/onnx_builders.py), and the shipped LSTM for real weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pytest
+from onnx_builders import write_language_model
+
+from service.errors import Cancelled
+from service.tasks.engine import DecodeEngine, DecodeRequest
+from service.tasks.sampling import SamplingParams
+from service.tasks.textgen import Context, Continuation, Decoder, GeneratedToken
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+KINDS = ("recurrent", "cache", "short")  # hidden state; growing cache; a 4-position graph
+PROMPTS = ("the", "a dog ran home .", "the cat sat on the mat , a", "")
+BUDGETS = (12, 5, 9, 7)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("engine-models")
+    return {
+        "recurrent": write_language_model(root, "lm-test"),
+        "cache": write_language_model(root, "kv-test", cache=True),
+        "short": write_language_model(root, "short-test", cache=True, max_length=4),
+    }
+
+
+@pytest.fixture
+def decoders(model_dirs: dict[str, Path]) -> dict[str, Decoder]:
+    """A fresh decoder of each kind per test (StepLog wraps one in place)."""
+    return {kind: Decoder.from_version(path) for kind, path in model_dirs.items()}
+
+
+def params(seed: int) -> SamplingParams:
+    return SamplingParams(temperature=1.2, top_k=8, repetition_penalty=1.1, seed=seed)
+
+
+class StepLog:
+    """Wraps `decoder.feed_many` to record the batch of each step."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        self.batches: list[int] = []
+        feed_many = decoder.feed_many
+
+        def recording(contexts: Sequence[Context], ids: Sequence[int]) -> None:
+            self.batches.append(len(contexts))
+            feed_many(contexts, ids)
+
+        decoder.feed_many = recording  # type: ignore[method-assign]
+
+
+def sequences(
+    decoder: Decoder, prompt: str, budget: int, seed: int, n: int = 1, stop: bool = True
+) -> list[Continuation]:
+    first = decoder.read(prompt)
+    contexts = [first] + [first.copy() for _ in range(n - 1)]
+    stops = (" home",) if stop else ()
+    return [
+        Continuation(decoder, c, budget, params(seed + i), stops) for i, c in enumerate(contexts)
+    ]
+
+
+async def collect(request: DecodeRequest) -> dict[int, list[GeneratedToken]]:
+    out: dict[int, list[GeneratedToken]] = {}
+    while tokens := await request.next_tokens():
+        for index, token in tokens:
+            out.setdefault(index, []).append(token)
+    return out
+
+
+def alone(decoder: Decoder, prompt: str, budget: int, seed: int) -> list[GeneratedToken]:
+    return list(decoder.generate(prompt, budget, params(seed), stop=(" home",)))
+
+
+def same(got: list[GeneratedToken], want: list[GeneratedToken]) -> None:
+    assert [t.token_id for t in got] == [t.token_id for t in want]
+    assert "".join(t.text for t in got) == "".join(t.text for t in want)
+    assert [t.finish_reason for t in got] == [t.finish_reason for t in want]
+    np.testing.assert_allclose([t.logprob for t in got], [t.logprob for t in want], atol=1e-5)
+
+
+def closing(engine: DecodeEngine, main: Callable[[], Awaitable[T]]) -> T:
+    """Run `main` on a fresh event loop, then close the engine whatever happened."""
+
+    async def run() -> T:
+        try:
+            return await main()
+        finally:
+            await engine.close()
+
+    return asyncio.run(run())
+
+
+async def run_together(engine: DecodeEngine, jobs: Sequence[tuple[str, int, int]]) -> list:
+    """Every job submitted before the engine's next step (so they share it), then read."""
+    prepared = [sequences(engine.decoder, p, b, s) for p, b, s in jobs]
+    with engine._lock:  # the scheduler cannot admit any until all are queued
+        requests = [engine.submit(s, time.perf_counter()) for s in prepared]
+    return list(await asyncio.gather(*(collect(r) for r in requests)))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_request_writes_what_generate_writes(decoders: dict[str, Decoder], kind: str) -> None:
+    decoder = decoders[kind]
+    engine = DecodeEngine(decoder, max_batch=8)
+
+    async def main() -> dict[int, list[GeneratedToken]]:
+        return await collect(engine.submit(sequences(decoder, PROMPTS[1], 20, 3), 0.0))
+
+    got = closing(engine, main)
+    same(got[0], alone(decoder, PROMPTS[1], 20, 3))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_concurrent_requests_share_steps_and_write_what_each_writes_alone(
+    decoders: dict[str, Decoder], kind: str
+) -> None:
+    decoder = decoders[kind]
+    log = StepLog(decoder)
+    engine = DecodeEngine(decoder, max_batch=8)
+    jobs = [(p, b, 10 + i) for i, (p, b) in enumerate(zip(PROMPTS, BUDGETS, strict=True))]
+
+    async def main() -> list:
+        return await run_together(engine, jobs)
+
+    results = closing(engine, main)
+    batches = list(log.batches)  # the engine's steps (`alone` below feeds the same decoder)
+    for (prompt, budget, seed), got in zip(jobs, results, strict=True):
+        same(got[0], alone(decoder, prompt, budget, seed))
+    written = sum(len(r[0]) for r in results)
+    assert engine.tokens == written
+    assert batches[0] == len(jobs)  # the first step advances every request at once
+    assert engine.steps == len(batches) < written - len(jobs)
+
+
+def test_a_request_that_joins_later_writes_the_same(decoders: dict[str, Decoder]) -> None:
+    decoder = decoders["cache"]
+    engine = DecodeEngine(decoder, max_batch=8)
+
+    async def main() -> tuple[dict, dict]:
+        first = engine.submit(sequences(decoder, PROMPTS[2], 40, 1), 0.0)
+        early = await first.next_tokens()  # the first request is running already
+        second = engine.submit(sequences(decoder, PROMPTS[0], 6, 2, n=3), 0.0)
+        rest, other = await asyncio.gather(collect(first), collect(second))
+        for index, token in early:
+            rest[index].insert(0, token)
+        return rest, other
+
+    first, second = closing(engine, main)
+    same(first[0], alone(decoder, PROMPTS[2], 40, 1))
+    for i in range(3):  # n = 3: one prefill, three continuations with their own seeds
+        same(second[i], alone(decoder, PROMPTS[0], 6, 2 + i))
+
+
+def test_max_batch_bounds_every_step(decoders: dict[str, Decoder]) -> None:
+    decoder = decoders["recurrent"]
+    log = StepLog(decoder)
+    engine = DecodeEngine(decoder, max_batch=2)
+    jobs = [("the", 8, 20 + i) for i in range(5)]
+
+    async def main() -> list:
+        return await run_together(engine, jobs)
+
+    results = closing(engine, main)
+    assert max(log.batches) == 2  # 5 requests, 2 at a time
+    for (prompt, budget, seed), got in zip(jobs, results, strict=True):
+        same(got[0], alone(decoder, prompt, budget, seed))
+
+
+def test_cancelled_requests_leave_at_the_next_step(decoders: dict[str, Decoder]) -> None:
+    decoder = decoders["recurrent"]
+    engine = DecodeEngine(decoder, max_batch=1)
+    left: list[str] = []
+
+    async def main() -> None:
+        running = engine.submit(
+            sequences(decoder, "the", 10**9, 1, stop=False), 0.0, lambda: left.append("running")
+        )
+        waiting = engine.submit(
+            sequences(decoder, "a", 10**9, 2, stop=False), 0.0, lambda: left.append("waiting")
+        )
+        assert await running.next_tokens()
+        waiting.cancel()  # it never got a place: it leaves without a token
+        with pytest.raises(Cancelled):
+            await waiting.next_tokens()
+        running.cancel()
+        with pytest.raises(Cancelled):
+            while await running.next_tokens():
+                pass
+        assert left == ["waiting", "running"] and engine.waiting == 0
+        tokens = engine.tokens
+        await asyncio.sleep(0.05)
+        assert engine.tokens == tokens  # nothing is written for anybody any more
+        # the engine serves the next request
+        after = await collect(engine.submit(sequences(decoder, "the", 4, 3), 0.0))
+        same(after[0], alone(decoder, "the", 4, 3))
+
+    closing(engine, main)
+
+
+def test_a_failing_step_ends_only_its_requests(
+    decoders: dict[str, Decoder], model_dirs: dict[str, Path]
+) -> None:
+    healthy = decoders["recurrent"]
+    broken = {"on": False}
+
+    def run(feeds: Mapping[str, np.ndarray], names: Sequence[str]) -> Sequence[np.ndarray]:
+        if broken["on"]:
+            raise RuntimeError("the step graph failed")
+        return healthy.model.run_graph(feeds, names)
+
+    config = json.loads((model_dirs["recurrent"] / "config.json").read_text())
+    decoder = Decoder(run, config, healthy.tokenizer)
+    engine = DecodeEngine(decoder, max_batch=4)
+    ended: list[int] = []
+
+    async def main() -> None:
+        doomed = engine.submit(
+            sequences(decoder, "the", 10**9, 1, stop=False), 0.0, lambda: ended.append(1)
+        )
+        assert await doomed.next_tokens()
+        broken["on"] = True
+        with pytest.raises(RuntimeError, match="step graph failed"):
+            while await doomed.next_tokens():
+                pass
+        assert ended == [1]
+        broken["on"] = False
+        fine = await collect(engine.submit(sequences(decoder, "a", 6, 2), 0.0))
+        same(fine[0], alone(healthy, "a", 6, 2))
+
+    closing(engine, main)
+
+
+def test_close_lets_running_requests_finish_and_stops_the_thread(
+    decoders: dict[str, Decoder],
+) -> None:
+    decoder = decoders["cache"]
+    engine = DecodeEngine(decoder, max_batch=4)
+
+    async def main() -> None:
+        request = engine.submit(sequences(decoder, "the", 30, 5), 0.0)
+        reading = asyncio.create_task(collect(request))
+        await engine.close()
+        assert engine._thread is None
+        same((await reading)[0], alone(decoder, "the", 30, 5))
+        # a request that picked this version just before a reload is still served
+        late = await collect(engine.submit(sequences(decoder, "a", 3, 6), 0.0))
+        same(late[0], alone(decoder, "a", 3, 6))
+        await engine.close()
+
+    closing(engine, main)
+
+
+def test_nothing_to_write_ends_at_once(decoders: dict[str, Decoder]) -> None:
+    engine = DecodeEngine(decoders["recurrent"], max_batch=4)
+    left: list[bool] = []
+
+    async def main() -> dict:
+        request = engine.submit(
+            sequences(decoders["recurrent"], "the", 0, 1), 0.0, lambda: left.append(True)
+        )
+        return await collect(request)
+
+    assert closing(engine, main) == {} and left == [True] and engine._thread is None
+
+
+def test_shipped_lstm_batched_greedy_equals_alone() -> None:
+    decoder = Decoder.from_version(ROOT / "models" / "lstm-austen")
+    engine = DecodeEngine(decoder, max_batch=8)
+    prompts = ["It is a truth universally acknowledged, that", "Mr. Darcy", "She"]
+    greedy = SamplingParams(temperature=0)
+
+    async def main() -> list:
+        prepared = [[Continuation(decoder, decoder.read(p), 24, greedy)] for p in prompts]
+        with engine._lock:
+            requests = [engine.submit(s, 0.0) for s in prepared]
+        return list(await asyncio.gather(*(collect(r) for r in requests)))
+
+    for prompt, got in zip(prompts, closing(engine, main), strict=True):
+        want = list(decoder.generate(prompt, 24, greedy))
+        assert [t.token_id for t in got[0]] == [t.token_id for t in want]
+        np.testing.assert_allclose(
+            [t.logprob for t in got[0]], [t.logprob for t in want], atol=1e-4
+        )
