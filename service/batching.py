@@ -18,14 +18,20 @@ from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from service.errors import Overloaded
 from service.metrics import Metrics
-from service.runtime import Graph
 
 Signature = tuple[tuple[str, tuple[int, ...], str], ...]
+
+
+class Runs(Protocol):
+    """What a batcher runs: a graph (service.runtime.Graph), or a view of one."""
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ class Pending:
 class Batcher:
     def __init__(
         self,
-        graph: Graph,
+        graph: Runs,
         policy: BatchPolicy,
         executor: Executor,
         metrics: Metrics,

@@ -34,6 +34,7 @@ from service.tasks.language_model import (
     decoder_of,
     first_event,
     language_model,
+    next_words,
     sampling_params,
     stream_generation,
 )
@@ -89,9 +90,7 @@ async def next_word(
         )
     tokens = check_prompt(settings, decoder, body.text, "text")
     async with dataplane.track(model):
-        words = await dataplane.run_task(
-            model, lambda cancel: decoder.next_word_distribution(body.text, body.top_k)
-        )
+        words = await next_words(dataplane, model, body.text, body.top_k)
     unknown = [t.text for t in tokens if t.id == decoder.tokenizer.unk_id]
     return NextWordResponse(
         model_name=model.name,

@@ -11,19 +11,26 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from service.batching import Batcher
 from service.errors import InvalidInput, ModelLoadError
 from service.registry import PREPARERS, LoadedModel
 from service.repository import Repository, read_json
 from service.settings import Settings
 from service.tasks.engine import DecodeEngine, DecodeRequest
 from service.tasks.sampling import SamplingParams
-from service.tasks.textgen import Context, Continuation, Decoder, GeneratedToken
+from service.tasks.textgen import (
+    Context,
+    Continuation,
+    Decoder,
+    GeneratedToken,
+    WordProbability,
+)
 from service.tasks.tokenizer import Token, WordTokenizer
 
 TASK = "language-model"
@@ -188,6 +195,54 @@ def decode_engine(dataplane: Any, model: LoadedModel) -> DecodeEngine:
         engine = DecodeEngine(decoder_of(model), max_batch, dataplane.metrics, labels)
         model.batchers["step"] = engine
     return engine
+
+
+# -- next word -----------------------------------------------------------------------------------
+PREFILL_BUCKET = 8  # prompts are padded to a multiple of this many tokens to share a call:
+# every position is computed (its logits too), so a wider bucket costs compute
+
+
+class PrefillLogits:
+    """The step graph as the next-word batcher runs it: logits only (B, T, V)."""
+
+    def __init__(self, model: LoadedModel, decoder: Decoder) -> None:
+        self.graph = model.graphs["step"]
+        self.decoder = decoder
+        self.names = [decoder.model.logits]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Stacked prompts (their batch axis first) from a fresh state: the state's batch axis
+        differs between families, so it is made here for the whole batch, not stacked."""
+        batch = len(feeds[self.decoder.model.input_ids])
+        return self.graph.run({**feeds, **self.decoder.fresh_state_feeds(batch)}, self.names)
+
+
+async def next_words(
+    dataplane: Any, model: LoadedModel, text: str, k: int
+) -> list[WordProbability]:
+    """The k most likely next words after `text`. Prompts of concurrent requests are read in
+    one step-graph call (the model's dynamic batcher, policy as for its V2 graph): each is
+    padded on the right to a multiple of PREFILL_BUCKET tokens, and requests whose padded
+    lengths agree are stacked. Without batching, or where the graph cannot read a prompt in one
+    call, the prompt is read alone in the task pool."""
+    decoder = decoder_of(model)
+    ids = decoder.prompt_window(text)
+    width = -(-len(ids) // PREFILL_BUCKET) * PREFILL_BUCKET
+    if decoder.model.max_length is not None:
+        width = min(width, decoder.model.max_length)
+    feeds = decoder.padded_prefill(ids, width)
+    batcher = model.batchers.get("prefill")
+    if batcher is None and feeds is not None:
+        policy = dataplane.policy(model)
+        if policy is not None:
+            labels = (model.name, str(model.version))
+            runs = PrefillLogits(model, decoder)
+            batcher = Batcher(runs, policy, dataplane.executor, dataplane.metrics, labels)
+            model.batchers["prefill"] = batcher
+    if batcher is None or feeds is None:
+        return await dataplane.run_task(model, lambda _: decoder.next_word_distribution(text, k))
+    (logits,) = await batcher.submit(feeds, dataplane.deadline())
+    return decoder.top_words(logits[0, len(ids) - 1], k)
 
 
 async def cancel_when_disconnected(

@@ -317,12 +317,47 @@ class Decoder:
     # -- next word -------------------------------------------------------------------------------
     def next_word_distribution(self, text: str, k: int = 10) -> list[WordProbability]:
         """The k most likely next words after `text` (the paragraph break is spelled "\\n")."""
-        logits = self.read(text).logits.astype(np.float64)
-        logits[list(self.banned)] = -np.inf
+        return self.top_words(self.read(text).logits, k)
+
+    def top_words(self, logits: np.ndarray, k: int) -> list[WordProbability]:
+        """The k most likely words of one position's logits (V,), never <unk>."""
+        scores = logits.astype(np.float64)
+        scores[list(self.banned)] = -np.inf
         return [
             WordProbability(self.tokenizer.word(i), i, float(np.exp(logprob)), logprob)
-            for i, logprob in top_logprobs(log_softmax(logits), k)
+            for i, logprob in top_logprobs(log_softmax(scores), k)
         ]
+
+    def prompt_window(self, text: str) -> list[int]:
+        """The ids a prefill of `text` reads: the start token and the prompt, the most recent
+        `max_length` of them when the graph has a limit."""
+        ids = [self.tokenizer.bos_id, *(t.id for t in self.tokenizer.tokenize(text))]
+        limit = self.model.max_length
+        return ids[-limit:] if limit is not None and len(ids) > limit else ids
+
+    def fresh_state_feeds(self, batch: int) -> dict[str, np.ndarray]:
+        """The zero state of `batch` sequences, by input name."""
+        state = zip(self.model.state, self.model.initial_state(batch), strict=True)
+        return {spec.input: zeros for spec, zeros in state}
+
+    def padded_prefill(self, ids: Sequence[int], width: int) -> dict[str, np.ndarray] | None:
+        """Step-graph feeds (batch of one; the state is left out: `fresh_state_feeds` adds it
+        for whatever batch they end up in) that read `ids` padded on the right to `width`
+        tokens, or None when the graph cannot read them in one call. Every family here is
+        causal, so the logits at position len(ids) - 1 do not see the padding; the state the
+        call returns does, and must not be used."""
+        limit = self.model.max_length
+        chunk = self.model.max_new_tokens
+        if not ids or width < len(ids) or (limit is not None and width > limit):
+            return None
+        if chunk is not None and width > chunk:
+            return None
+        row = np.zeros((1, width), dtype=np.int64)  # id 0 pads: never seen by the kept logits
+        row[0, : len(ids)] = ids
+        feeds = {self.model.input_ids: row}
+        if self.model.attention_mask is not None:
+            feeds[self.model.attention_mask] = np.ones((1, width), dtype=np.int64)
+        return feeds
 
     # -- generation ------------------------------------------------------------------------------
     def generate(

@@ -4,19 +4,16 @@ Skipped for a family whose model is not in models/ yet."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from shipped_models import AUSTEN_LMS, copy_models
 
 from service.app import create_app
 from service.settings import Settings
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
-SHIPPED = sorted(p.name for p in MODELS.glob("*-austen") if (p / "config.json").is_file())
+SHIPPED = AUSTEN_LMS
 SENTENCE = (
     "It is a truth universally acknowledged, that a single man in possession of a good fortune"
 )
@@ -25,20 +22,12 @@ SHUFFLED = (
 )
 
 
-def _link_or_copy(source: str, destination: str) -> object:
-    try:
-        return os.link(source, destination)
-    except OSError:
-        return shutil.copy2(source, destination)
-
-
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     if not SHIPPED:
         pytest.skip("no Austen language model is shipped yet")
-    root = tmp_path_factory.mktemp("austen") / "models"
-    for name in SHIPPED:  # only the language models: loading stays quick
-        shutil.copytree(MODELS / name, root / name, copy_function=_link_or_copy)
+    # only the language models: loading stays quick
+    root = copy_models(SHIPPED, tmp_path_factory.mktemp("austen") / "models")
     with TestClient(create_app(Settings(models_dir=root, access_log=False))) as test_client:
         yield test_client
 

@@ -36,6 +36,7 @@ from playwright.sync_api import (
     Request,
     sync_playwright,
 )
+from shipped_models import link_or_copy
 
 from service.app import create_app
 from service.settings import Settings
@@ -181,14 +182,6 @@ def screenshot(artifacts: Path) -> Callable[[Page | Locator, str], Path]:
     return take
 
 
-def _link_or_copy(source: str, destination: str) -> object:
-    try:
-        os.link(source, destination)
-        return destination
-    except OSError:
-        return shutil.copy2(source, destination)
-
-
 def serves_language_models() -> bool:
     """Whether this service has the language-model endpoints yet (next-word, completions)."""
     paths = create_app(Settings(access_log=False)).openapi()["paths"]
@@ -205,7 +198,7 @@ def assemble_models(destination: Path) -> dict[str, list[str]]:
         if not config.is_file():
             continue
         task = json.loads(config.read_text()).get("task", "")
-        shutil.copytree(folder, destination / folder.name, copy_function=_link_or_copy)
+        shutil.copytree(folder, destination / folder.name, copy_function=link_or_copy)
         models[task].append(folder.name)
     if not models["image-generation"]:
         write_diffusion_generator(destination, "diffusion-test")
