@@ -16,7 +16,6 @@ Writes generation.json and generation.md to --out. Run it on an otherwise idle m
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -33,8 +32,9 @@ import httpx
 import numpy as np
 import orjson
 
+from bench import cli
 from bench.inprocess import time_calls
-from bench.loadgen import Request, run_load, wrk_available
+from bench.loadgen import Request, run_load
 from bench.procs import Server, free_port, start_server, stop_server
 from service.runtime import Graph
 from service.settings import Settings
@@ -267,7 +267,7 @@ def start_service(repository: Path, work_dir: Path) -> Server:
         url,
         work_dir / "logs",
         # completions at concurrency 32 must not be refused (the default limit is 16)
-        env={"SEEDSERVE_STRICT_READINESS": "true", "SEEDSERVE_MAX_CONCURRENT_GENERATIONS": "64"},
+        env={"SEEDSERVE_STRICT_READINESS": "true"},
         cwd=ROOT,
     )
 
@@ -403,21 +403,9 @@ def run(plan: Plan, generator: str) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.generation", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a smoke run of seconds")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument(
-        "--generator",
-        choices=("wrk", "python"),
-        default="wrk" if wrk_available() else "python",
-        help="load generator (default wrk when installed)",
-    )
-    args = parser.parse_args(argv)
+    args = cli.parser("python -m bench.generation", __doc__).parse_args(argv)
     doc = run(make_plan(args.quick), args.generator)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "generation.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (args.out / "generation.md").write_text(markdown(doc))
-    print(markdown(doc))
+    cli.write_results(args.out, "generation", doc, markdown(doc))
     return 0
 
 

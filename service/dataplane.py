@@ -19,6 +19,7 @@ from service.errors import InvalidInput, Overloaded, ServiceError
 from service.metrics import Metrics
 from service.registry import LoadedModel, Registry
 from service.settings import Settings
+from service.stepbatch import RunRows, StepBatcher
 from service.tensors import NUMPY_DTYPES
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,39 @@ class DataPlane:
             labels = (model.name, str(model.version))
             batcher = Batcher(model.primary, policy, self.executor, self.metrics, labels)
             model.batchers["model"] = batcher
+        return batcher
+
+    def step_batcher(
+        self, model: LoadedModel, run_rows: RunRows | None, max_rows: int
+    ) -> StepBatcher | None:
+        """The step batcher shared by `model`'s generations (made on first use; `run_rows` runs
+        its denoiser over stacked rows); None when step batching is off or there is no denoiser."""
+        if not self.settings.step_batching or run_rows is None:
+            return None
+        batcher: StepBatcher | None = model.resources.get("step_batcher")
+        if batcher is None:
+            labels = (model.name, str(model.version))
+            compute = self.metrics.compute_duration.labels(*labels)
+
+            def timed(feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+                started = time.perf_counter()
+                output = run_rows(feeds)
+                compute.observe(time.perf_counter() - started)
+                return output
+
+            def on_call(rows: int, generations: int) -> None:
+                self.metrics.batch_size.labels(*labels).observe(rows)
+                self.metrics.inference_count.labels(*labels).inc(rows)
+                self.metrics.step_batch_generations.labels(*labels).observe(generations)
+
+            batcher = StepBatcher(
+                timed,
+                max_rows,
+                self.settings.max_step_delay_ms / 1e3,
+                self.settings.inference_threads,
+                on_call,
+            )
+            model.resources["step_batcher"] = batcher
         return batcher
 
     def deadline(self) -> float | None:

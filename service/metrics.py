@@ -87,6 +87,13 @@ class Metrics:
             MODEL,
             registry=r,
         )
+        self.step_batch_generations = Histogram(
+            f"{PREFIX}_step_batch_generations",
+            "Image generations whose denoising steps shared each denoiser call (step batching).",
+            MODEL,
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.generation_duration = Histogram(
             f"{PREFIX}_generation_duration_seconds",
             "Time to generate one request's images or text, in seconds.",

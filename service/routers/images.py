@@ -150,6 +150,10 @@ async def generate_images(
     sessions = {role: graph.session for role, graph in model.graphs.items()}
     labels = (model.name, str(model.version))
     metrics = dataplane.metrics
+    config = model.config.raw
+    step_batcher = dataplane.step_batcher(
+        model, imagegen.denoiser_call(config, sessions), imagegen.DENOISER_ROWS_PER_CALL
+    )
 
     def work(cancel: threading.Event) -> np.ndarray:
         def on_step(done: int, total: int) -> None:
@@ -158,7 +162,7 @@ async def generate_images(
                 raise Cancelled("the client went away; generation stopped")
 
         return imagegen.generate(
-            model.config.raw, sessions, ids, None, seed, steps, guidance, sampler, on_step
+            config, sessions, ids, None, seed, steps, guidance, sampler, on_step, step_batcher
         )
 
     async with dataplane.track(model):

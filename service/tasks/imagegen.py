@@ -11,9 +11,10 @@ Numbers, not HTTP: bad requests raise `InvalidInput`; the caller turns it into a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,10 +22,12 @@ import numpy as np
 from PIL import Image
 
 from service.errors import InvalidInput
+from service.stepbatch import StepBatcher
 from service.tasks.diffusion import SAMPLERS, alphas_cumprod, denoise, sampling_timesteps
 
 KINDS = ("decoder", "diffusion", "latent-diffusion")
 MAX_ROWS_PER_CALL = 256  # images per onnxruntime call: bounds the memory of one step
+DENOISER_ROWS_PER_CALL = 2 * MAX_ROWS_PER_CALL  # rows of a denoiser call (guidance doubles them)
 
 
 class OnnxSession(Protocol):
@@ -108,6 +111,18 @@ def run_in_chunks(
     return np.concatenate(parts)
 
 
+def denoiser_call(
+    config: Mapping[str, Any], sessions: Sessions
+) -> Callable[[Mapping[str, np.ndarray]], np.ndarray] | None:
+    """The denoiser graph as one call over rows (x, t, label stacked, each row its own timestep
+    and class), in chunks of DENOISER_ROWS_PER_CALL; None when the model has no denoiser."""
+    spec = config["generation"].get("denoiser")
+    if spec is None:
+        return None
+    session, output = sessions[spec["graph"]], spec["output"]
+    return lambda feeds: run_in_chunks(session, output, feeds, DENOISER_ROWS_PER_CALL)
+
+
 def decode(
     spec: Mapping[str, Any], sessions: Sessions, latents: np.ndarray, labels: np.ndarray
 ) -> np.ndarray:
@@ -137,11 +152,14 @@ def iter_generate(
     steps: int | None = None,
     guidance: float | None = None,
     sampler: str | None = None,
-) -> Iterator[Progress]:
+    step_batcher: StepBatcher | None = None,
+) -> Generator[Progress, None, None]:
     """Generate step by step: yields Progress after each denoising step, the last with images.
 
     Stopping the iteration (a client went away) stops the work after the current step. The same
     arguments and seed give the same images: all randomness comes from one numpy Generator.
+    With `step_batcher` (made for this model's denoiser), each step's denoiser call may share
+    one onnxruntime call with the steps of other generations running at the same time.
     """
     generation = config["generation"]
     kind = generation["kind"]
@@ -159,11 +177,12 @@ def iter_generate(
     abar = alphas_cumprod(generation["schedule"])
     total = len(sampling_timesteps(len(abar), steps))
     spec = generation["denoiser"]
-    session = sessions[spec["graph"]]
+    run_rows = step_batcher.run if step_batcher is not None else denoiser_call(config, sessions)
+    assert run_rows is not None, "a diffusion model has a denoiser"
 
     def predict_noise(x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
         feeds = {spec["sample_input"]: x, spec["timestep_input"]: t, spec["label_input"]: y}
-        return run_in_chunks(session, spec["output"], feeds, 2 * MAX_ROWS_PER_CALL)
+        return run_rows(feeds)
 
     x_t = rng.standard_normal(shape, dtype=np.float32)
     clip = generation.get("clip_sample")
@@ -179,15 +198,18 @@ def iter_generate(
         rng,
         None if clip is None else float(clip),
     )
-    for step, x in enumerate(steps_run, start=1):
-        if step < total:
-            yield Progress(step, total)
-            continue
-        if kind == "latent-diffusion":
-            x = decode(
-                generation["decoder"], sessions, x * float(generation["latent_scale"]), label_ids
-            )
-        yield Progress(step, total, to_uint8(x, generation["output_range"]))
+    x_0 = x_t
+    # The fellow generations of a step batcher wait for this one only while it is denoising.
+    with step_batcher.job() if step_batcher is not None else contextlib.nullcontext():
+        for step, x in enumerate(steps_run, start=1):
+            if step < total:
+                yield Progress(step, total)
+            else:
+                x_0 = x
+    if kind == "latent-diffusion":
+        latents = x_0 * float(generation["latent_scale"])
+        x_0 = decode(generation["decoder"], sessions, latents, label_ids)
+    yield Progress(total, total, to_uint8(x_0, generation["output_range"]))
 
 
 def generate(
@@ -200,16 +222,20 @@ def generate(
     guidance: float | None = None,
     sampler: str | None = None,
     on_step: StepCallback | None = None,
+    step_batcher: StepBatcher | None = None,
 ) -> np.ndarray:
     """uint8 images (N, H, W) for the requested class labels; see `iter_generate`.
 
     `on_step(done, total)` is called after every step; an exception raised there stops the run.
     """
-    for progress in iter_generate(config, sessions, labels, n, seed, steps, guidance, sampler):
-        if on_step is not None:
-            on_step(progress.step, progress.total)
-        if progress.images is not None:
-            return progress.images
+    run = iter_generate(config, sessions, labels, n, seed, steps, guidance, sampler, step_batcher)
+    # closing: a stop raised by on_step leaves the generator at once (and its step batcher)
+    with contextlib.closing(run):
+        for progress in run:
+            if on_step is not None:
+                on_step(progress.step, progress.total)
+            if progress.images is not None:
+                return progress.images
     raise AssertionError("generation ended without images")
 
 
