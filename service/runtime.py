@@ -146,11 +146,24 @@ class Graph:
         self.inputs = [_tensor(x) for x in self.session.get_inputs()]
         self.outputs = [_tensor(x) for x in self.session.get_outputs()]
         self.output_names = [t.name for t in self.outputs]
+        mode = settings.io_binding
+        self.io_binding = mode == "always" or (mode == "cuda" and self.provider == CUDA)
+        self.device = "cuda" if self.provider == CUDA else "cpu"
 
     def run(
         self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
     ) -> list[np.ndarray]:
-        return self.session.run(list(output_names or self.output_names), dict(feeds))
+        names = list(output_names or self.output_names)
+        if not self.io_binding:
+            return self.session.run(names, dict(feeds))
+        binding = self.session.io_binding()  # one per call: calls run in several threads
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in names:
+            binding.bind_output(name, self.device)
+        self.session.run_with_iobinding(binding)
+        outputs: list[np.ndarray] = binding.copy_outputs_to_cpu()
+        return outputs
 
 
 def _tensor(arg: ort.NodeArg) -> GraphTensor:

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     """Folder where onnxruntime's optimised graphs are saved at first load and loaded from later
     (keyed by the ONNX file's sha256, the optimisation level and the onnxruntime version); unset =
     optimise at every load."""
+    io_binding: Literal["cuda", "always", "off"] = "cuda"
+    """onnxruntime I/O binding: inputs bound straight from the request's arrays, outputs
+    allocated by onnxruntime on the session's device and copied back once per call. `cuda` = for
+    sessions on the CUDA provider, `always` = every session (CPU too), `off` = plain `run`."""
     cpu_memory_arena: bool = True
     """onnxruntime's CPU memory arena: reuses buffers across calls (faster), keeps their peak."""
     int8: bool = False
