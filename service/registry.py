@@ -157,10 +157,11 @@ class Registry:
     def _load_version(self, config: ModelConfig, version: int) -> LoadedModel:
         name = config.name
         graphs: dict[str, Graph] = {}
+        settings = model_settings(config, self.settings)
         for role, filename in {"model": "model.onnx", **config.graphs}.items():
             path = self.repository.graph_path(name, version, filename)
             try:
-                graphs[role] = Graph(path, self.settings)
+                graphs[role] = Graph(path, settings)
             except Exception as exc:  # onnxruntime raises its own types for corrupt files
                 raise ModelLoadError(
                     f"model {name!r} version {version}: {filename}: {exc}"
@@ -216,3 +217,18 @@ def warm_up(model: LoadedModel) -> None:
         raise ModelLoadError(
             f"model {model.name!r} version {model.version}: warm-up failed: {exc}"
         ) from None
+
+
+def model_settings(config: ModelConfig, settings: Settings) -> Settings:
+    """The settings for a model's sessions: config.json's `onnxruntime` section may pin
+    `intra_op_threads` (the GNN does: onnxruntime's ScatterND (add) races over duplicate indices
+    when an operator runs on several threads, onnxruntime issues #18048 and #23396)."""
+    section = config.raw.get("onnxruntime") or {}
+    threads = section.get("intra_op_threads")
+    if threads is None:
+        return settings
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 0 <= threads <= 256:
+        raise ModelLoadError(
+            f"model {config.name!r}: onnxruntime.intra_op_threads must be an integer in 0..256"
+        )
+    return settings.model_copy(update={"intra_op_threads": threads})

@@ -363,6 +363,9 @@ def classifier_config(
         ],
         "preprocessing": {**data.preprocessing(), "mean": 0.0, "std": 1.0},
         "graph": spec.to_config(),
+        # index_add exports to ScatterND (add), which races over duplicate indices when
+        # onnxruntime splits one operator over threads: the service pins this model to one
+        "onnxruntime": {"intra_op_threads": 1},
     }
 
 
