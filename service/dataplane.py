@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from service.batching import Batcher, BatchPolicy
+from service.batching import Batcher, BatchPolicy, Runs
 from service.errors import InvalidInput, Overloaded, ServiceError
 from service.metrics import Metrics
 from service.registry import LoadedModel, Registry
@@ -127,15 +127,20 @@ class DataPlane:
             concurrency=settings.inference_threads,
         )
 
-    def batcher(self, model: LoadedModel) -> Batcher | None:
-        batcher = model.batchers.get("model")
+    def batcher(
+        self, model: LoadedModel, role: str = "model", runs: Runs | None = None
+    ) -> Batcher | None:
+        """The dynamic batcher of `model`'s `role` (made on first use, with the model's policy;
+        `runs` is what it calls, the primary graph by default), or None with batching off."""
+        batcher = model.batchers.get(role)
         if batcher is None:
             policy = self.policy(model)
             if policy is None:
                 return None
             labels = (model.name, str(model.version))
-            batcher = Batcher(model.primary, policy, self.executor, self.metrics, labels)
-            model.batchers["model"] = batcher
+            graph = model.primary if runs is None else runs
+            batcher = Batcher(graph, policy, self.executor, self.metrics, labels)
+            model.batchers[role] = batcher
         return batcher
 
     def step_batcher(

@@ -61,9 +61,10 @@ class App(FastAPI):
             and scope["type"] == "http"
             and scope["method"] == "POST"
             and getattr(self.state, "started", False)
-            and INFER_PATH.fullmatch(scope["path"])
+            and (match := INFER_PATH.fullmatch(scope["path"]))
         ):
             scope["app"] = self
+            scope["path_params"] = {"model_name": match[1], "model_version": match[2]}
             await self.fast_path(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
@@ -71,9 +72,7 @@ class App(FastAPI):
     async def infer(self, scope: Scope, receive: Receive, send: Send) -> None:
         from service.routers.v2 import run_infer  # the routers import this module's helpers
 
-        match = INFER_PATH.fullmatch(scope["path"])
-        assert match is not None, "App.__call__ routes only infer paths here"
-        name, version = match.group(1), match.group(2)
+        name, version = scope["path_params"]["model_name"], scope["path_params"]["model_version"]
         scope["route"] = RouteName(INFER_ROUTES[version is not None])
         headers = dict(scope["headers"])
         try:

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from service.batching import Batcher
 from service.errors import InvalidInput, ModelLoadError
 from service.registry import PREPARERS, LoadedModel
 from service.repository import Repository, read_json
@@ -231,14 +230,9 @@ async def next_words(
     if decoder.model.max_length is not None:
         width = min(width, decoder.model.max_length)
     feeds = decoder.padded_prefill(ids, width)
-    batcher = model.batchers.get("prefill")
-    if batcher is None and feeds is not None:
-        policy = dataplane.policy(model)
-        if policy is not None:
-            labels = (model.name, str(model.version))
-            runs = PrefillLogits(model, decoder)
-            batcher = Batcher(runs, policy, dataplane.executor, dataplane.metrics, labels)
-            model.batchers["prefill"] = batcher
+    batcher = None
+    if feeds is not None:
+        batcher = dataplane.batcher(model, "prefill", PrefillLogits(model, decoder))
     if batcher is None or feeds is None:
         return await dataplane.run_task(model, lambda _: decoder.next_word_distribution(text, k))
     (logits,) = await batcher.submit(feeds, dataplane.deadline())

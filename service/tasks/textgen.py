@@ -289,12 +289,8 @@ class Decoder:
 
     def _restart(self, ids: list[int]) -> tuple[Context, np.ndarray]:
         """The context after `ids`, and the logits (W, V) of the window of ids the graph read."""
-        window = ids
-        limit = self.model.max_length
-        if limit is not None and len(ids) > limit:
-            window = ids[-limit:]
         logits, state = self.model.run(
-            np.array([window], dtype=np.int64), self.model.initial_state(1)
+            np.array([self.window(ids)], dtype=np.int64), self.model.initial_state(1)
         )
         return Context(list(ids), state, logits[0, -1]), logits[0]
 
@@ -328,12 +324,15 @@ class Decoder:
             for i, logprob in top_logprobs(log_softmax(scores), k)
         ]
 
-    def prompt_window(self, text: str) -> list[int]:
-        """The ids a prefill of `text` reads: the start token and the prompt, the most recent
-        `max_length` of them when the graph has a limit."""
-        ids = [self.tokenizer.bos_id, *(t.id for t in self.tokenizer.tokenize(text))]
+    def window(self, ids: list[int]) -> list[int]:
+        """The ids a fresh state reads of `ids`: the most recent `max_length` of them when the
+        graph has a limit, else all."""
         limit = self.model.max_length
         return ids[-limit:] if limit is not None and len(ids) > limit else ids
+
+    def prompt_window(self, text: str) -> list[int]:
+        """The ids a prefill of `text` reads: the start token and the prompt, windowed."""
+        return self.window([self.tokenizer.bos_id, *(t.id for t in self.tokenizer.tokenize(text))])
 
     def fresh_state_feeds(self, batch: int) -> dict[str, np.ndarray]:
         """The zero state of `batch` sequences, by input name."""
