@@ -48,7 +48,7 @@ from training.models.logreg import LogisticRegression, LogRegConfig
 from training.models.mlp import MLP, MLPConfig
 from training.models.vit import ViT, ViTConfig
 from training.onnx_export import OPSET, export_onnx, verify
-from training.overrides import OptionError, apply_overrides
+from training.overrides import OptionError, apply_overrides, train_each
 from training.report import classifier_card_markdown, plot_curves
 from training.repository import (
     DEFAULT_MODELS_DIR,
@@ -651,9 +651,4 @@ def main(command: str, family: str, argv: list[str]) -> int:
 
 def train_all(models_dir: Path | None = None) -> int:
     """Train and publish every shipped classifier, one after the other (cnn-mnist first)."""
-    extra = ["--models-dir", str(models_dir)] if models_dir else []
-    for family, argv in SHIPPED_RUNS:
-        code = main("train", family, argv + extra)
-        if code:
-            return code
-    return 0
+    return train_each(main, SHIPPED_RUNS, models_dir)

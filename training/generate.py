@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from training.overrides import OptionError, apply_overrides
+from training.overrides import OptionError, apply_overrides, train_each
 
 FAMILIES = {
     "vae": "training.train_vae",
@@ -63,12 +63,7 @@ def main(command: str, family: str, argv: list[str]) -> int:
 
 def train_all(models_dir: Path | None = None) -> int:
     """Train and publish the shipped generators one after the other (each scored by cnn-mnist)."""
-    extra = ["--models-dir", str(models_dir)] if models_dir else []
-    for family, argv in SHIPPED_RUNS:
-        code = main("train", family, argv + extra)
-        if code:
-            return code
-    return 0
+    return train_each(main, SHIPPED_RUNS, models_dir)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from training.models.mamba import MambaConfig, MambaLM
 from training.models.recurrent import RecurrentConfig, RecurrentLM
 from training.models.transformer import TransformerConfig, TransformerLM
 from training.ngram import KneserNey, evaluate_ngram
-from training.overrides import OptionError, apply_overrides
+from training.overrides import OptionError, apply_overrides, train_each
 from training.repository import DEFAULT_MODELS_DIR
 
 # family -> (model config class, model class)
@@ -404,9 +404,4 @@ def main(command: str, family: str, argv: list[str]) -> int:
 
 def train_all(models_dir: Path | None = None) -> int:
     """Train and publish the five shipped language models one after the other."""
-    extra = ["--models-dir", str(models_dir)] if models_dir else []
-    for family, argv in SHIPPED_RUNS:
-        code = main("train", family, argv + extra)
-        if code:
-            return code
-    return 0
+    return train_each(main, SHIPPED_RUNS, models_dir)

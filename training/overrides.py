@@ -1,7 +1,8 @@
 """Command-line overrides parsed from `@dataclass` configs: `--batch-size 64 --widths 32,64`.
 
 Every field of every config becomes an option (underscores spelled as dashes); an unknown option
-or a value of the wrong type is an error, never silently ignored.
+or a value of the wrong type is an error, never silently ignored. `train_each` runs a family
+module's shipped command lines one after the other (its `train_all`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,3 +80,18 @@ def apply_overrides(argv: list[str], *configs: T, fixed: Collection[str] = ()) -
         for k in owners:
             changes[k][name] = parse_value(value, types_by_config[k][name], option)
     return [dataclasses.replace(c, **ch) for c, ch in zip(configs, changes, strict=True)]  # type: ignore[type-var]
+
+
+def train_each(
+    main: Callable[[str, str, list[str]], int],
+    runs: Sequence[tuple[str, list[str]]],
+    models_dir: Path | None = None,
+) -> int:
+    """`main("train", family, argv)` for each shipped (family, argv) in order, publishing into
+    `models_dir` when given; stops at the first failure and returns its exit status."""
+    extra = ["--models-dir", str(models_dir)] if models_dir else []
+    for family, argv in runs:
+        code = main("train", family, [*argv, *extra])
+        if code:
+            return code
+    return 0

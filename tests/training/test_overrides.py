@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from training import classify
-from training.overrides import OptionError, apply_overrides
+from training.overrides import OptionError, apply_overrides, train_each
 
 
 @dataclass
@@ -76,3 +76,21 @@ def test_help_lists_model_and_training_options(capsys: pytest.CaptureFixture[str
     assert classify.main("train", "cnn", ["--help"]) == 0
     out = capsys.readouterr().out
     assert "--widths" in out and "--batch-size" in out and "--num-classes" not in out
+
+
+def test_train_each_runs_in_order_into_the_folder_and_stops_at_a_failure(tmp_path: Path) -> None:
+    calls: list[tuple[str, str, list[str]]] = []
+
+    def main(command: str, family: str, argv: list[str]) -> int:
+        calls.append((command, family, argv))
+        return 3 if family == "bad" else 0
+
+    runs = [("cnn", ["--epochs", "1"]), ("bad", []), ("mlp", [])]
+    assert train_each(main, runs, tmp_path) == 3
+    assert calls == [
+        ("train", "cnn", ["--epochs", "1", "--models-dir", str(tmp_path)]),
+        ("train", "bad", ["--models-dir", str(tmp_path)]),
+    ]
+    assert runs[0][1] == ["--epochs", "1"]  # the shipped command lines are not changed
+    calls.clear()
+    assert train_each(main, runs[:1]) == 0 and calls == [("train", "cnn", ["--epochs", "1"])]
