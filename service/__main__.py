@@ -36,27 +36,33 @@ def main() -> None:
             os.environ[f"SEEDSERVE_{name.upper()}"] = str(value)
     settings = Settings()  # validates every variable before anything starts
     configure_logging(settings.log_level)
-    metrics_dir = None
+    run_dirs = []
     if settings.workers > 1:
         # Each worker writes its metrics to files here; /metrics merges them (see service/metrics.py).
-        metrics_dir = tempfile.mkdtemp(prefix="seedserve-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        run_dirs.append(tempfile.mkdtemp(prefix="seedserve-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = run_dirs[-1]
+        # The workers' journal of loads and unloads (see service/cluster.py): fresh for each run,
+        # so no worker replays an unload of an earlier run.
+        run_dirs.append(tempfile.mkdtemp(prefix="seedserve-cluster-"))
+        os.environ["SEEDSERVE_CLUSTER_DIR"] = run_dirs[-1]
     # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal to the handler
     # that was installed before it: make that one a no-op so a clean shutdown exits with 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stopped)
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=settings.shutdown_timeout_s,
-    )
-    if metrics_dir is not None:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+    try:
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        )
+    finally:
+        for folder in run_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _stopped(signum: int, frame: FrameType | None) -> None:

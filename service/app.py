@@ -18,13 +18,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from service import __version__
-from service.dataplane import DataPlane, poll_repository
+from service.cluster import Cluster
+from service.dataplane import DataPlane
 from service.docs import add_docs
 from service.errors import ServiceError
 from service.fastpath import App, error_parts
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
-from service.registry import Registry
+from service.registry import Registry, default_sequence_limits
 from service.repository import Repository
 from service.routers import (
     classify,
@@ -37,6 +38,7 @@ from service.routers import (
     text,
     v2,
 )
+from service.sequences import FileStore, MemoryStore, SequenceStore
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,30 +53,31 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
         if settings.switch_interval_ms > 0:
             # the decode engine's thread and the event loop both run Python: see the setting
             sys.setswitchinterval(settings.switch_interval_ms / 1e3)
-        registry = Registry(Repository(settings.models_dir), settings, metrics)
+        registry = Registry(
+            Repository(settings.models_dir), settings, metrics, sequences=sequence_store(settings)
+        )
         app.state.registry = registry
         app.state.dataplane = DataPlane(registry, metrics, settings)
+        # Made before the models load: the cluster journal's end now is what that load reflects.
+        cluster = Cluster(app.state.dataplane, settings.cluster_dir, settings.poll_interval_s)
+        app.state.cluster = cluster
         # Loading blocks on onnxruntime; keep the loop free so liveness answers meanwhile.
         await asyncio.to_thread(registry.load_all_quietly)
+        # the other workers' loads and unloads, and repository polling (one worker for all)
+        await cluster.start()
         app.state.started = True
         if settings.gc_freeze:
             gc.collect()
             gc.freeze()
         ready = sum(s.ready for s in registry.models.values())
         log.info("ready", extra={"models_ready": ready, "models_total": len(registry.models)})
-        poller = None
-        if settings.poll_interval_s > 0:
-            poller = asyncio.create_task(
-                poll_repository(app.state.dataplane, settings.poll_interval_s)
-            )
         try:
             yield
         finally:
             app.state.started = False
             if settings.gc_freeze:
                 gc.unfreeze()  # what start-up kept becomes collectable again
-            if poller is not None:
-                poller.cancel()
+            await cluster.close()
             await app.state.dataplane.close()
 
     app = App(
@@ -109,6 +112,15 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def sequence_store(settings: Settings) -> SequenceStore:
+    """Where stateful models keep their sequences: in memory with one worker; with several, in
+    files of the workers' shared folder, so any worker continues any sequence."""
+    limits = default_sequence_limits(settings)
+    if settings.cluster_dir is None:
+        return MemoryStore(limits)
+    return FileStore(settings.cluster_dir / "sequences", limits)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

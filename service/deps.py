@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.cluster import Cluster
 from service.dataplane import DataPlane
 from service.metrics import Metrics
 from service.registry import Registry
@@ -23,6 +24,10 @@ async def get_dataplane(request: Request) -> DataPlane:
     return request.app.state.dataplane
 
 
+async def get_cluster(request: Request) -> Cluster:
+    return request.app.state.cluster
+
+
 async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
@@ -33,5 +38,6 @@ async def get_metrics(request: Request) -> Metrics:
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
+ClusterDep = Annotated[Cluster, Depends(get_cluster)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

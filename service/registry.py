@@ -1,57 +1,32 @@
-"""The registry: model name -> loaded versions. Loading a new version never takes down a working one."""
+"""The registry: model name -> loaded versions (runtimes). Loading a new version never takes
+down a working one. Each version's config is completed from its graph and its runtime chosen
+from `service.runtimes.RUNTIMES` by the config's task."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
-
-from service.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, ServiceError
+from service.autocomplete import complete
+from service.errors import ModelLoadError, ModelNotFound, ModelNotReady, ServiceError
 from service.metrics import Metrics
-from service.repository import ModelConfig, Repository, TensorSpec
+from service.modelconfig import ModelConfig, VersionPolicy
+from service.repository import Repository
 from service.runtime import Graph
+from service.runtimes import RUNTIMES, Serving, TensorModel
+from service.sequences import MemoryStore, SequenceLimits, SequenceStore
 from service.settings import Settings
-from service.tensors import NUMPY_DTYPES
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class LoadedModel:
-    name: str
-    version: int
-    config: ModelConfig
-    graphs: dict[str, Graph]  # "model" is the primary graph
-    card: dict[str, Any] | None
-    resources: dict[str, Any] = field(default_factory=dict)  # task-specific: tokenizer, schedule...
-    batchers: dict[str, Any] = field(
-        default_factory=dict
-    )  # graph role -> Batcher, made on first use
-
-    @property
-    def primary(self) -> Graph:
-        return self.graphs["model"]
-
-    @property
-    def provider(self) -> str:
-        return self.primary.provider
-
-    def input_spec(self, name: str) -> TensorSpec:
-        for spec in self.config.inputs:
-            if spec.name == name:
-                return spec
-        raise InvalidInput(f"model {self.name!r} has no input {name!r}", param="inputs")
-
-
-@dataclass
 class ModelState:
     name: str
-    versions: dict[int, LoadedModel] = field(default_factory=dict)
+    versions: dict[int, TensorModel] = field(default_factory=dict)
     reason: str | None = None  # why the model is not ready, when it is not
 
     @property
@@ -59,16 +34,24 @@ class ModelState:
         return bool(self.versions) and self.reason is None
 
 
-# Task-specific preparation run at load (tokenizers, schedules); filled in by service.tasks.
-Preparer = Callable[[LoadedModel, Repository], None]
-PREPARERS: dict[str, Preparer] = {}
-
-
 class Registry:
-    def __init__(self, repository: Repository, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        settings: Settings,
+        metrics: Metrics,
+        executor: Executor | None = None,
+        sequences: SequenceStore | None = None,
+    ) -> None:
         self.repository = repository
         self.settings = settings
         self.metrics = metrics
+        self.serving = Serving(
+            settings,
+            metrics,
+            executor or ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer"),
+            sequences or MemoryStore(default_sequence_limits(settings)),
+        )
         self.models: dict[str, ModelState] = {}
         self._lock = threading.Lock()  # loads run in threads; swaps are atomic under it
 
@@ -76,7 +59,7 @@ class Registry:
         for name in self.repository.model_names():
             self.load(name)
 
-    def load(self, name: str) -> list[LoadedModel]:
+    def load(self, name: str) -> list[TensorModel]:
         """Load the newest version(s) of `name` fully (warm-up included), then swap them in.
 
         On failure nothing that serves changes: the error is raised and, if the model had no
@@ -111,7 +94,7 @@ class Registry:
             with contextlib.suppress(ServiceError):  # already logged and recorded on its state
                 self.load(name)
 
-    def unload(self, name: str) -> list[LoadedModel]:
+    def unload(self, name: str) -> list[TensorModel]:
         """Stop serving `name`; returns the versions removed, for the caller to drain."""
         with self._lock:
             state = self.models.pop(name, None)
@@ -134,7 +117,7 @@ class Registry:
     def _count_loaded(self) -> None:
         self.metrics.models_loaded.set(sum(len(s.versions) for s in self.models.values()))
 
-    def get(self, name: str, version: str | None = None) -> LoadedModel:
+    def get(self, name: str, version: str | None = None) -> TensorModel:
         state = self.models.get(name)
         if state is None:
             raise ModelNotFound(f"model {name!r} not found")
@@ -147,14 +130,20 @@ class Registry:
             raise ModelNotFound(f"model {name!r} has no loaded version {version!r}")
         return state.versions[int(version)]
 
-    def _load_versions(self, name: str) -> dict[int, LoadedModel]:
+    def _load_versions(self, name: str) -> dict[int, TensorModel]:
         config = self.repository.config(name)
-        versions = self.repository.versions(name)
-        if not versions:
+        available = self.repository.versions(name)
+        if not available:
             raise ModelLoadError(f"model {name!r} has no version folder")
-        return {v: self._load_version(config, v) for v in versions[-self.settings.load_versions :]}
+        policy = config.version_policy or VersionPolicy("latest", self.settings.load_versions)
+        versions = policy.choose(available)
+        if not versions:
+            raise ModelLoadError(
+                f"model {name!r}: its version_policy selects none of the versions {available}"
+            )
+        return {v: self._load_version(config, v) for v in versions}
 
-    def _load_version(self, config: ModelConfig, version: int) -> LoadedModel:
+    def _load_version(self, config: ModelConfig, version: int) -> TensorModel:
         name = config.name
         graphs: dict[str, Graph] = {}
         settings = model_settings(config, self.settings)
@@ -166,69 +155,46 @@ class Registry:
                 raise ModelLoadError(
                     f"model {name!r} version {version}: {filename}: {exc}"
                 ) from None
-        model = LoadedModel(name, version, config, graphs, self.repository.card(name, version))
-        check_signature(model)
-        prepare = PREPARERS.get(config.task)
-        if prepare is not None:
-            prepare(model, self.repository)
-        warm_up(model)
+        primary = graphs["model"]
+        try:
+            completed = complete(
+                config, primary.inputs, primary.outputs, self.settings.auto_max_batch_size
+            )
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"model {name!r} version {version}: {exc.message}") from None
+        runtime = RUNTIMES[completed.task]
+        model = runtime(
+            completed, version, graphs, self.repository.card(name, version), self.serving
+        )
+        model.prepare(self.repository)
+        if completed.sequence_batching is not None:
+            self.serving.sequences.configure(model.key, self.sequence_limits(completed))
         return model
 
-
-def check_signature(model: LoadedModel) -> None:
-    """The config must describe the primary graph's real inputs and outputs."""
-    graph, config = model.primary, model.config
-    for specs, tensors, what in (
-        (config.inputs, graph.inputs, "input"),
-        (config.outputs, graph.outputs, "output"),
-    ):
-        actual = {t.name: t for t in tensors}
-        for spec in specs:
-            tensor = actual.get(spec.name)
-            if tensor is None:
-                raise ModelLoadError(
-                    f"model {model.name!r}: config {what} {spec.name!r} is not in model.onnx "
-                    f"(it has {sorted(actual)})"
-                )
-            if tensor.datatype != spec.datatype:
-                raise ModelLoadError(
-                    f"model {model.name!r}: {what} {spec.name!r} is {tensor.datatype} in model.onnx "
-                    f"but {spec.datatype} in config.json"
-                )
-            rank = len(spec.dims) + (1 if config.max_batch_size > 0 else 0)
-            if len(tensor.shape) != rank:
-                raise ModelLoadError(
-                    f"model {model.name!r}: {what} {spec.name!r} has rank {len(tensor.shape)} in "
-                    f"model.onnx but config.json implies {rank}"
-                )
+    def sequence_limits(self, config: ModelConfig) -> SequenceLimits:
+        assert config.sequence_batching is not None, "only stateful models keep sequences"
+        return SequenceLimits.for_model(
+            config.sequence_batching,
+            max_sequences=self.settings.max_sequences,
+            max_state_bytes=self.settings.max_sequence_state_bytes,
+        )
 
 
-def warm_up(model: LoadedModel) -> None:
-    """One inference at load, so a broken graph fails here and the first request is not slow."""
-    config = model.config
-    feeds = {}
-    for spec in config.inputs:
-        dims = [1 if d < 0 else d for d in spec.dims]
-        shape = [1, *dims] if config.max_batch_size > 0 else dims
-        feeds[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
-    try:
-        model.primary.run(feeds)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"model {model.name!r} version {model.version}: warm-up failed: {exc}"
-        ) from None
+def default_sequence_limits(settings: Settings) -> SequenceLimits:
+    """Until a model configures its own (idle time from its config), Triton's default idle."""
+    return SequenceLimits(settings.max_sequences, settings.max_sequence_state_bytes, 1.0)
 
 
 def model_settings(config: ModelConfig, settings: Settings) -> Settings:
-    """The settings for a model's sessions: config.json's `onnxruntime` section may pin
-    `intra_op_threads` (the GNN does: onnxruntime's ScatterND (add) races over duplicate indices
-    when an operator runs on several threads, onnxruntime issues #18048 and #23396)."""
-    section = config.raw.get("onnxruntime") or {}
-    threads = section.get("intra_op_threads")
-    if threads is None:
-        return settings
-    if not isinstance(threads, int) or isinstance(threads, bool) or not 0 <= threads <= 256:
-        raise ModelLoadError(
-            f"model {config.name!r}: onnxruntime.intra_op_threads must be an integer in 0..256"
-        )
-    return settings.model_copy(update={"intra_op_threads": threads})
+    """The settings for a model's sessions: its config may pin onnxruntime's intra-op threads
+    (the GNN does: onnxruntime's ScatterND (add) races over duplicate indices when an operator
+    runs on several threads, onnxruntime issues #18048 and #23396) and choose the device
+    (Triton's instance_group kind: KIND_CPU always runs on the CPU)."""
+    update: dict[str, object] = {}
+    if config.intra_op_threads is not None:
+        update["intra_op_threads"] = config.intra_op_threads
+    if config.device == "cpu":
+        update["provider"] = "cpu"
+    elif config.device == "gpu":
+        update["provider"] = "cuda"
+    return settings.model_copy(update=update) if update else settings

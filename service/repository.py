@@ -1,50 +1,27 @@
 """Model repository discovery: which models and versions exist under `models/`, and their configs.
 
-Only `.json` and `.onnx` files are ever read, and only paths that stay inside the repository.
+A model folder holds Triton's layout: `<version>/model.onnx` and, optionally, our `config.json`
+or Triton's `config.pbtxt` (one of them; with neither, the config is completed from the graph).
+Only configuration (`.json`, `.pbtxt`), `.onnx`, label and data files named by a config are
+read, and only paths that stay inside the model's folder.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.config_json import read_config_json
 from service.errors import ModelLoadError, ModelNotFound
+from service.modelconfig import ModelConfig
+from service.pbtxt import read_pbtxt
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_JSON_BYTES = 4 * 1024 * 1024
 MAX_JSON_DEPTH = 64
-DATATYPES = {
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-    "FP16", "FP32", "FP64", "BYTES",
-}  # fmt: skip
-TASKS = {"classification", "language-model", "image-generation"}
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    datatype: str
-    dims: tuple[int, ...]  # without the batch axis when the model batches
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str
-    task: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    max_batch_size: int = 0
-    family: str = ""
-    dataset: str = ""
-    platform: str = "onnxruntime_onnx"
-    labels: tuple[str, ...] = ()
-    preprocessing: dict[str, Any] = field(default_factory=dict)
-    graphs: dict[str, str] = field(default_factory=dict)
-    batching: dict[str, Any] = field(default_factory=dict)
-    raw: dict[str, Any] = field(default_factory=dict)  # every section, task-specific ones included
+MAX_DATA_BYTES = 256 * 1024 * 1024  # a label, initial-state or warm-up file named by a config
 
 
 def check_name(name: str, what: str = "model name") -> str:
@@ -85,66 +62,6 @@ def read_json(path: Path) -> Any:
     return data
 
 
-def _tensor_specs(items: Any, where: str) -> tuple[TensorSpec, ...]:
-    if not isinstance(items, list) or not items:
-        raise ModelLoadError(f"config.json: {where} must be a non-empty list")
-    specs = []
-    for item in items:
-        try:
-            spec = TensorSpec(
-                str(item["name"]), str(item["datatype"]), tuple(int(d) for d in item["dims"])
-            )
-        except (KeyError, TypeError, ValueError):
-            raise ModelLoadError(
-                f"config.json: each of {where} needs name, datatype and dims"
-            ) from None
-        if spec.datatype not in DATATYPES:
-            raise ModelLoadError(
-                f"config.json: {where} {spec.name!r} has unknown datatype {spec.datatype!r}"
-            )
-        specs.append(spec)
-    return tuple(specs)
-
-
-def parse_config(data: Any, name: str) -> ModelConfig:
-    if not isinstance(data, dict):
-        raise ModelLoadError("config.json: must be a JSON object")
-    if data.get("name", name) != name:
-        raise ModelLoadError(
-            f"config.json: name {data.get('name')!r} does not match folder {name!r}"
-        )
-    task = data.get("task")
-    if task not in TASKS:
-        raise ModelLoadError(f"config.json: task must be one of {sorted(TASKS)}, not {task!r}")
-    graphs = data.get("graphs") or {}
-    if not isinstance(graphs, dict) or not all(
-        isinstance(v, str) and v.endswith(".onnx") and "/" not in v and "\\" not in v
-        for v in graphs.values()
-    ):
-        raise ModelLoadError(
-            "config.json: graphs must map roles to .onnx file names in the version folder"
-        )
-    try:
-        max_batch_size = int(data.get("max_batch_size", 0))
-    except (TypeError, ValueError):
-        raise ModelLoadError("config.json: max_batch_size must be an integer") from None
-    return ModelConfig(
-        name=name,
-        task=task,
-        inputs=_tensor_specs(data.get("inputs"), "inputs"),
-        outputs=_tensor_specs(data.get("outputs"), "outputs"),
-        max_batch_size=max_batch_size,
-        family=str(data.get("family", "")),
-        dataset=str(data.get("dataset", "")),
-        platform=str(data.get("platform", "onnxruntime_onnx")),
-        labels=tuple(str(x) for x in data.get("labels") or ()),
-        preprocessing=dict(data.get("preprocessing") or {}),
-        graphs=dict(graphs),
-        batching=dict(data.get("batching") or {}),
-        raw=data,
-    )
-
-
 class Repository:
     """The folder of models. Stateless: every call looks at the disk as it is now."""
 
@@ -174,10 +91,42 @@ class Repository:
         )
 
     def config(self, name: str) -> ModelConfig:
-        path = self.model_dir(name) / "config.json"
-        if not path.is_file():
-            raise ModelLoadError(f"model {name!r} has no config.json")
-        return parse_config(read_json(path), name)
+        """The model's config as written: config.json, config.pbtxt, or none (then only its
+        name: the rest is completed from the graph at load)."""
+        folder = self.model_dir(name)
+        json_path, pbtxt_path = folder / "config.json", folder / "config.pbtxt"
+        if json_path.is_file() and pbtxt_path.is_file():
+            raise ModelLoadError(
+                f"model {name!r} has both config.json and config.pbtxt: keep one of them"
+            )
+        if pbtxt_path.is_file():
+            if pbtxt_path.stat().st_size > MAX_JSON_BYTES:
+                raise ModelLoadError(f"config.pbtxt: over the {MAX_JSON_BYTES}-byte limit")
+            return read_pbtxt(pbtxt_path, name)
+        if json_path.is_file():
+            return read_config_json(read_json(json_path), name)
+        return ModelConfig(name=name, source="none")
+
+    def config_stamp(self, name: str) -> float:
+        """Modification time of the model's config file (0 without one): a reload depends on it."""
+        folder = self.model_dir(name)
+        for filename in ("config.pbtxt", "config.json"):
+            path = folder / filename
+            if path.is_file():
+                return path.stat().st_mtime
+        return 0.0
+
+    def model_file(self, name: str, relative: str, what: str) -> Path:
+        """A file a config names (labels, initial state, warm-up data): inside the model folder."""
+        folder = self.model_dir(name)
+        path = (folder / relative).resolve()
+        if not path.is_relative_to(folder) or not path.is_file():
+            raise ModelLoadError(f"model {name!r}: {what} {relative!r} is not a file in {folder}")
+        if path.stat().st_size > MAX_DATA_BYTES:
+            raise ModelLoadError(
+                f"model {name!r}: {what} {relative!r} is over {MAX_DATA_BYTES} bytes"
+            )
+        return path
 
     def version_dir(self, name: str, version: int) -> Path:
         path = self.model_dir(name) / str(version)

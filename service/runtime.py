@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import hashlib
 import logging
@@ -34,9 +35,10 @@ ORT_TO_V2 = {
     "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
     "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
     "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
-    "tensor(string)": "BYTES",
+    "tensor(float16)": "FP16", "tensor(bfloat16)": "BF16", "tensor(float)": "FP32",
+    "tensor(double)": "FP64", "tensor(string)": "BYTES",
 }  # fmt: skip
+BF16_ONNX_TYPE = 16  # onnx.TensorProto.BFLOAT16
 
 
 def choose_providers(requested: str, available: Sequence[str]) -> list[str]:
@@ -149,11 +151,14 @@ class Graph:
         mode = settings.io_binding
         self.io_binding = mode == "always" or (mode == "cuda" and self.provider == CUDA)
         self.device = "cuda" if self.provider == CUDA else "cpu"
+        self.bf16 = any(t.datatype == "BF16" for t in self.inputs + self.outputs)
 
     def run(
         self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
     ) -> list[np.ndarray]:
         names = list(output_names or self.output_names)
+        if self.bf16:
+            return self._run_bf16(feeds, names)
         if not self.io_binding:
             return self.session.run(names, dict(feeds))
         binding = self.session.io_binding()  # one per call: calls run in several threads
@@ -164,6 +169,30 @@ class Graph:
         self.session.run_with_iobinding(binding)
         outputs: list[np.ndarray] = binding.copy_outputs_to_cpu()
         return outputs
+
+    def _run_bf16(self, feeds: Mapping[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        """numpy has no bfloat16 and onnxruntime's Python API gives none back: BF16 tensors go
+        in and come out as OrtValues over their uint16 bits."""
+        types = {t.name: t.datatype for t in self.inputs}
+        values = {
+            name: ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+                np.ascontiguousarray(value), BF16_ONNX_TYPE
+            )
+            if types.get(name) == "BF16"
+            else ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
+            for name, value in feeds.items()
+        }
+        results = self.session.run_with_ort_values(names, values)
+        return [
+            _bf16_bits(v) if v.data_type() == "tensor(bfloat16)" else v.numpy() for v in results
+        ]
+
+
+def _bf16_bits(value: ort.OrtValue) -> np.ndarray:
+    """A CPU bfloat16 OrtValue's bits as a uint16 array (a copy: the OrtValue owns its memory)."""
+    shape = tuple(value.shape())
+    raw = ctypes.string_at(value.data_ptr(), value.tensor_size_in_bytes())
+    return np.frombuffer(raw, dtype=np.uint16).reshape(shape).copy()
 
 
 def _tensor(arg: ort.NodeArg) -> GraphTensor:

@@ -20,10 +20,18 @@ class Settings(BaseSettings):
     """TCP port to bind."""
     workers: int = Field(1, ge=1, le=64)
     """Server processes (each loads every model)."""
+    cluster_dir: Path | None = None
+    """The folder the worker processes share to keep one repository state (loads, unloads and
+    polling apply on every worker); set by `python -m service --workers N` to a private folder
+    of that run; unset = one worker, everything local."""
     models_dir: Path = Path("models")
     """The model repository to serve (Triton layout, see docs/model-repository.md)."""
     load_versions: int = Field(1, ge=1, le=100)
-    """How many of each model's newest versions to load (Triton's `latest` policy)."""
+    """How many of each model's newest versions to load (Triton's `latest` policy), unless the
+    model's config has a `version_policy`."""
+    auto_max_batch_size: int = Field(32, ge=0, le=65536)
+    """`max_batch_size` given to a model without a config whose every input and output has a
+    leading dynamic axis (Triton's auto-complete; 0 = never batch such models)."""
 
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     """Execution provider: `cuda` if asked for and available (else fall back to cpu), `auto` = cuda
@@ -65,6 +73,12 @@ class Settings(BaseSettings):
     model's config.json `batching.max_queue_delay_ms`; 0 = no waiting (queued requests still batch)."""
     max_queue_size: int = Field(256, ge=1)
     """Requests that may wait per model; beyond it requests get 503 with Retry-After at once."""
+    max_sequences: int = Field(1024, ge=1)
+    """Live sequences a stateful model version keeps (Triton's sequence batcher); a further
+    `sequence_start` gets 503 until one ends or idles out."""
+    max_sequence_state_bytes: int = Field(256 * 1024 * 1024, ge=1)
+    """Bytes of sequence state a stateful model version keeps, all its sequences together; a
+    request that would go over gets 503 and its sequence keeps its previous state."""
     request_timeout_s: float = Field(0.0, ge=0)
     """A request still queued after this many seconds is dropped before inference (0 = never)."""
 

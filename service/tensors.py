@@ -1,4 +1,8 @@
-"""Open Inference Protocol datatypes and their numpy equivalents."""
+"""Open Inference Protocol datatypes and their numpy equivalents.
+
+BF16 has no numpy type: inside the service a BF16 tensor is a uint16 array of its raw bits
+(what the binary extension carries); `bf16_from_float` / `bf16_to_float` convert for JSON.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,21 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
     "INT32": np.dtype(np.int32),
     "INT64": np.dtype(np.int64),
     "FP16": np.dtype(np.float16),
+    "BF16": np.dtype(np.uint16),  # the raw bits
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(object),
 }
-V2_DATATYPES: dict[np.dtype, str] = {v: k for k, v in NUMPY_DTYPES.items()}
+V2_DATATYPES: dict[np.dtype, str] = {v: k for k, v in NUMPY_DTYPES.items() if k != "BF16"}
+
+
+def bf16_from_float(values: np.ndarray) -> np.ndarray:
+    """float32 values -> BF16 bits, rounded to nearest even (as onnxruntime's Cast does)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return rounded.astype(np.uint16)
+
+
+def bf16_to_float(bits: np.ndarray) -> np.ndarray:
+    """BF16 bits -> float32 values (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)

@@ -60,7 +60,6 @@ def test_highest_version_is_default_and_load_versions_respected(tmp_path: Path) 
         (lambda d: (d / "1" / "model.onnx").write_bytes(b"garbage"), "model.onnx"),
         (lambda d: (d / "1" / "model.onnx").unlink(), "no model.onnx"),
         (lambda d: (d / "config.json").write_text("{"), "not valid JSON"),
-        (lambda d: (d / "config.json").unlink(), "no config.json"),
         (
             lambda d: _edit(
                 d, inputs=[{"name": "pixels", "datatype": "FP32", "dims": [1, 28, 28]}]
@@ -73,7 +72,7 @@ def test_highest_version_is_default_and_load_versions_respected(tmp_path: Path) 
             ),
             "INT64",
         ),
-        (lambda d: _edit(d, inputs=[{"name": "image", "datatype": "FP32", "dims": [784]}]), "rank"),
+        (lambda d: _edit(d, inputs=[{"name": "image", "datatype": "FP32", "dims": [784]}]), "axes"),
         (lambda d: _edit(d, task="astrology"), "task"),
         (lambda d: _edit(d, graphs={"x": "../../etc/passwd"}), "graphs"),
         (lambda d: _edit(d, name="other"), "does not match"),
@@ -128,3 +127,17 @@ def _edit(model_dir: Path, **changes: object) -> None:
     config = json.loads(path.read_text())
     config.update(changes)
     path.write_text(json.dumps(config))
+
+
+def test_a_model_without_config_serves_as_a_tensor_model(tmp_path: Path) -> None:
+    (write_classifier(tmp_path, "bare") / "config.json").unlink()
+    with TestClient(create_app(Settings(models_dir=tmp_path, access_log=False))) as client:
+        assert client.get("/v2/models/bare/ready").status_code == 200
+        config = client.get("/v2/models/bare/config").json()
+        assert config["max_batch_size"] == 32  # every tensor has a dynamic leading axis
+        assert [i["name"] for i in config["input"]] == ["image"]
+        tensor = {"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}
+        answer = client.post("/v2/models/bare/infer", json={"inputs": [tensor]})
+        assert answer.status_code == 200, answer.text
+        refused = client.post("/v1/models/bare/classify", json={"pixels": [[0.0] * 28] * 28})
+        assert refused.status_code == 400 and "tensor model" in refused.json()["error"]

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from service.errors import InvalidInput
-from service.tensors import NUMPY_DTYPES
+from service.tensors import NUMPY_DTYPES, bf16_from_float, bf16_to_float
 
 HEADER = "inference-header-content-length"
 
@@ -25,6 +25,7 @@ HEADER = "inference-header-content-length"
 class RequestedOutput:
     name: str
     binary: bool
+    classification: int = 0  # Triton's classification extension: the top K as BYTES (0 = off)
 
 
 @dataclass
@@ -180,12 +181,17 @@ def _from_json(data: Any, datatype: str, count: int, where: str) -> np.ndarray:
         except (TypeError, ValueError):
             raise InvalidInput(f"{where}.data must hold strings for BYTES", param=where) from None
         return _checked(np.array(items, dtype=object), datatype, count, where)
+    if datatype == "BF16":  # JSON carries numbers: rounded to bfloat16 as a Cast would
+        values = _from_json(data, "FP32", count, where)
+        return bf16_from_float(values)
     try:
         array = np.asarray(data)
     except ValueError:
         raise InvalidInput(
             f"{where}.data is ragged: rows of different lengths", param=where
         ) from None
+    if datatype == "UINT64" and array.dtype.kind in "fO":
+        array = _large_unsigned(data, where)  # past 2**63 numpy reads Python ints as floats
     kind = array.dtype.kind
     wanted = NUMPY_DTYPES[datatype]
     if (
@@ -203,6 +209,13 @@ def _from_json(data: Any, datatype: str, count: int, where: str) -> np.ndarray:
     with np.errstate(over="ignore"):  # an overflow becomes inf, which _checked refuses
         converted = array.astype(wanted, copy=False).reshape(-1)
     return _checked(converted, datatype, count, where)
+
+
+def _large_unsigned(data: list[Any], where: str) -> np.ndarray:
+    flat = _flatten(data)
+    if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**64 for x in flat):
+        raise InvalidInput(f"{where}.data has values that are not UINT64", param=where)
+    return np.array(flat, dtype=np.uint64)
 
 
 def _checked(array: np.ndarray, datatype: str, count: int, where: str) -> np.ndarray:
@@ -246,7 +259,13 @@ def _parse_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput] | No
         binary = parameters.get("binary_data", binary_default)
         if not isinstance(binary, bool):
             raise InvalidInput(f"outputs[{i}].parameters.binary_data must be a boolean")
-        outputs.append(RequestedOutput(item["name"], binary))
+        classes = parameters.get("classification", 0)
+        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
+            raise InvalidInput(
+                f"outputs[{i}].parameters.classification must be a non-negative integer",
+                param=f"outputs[{i}].parameters.classification",
+            )
+        outputs.append(RequestedOutput(item["name"], binary, classes))
     return outputs
 
 
@@ -291,8 +310,28 @@ def _to_bytes(array: np.ndarray, datatype: str) -> bytes:
 
 def _to_json_data(array: np.ndarray, datatype: str) -> Any:
     flat = np.ascontiguousarray(array).reshape(-1)
+    if datatype == "BF16":
+        return bf16_to_float(flat)
     if datatype == "BYTES":
         return [x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in flat]
     if datatype == "FP16":
         return flat.astype(np.float32)  # orjson has no float16
     return flat
+
+
+def top_classes(array: np.ndarray, k: int, batched: bool, labels: tuple[str, ...]) -> np.ndarray:
+    """Triton's classification extension: per batch item, the top `k` of the output's values
+    (its non-batch axes flattened) as BYTES "score:index" or "score:index:label", best first.
+    Scores are written as C's %f, as Triton does."""
+    rows = array.reshape(len(array), -1) if batched else array.reshape(1, -1)
+    values = rows.astype(np.float64)
+    k = min(k, values.shape[1])
+    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    out = np.empty(order.shape, dtype=object)
+    for r, indices in enumerate(order):
+        for j, index in enumerate(indices):
+            text = f"{values[r, index]:f}:{index}"
+            if index < len(labels):
+                text += f":{labels[index]}"
+            out[r, j] = text.encode()
+    return out if batched else out[0]

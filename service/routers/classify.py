@@ -16,11 +16,11 @@ from service.auth import InferenceAuth
 from service.deps import DataPlaneDep, RegistryDep, SettingsDep
 from service.errors import InvalidInput, UnsupportedMediaType
 from service.protocol.types import ClassifyResponse, ErrorResponse, Prediction, Timing
-from service.registry import LoadedModel
+from service.runtimes import Classifier
 from service.settings import Settings
-from service.tasks.classify import softmax, top_k
+from service.tasks.classify import top_k
 from service.tasks.graphs import GraphSpec, graphs_from_json, images_to_inputs
-from service.tasks.images import ImageSpec, Reframe, decode_image, pixels_to_array, preprocess
+from service.tasks.images import Reframe, decode_image, pixels_to_array, preprocess
 
 router = APIRouter(prefix="/v1/models", tags=["classification"], dependencies=[InferenceAuth])
 
@@ -92,13 +92,18 @@ async def classify(
     """Classify one or more pictures (multipart files, base64 JSON or pixel arrays), or graphs
     (JSON) for a graph classifier."""
     model = registry.get(model_name, version)
-    if model.config.task != "classification":
-        raise InvalidInput(f"model {model_name!r} is a {model.config.task} model, not a classifier")
+    if not isinstance(model, Classifier):
+        what = (
+            f"a {model.task} model"
+            if model.task
+            else "a tensor model (Open Inference Protocol only)"
+        )
+        raise InvalidInput(f"model {model_name!r} is {what}, not a classifier", param="model_name")
     if top_k_ > settings.max_top_k:
         raise InvalidInput(f"top_k must be at most {settings.max_top_k}", param="top_k")
     async with dataplane.track(model):
         start = time.perf_counter()
-        graph_spec = model.resources.get("graph")
+        graph_spec = model.graph
         if graph_spec is None:
             feeds = await read_image_batch(request, settings, model, reframe)
         else:
@@ -106,7 +111,7 @@ async def classify(
         prepared = time.perf_counter()
         outputs = await dataplane.infer(model, feeds, None)
         done = time.perf_counter()
-        predictions = top_k(probabilities(model, outputs), model.config.labels, top_k_)
+        predictions = top_k(model.probabilities(outputs), model.config.labels, top_k_)
     return ClassifyResponse(
         model_name=model.name,
         model_version=str(model.version),
@@ -120,17 +125,17 @@ async def classify(
 
 
 async def read_image_batch(
-    request: Request, settings: Settings, model: LoadedModel, reframe: Reframe
+    request: Request, settings: Settings, model: Classifier, reframe: Reframe
 ) -> dict[str, np.ndarray]:
     """The pictures of the request, preprocessed as in training, as the model's one input."""
     images = await read_images(request, settings)
-    spec = ImageSpec.from_config(model.config.preprocessing)
+    spec = model.image
     batch = np.stack([preprocess(image, spec, reframe) for image in images])
     return {model.config.inputs[0].name: batch}
 
 
 async def read_graph_batch(
-    request: Request, settings: Settings, model: LoadedModel, reframe: Reframe, spec: GraphSpec
+    request: Request, settings: Settings, model: Classifier, reframe: Reframe, spec: GraphSpec
 ) -> dict[str, np.ndarray]:
     """A graph classifier's inputs: JSON graphs as given, or pictures converted as in training."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -142,14 +147,7 @@ async def read_graph_batch(
         if isinstance(obj, dict) and {"graph", "graphs"} & set(obj):
             return graphs_from_json(obj, spec, settings.max_images_per_request)
     images = await read_images(request, settings)
-    image_spec = ImageSpec.from_config(model.config.preprocessing)
-    return images_to_inputs([preprocess(image, image_spec, reframe) for image in images], spec)
-
-
-def probabilities(model: LoadedModel, outputs: dict[str, np.ndarray]) -> np.ndarray:
-    if "probabilities" in outputs:
-        return outputs["probabilities"]
-    return softmax(outputs[model.config.outputs[0].name])
+    return images_to_inputs([preprocess(image, model.image, reframe) for image in images], spec)
 
 
 async def read_images(request: Request, settings: Settings) -> list[np.ndarray]:

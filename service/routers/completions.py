@@ -37,7 +37,6 @@ from service.tasks.language_model import (
     SequenceToken,
     check_generation,
     check_prompt,
-    decoder_of,
     first_event,
     language_model,
     sampling_params,
@@ -196,7 +195,7 @@ async def completions(
     `repetition_penalty` included)."""
     model = language_model(registry, body.model)
     check_supported(body)
-    decoder = decoder_of(model)
+    decoder = model.decoder
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not prompts:
         raise InvalidInput("prompt must be a text or a non-empty list of texts", param="prompt")

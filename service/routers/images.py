@@ -14,11 +14,13 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.auth import InferenceAuth
+from service.dataplane import DataPlane
 from service.deps import DataPlaneDep, RegistryDep, SettingsDep
 from service.errors import Cancelled, InvalidInput
 from service.protocol.types import MAX_SEED, ErrorResponse
-from service.registry import LoadedModel
+from service.registry import Registry
 from service.routers.classify import read_images
+from service.runtimes import ImageGenerator
 from service.settings import Settings
 from service.tasks import imagegen
 from service.tasks.images import ImageSpec, preprocess
@@ -72,17 +74,20 @@ class ImageGenerationResponse(BaseModel):
     labels: list[str]
 
 
-def generator(registry: Any, name: str, version: str | None = None) -> LoadedModel:
-    model: LoadedModel = registry.get(name, version)
-    if model.config.task != "image-generation":
-        raise InvalidInput(
-            f"model {name!r} is a {model.config.task} model, not an image generator", param="model"
+def generator(registry: Registry, name: str, version: str | None = None) -> ImageGenerator:
+    model = registry.get(name, version)
+    if not isinstance(model, ImageGenerator):
+        what = (
+            f"a {model.task} model"
+            if model.task
+            else "a tensor model (Open Inference Protocol only)"
         )
+        raise InvalidInput(f"model {name!r} is {what}, not an image generator", param="model")
     return model
 
 
 def class_ids(
-    model: LoadedModel,
+    model: ImageGenerator,
     label: int | str | None,
     labels: list[int | str] | None,
     prompt: str | None,
@@ -115,10 +120,10 @@ def check_count(settings: Settings, count: int) -> None:
 
 
 def check_work(
-    model: LoadedModel, settings: Settings, count: int, steps: int | None, guidance: float | None
+    model: ImageGenerator, settings: Settings, count: int, steps: int | None, guidance: float | None
 ) -> None:
     check_count(settings, count)
-    generation = model.config.raw.get("generation", {})
+    generation = model.generation
     if generation.get("kind") == "decoder":
         return
     defaults = generation.get("defaults", {})
@@ -137,9 +142,9 @@ def check_work(
 
 async def generate_images(
     request: Request,
-    dataplane: Any,
+    dataplane: DataPlane,
     settings: Settings,
-    model: LoadedModel,
+    model: ImageGenerator,
     ids: list[int],
     seed: int,
     steps: int | None,
@@ -147,13 +152,11 @@ async def generate_images(
     sampler: str | None,
 ) -> np.ndarray:
     check_work(model, settings, len(ids), steps, guidance)
-    sessions = {role: graph.session for role, graph in model.graphs.items()}
-    labels = (model.name, str(model.version))
+    sessions = model.sessions
+    labels = model.labels
     metrics = dataplane.metrics
     config = model.config.raw
-    step_batcher = dataplane.step_batcher(
-        model, imagegen.denoiser_call(config, sessions), imagegen.DENOISER_ROWS_PER_CALL
-    )
+    step_batcher = model.step_batcher
 
     def work(cancel: threading.Event) -> np.ndarray:
         def on_step(done: int, total: int) -> None:
@@ -173,10 +176,10 @@ async def generate_images(
     return images
 
 
-def check_size(model: LoadedModel, size: str | None) -> None:
+def check_size(model: ImageGenerator, size: str | None) -> None:
     if size is None:
         return
-    _, height, width = model.config.raw["generation"]["image_shape"]
+    height, width = model.image_size
     if size not in {f"{width}x{height}"}:
         raise InvalidInput(f"size must be {width}x{height} for this model", param="size")
 
@@ -287,18 +290,18 @@ async def reconstruct(
 ) -> Response:
     """Upload pictures (as for classify); get the VAE's reconstructions back as one PNG."""
     model = generator(registry, model_name, version)
-    if "encoder" not in model.config.raw.get("generation", {}):
+    if "encoder" not in model.generation:
         raise InvalidInput(
             f"model {model_name!r} has no encoder: only VAEs reconstruct", param="model"
         )
     pictures = await read_images(request, settings)
-    _, height, width = model.config.raw["generation"]["image_shape"]
+    height, width = model.image_size
     spec = ImageSpec(
         height=height, width=width, center=model.config.preprocessing.get("center", "mass")
     )
     pixels = np.stack([preprocess(p, spec)[0] for p in pictures])
     index = resolve_label(_label_value(label), model.config.labels)
-    sessions = {role: graph.session for role, graph in model.graphs.items()}
+    sessions = model.sessions
     async with dataplane.track(model):
         images = await dataplane.run_task(
             model,

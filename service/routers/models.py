@@ -10,6 +10,8 @@ from fastapi import APIRouter
 from service.auth import InferenceAuth
 from service.deps import RegistryDep
 from service.errors import ModelNotFound
+from service.modelconfig import ModelConfig
+from service.pbtxt import triton_config_dict
 from service.protocol.types import ErrorResponse, ModelCardSummary, ModelList
 from service.registry import ModelState
 
@@ -38,6 +40,11 @@ def summary(state: ModelState) -> ModelCardSummary:
     )
 
 
+def _config(config: ModelConfig) -> dict[str, Any]:
+    """config.json as written, or the completed config in Triton's form for other models."""
+    return config.raw or triton_config_dict(config)
+
+
 def _epoch(created: Any) -> int:
     try:
         return int(dt.datetime.fromisoformat(str(created)).timestamp())
@@ -59,6 +66,6 @@ async def model_card(registry: RegistryDep, model_name: str) -> dict[str, Any]:
         raise ModelNotFound(f"model {model_name!r} not found")
     return {
         **summary(state).model_dump(),
-        "config": state.versions[max(state.versions)].config.raw if state.versions else None,
+        "config": _config(state.versions[max(state.versions)].config) if state.versions else None,
         "cards": {str(v): m.card for v, m in sorted(state.versions.items())},
     }

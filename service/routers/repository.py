@@ -8,11 +8,11 @@ import orjson
 from fastapi import APIRouter, Request
 
 from service.auth import AdminAuth
-from service.deps import DataPlaneDep, RegistryDep
+from service.deps import ClusterDep, RegistryDep
 from service.errors import InvalidInput
 from service.protocol.types import ErrorResponse, RepositoryModel
-from service.registry import LoadedModel
 from service.repository import check_name
+from service.runtimes import TensorModel
 
 router = APIRouter(
     prefix="/v2/repository",
@@ -40,7 +40,7 @@ async def index(request: Request, registry: RegistryDep) -> list[RepositoryModel
     return entries
 
 
-def _gone(model: LoadedModel) -> str | None:
+def _gone(model: TensorModel) -> str | None:
     """Say so when a serving version's files were deleted from the repository since it loaded."""
     missing = sorted(g.path.name for g in model.graphs.values() if not g.path.is_file())
     if not missing:
@@ -65,15 +65,15 @@ async def _ready_filter(request: Request) -> bool:
 
 
 @router.post("/models/{model_name}/load", responses={400: {"model": ErrorResponse}})
-async def load(dataplane: DataPlaneDep, model_name: str) -> dict[str, Any]:
-    """Load (or reload) a model: the new version is loaded and warmed up before it replaces the
-    old one; if it is broken the old one keeps serving and the error says why."""
-    await dataplane.load(check_name(model_name))
+async def load(cluster: ClusterDep, model_name: str) -> dict[str, Any]:
+    """Load (or reload) a model on every worker: the new version is loaded and warmed up before it
+    replaces the old one; if it is broken the old one keeps serving and the error says why."""
+    await cluster.load(check_name(model_name))
     return {}
 
 
 @router.post("/models/{model_name}/unload", responses={404: {"model": ErrorResponse}})
-async def unload(dataplane: DataPlaneDep, model_name: str) -> dict[str, Any]:
-    """Stop serving a model once its queued requests are answered."""
-    await dataplane.unload(check_name(model_name))
+async def unload(cluster: ClusterDep, model_name: str) -> dict[str, Any]:
+    """Stop serving a model on every worker once its queued requests are answered."""
+    await cluster.unload(check_name(model_name))
     return {}

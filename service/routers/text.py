@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from service.auth import InferenceAuth
+from service.dataplane import DataPlane
 from service.deps import DataPlaneDep, RegistryDep, SettingsDep
 from service.errors import Cancelled, InvalidInput, ServiceError
 from service.protocol.text import (
@@ -23,7 +24,7 @@ from service.protocol.text import (
     WordPrediction,
 )
 from service.protocol.types import ErrorResponse
-from service.registry import LoadedModel
+from service.runtimes import LanguageModel
 from service.settings import Settings
 from service.tasks.language_model import (
     Event,
@@ -31,7 +32,6 @@ from service.tasks.language_model import (
     SequenceToken,
     check_generation,
     check_prompt,
-    decoder_of,
     first_event,
     language_model,
     next_words,
@@ -83,7 +83,7 @@ async def next_word(
 ) -> NextWordResponse:
     """The most likely next words after a text, with their probabilities and token ids."""
     model = language_model(registry, model_name)
-    decoder = decoder_of(model)
+    decoder = model.decoder
     if body.top_k > settings.max_next_words:
         raise InvalidInput(
             f"top_k must be at most {settings.max_next_words}, got {body.top_k}", param="top_k"
@@ -107,19 +107,23 @@ async def next_word(
 
 
 def generation_job(
-    settings: Settings, model: LoadedModel, text: str, parameters: GenerateParameters
+    settings: Settings, model: LanguageModel, text: str, parameters: GenerateParameters
 ) -> GenerationJob:
     p = parameters
     max_tokens = 20 if p.max_tokens is None else p.max_tokens
     stop = stop_strings(p.stop)
-    check_prompt(settings, decoder_of(model), text, "text_input")
+    check_prompt(settings, model.decoder, text, "text_input")
     check_generation(settings, max_tokens, 1, None, stop)
     params = sampling_params(p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.seed, 1)
     return GenerationJob([text], 1, max_tokens, params, stop)
 
 
 async def start_generation(
-    request: Request, dataplane: Any, settings: Settings, model: LoadedModel, body: GenerateRequest
+    request: Request,
+    dataplane: DataPlane,
+    settings: Settings,
+    model: LanguageModel,
+    body: GenerateRequest,
 ) -> AsyncGenerator[Event, None]:
     job = generation_job(settings, model, body.text_input, body.parameters or GenerateParameters())
     events = stream_generation(dataplane, model, job, request.is_disconnected)

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from service.auth import InferenceAuth
 from service.dataplane import DataPlane
 from service.deps import RegistryDep
+from service.pbtxt import triton_config_dict
 from service.protocol.types import ErrorResponse, ModelMetadata, TensorMetadata
 from service.protocol.v2 import (
     HEADER,
+    RequestedOutput,
     encode_infer_response,
     parse_header_length,
     parse_infer_request,
+    top_classes,
 )
-from service.registry import LoadedModel, Registry
+from service.registry import Registry
+from service.runtimes import TensorModel
 
 router = APIRouter(
     prefix="/v2/models", tags=["open inference protocol"], dependencies=[InferenceAuth]
@@ -150,13 +155,16 @@ async def run_infer(
         parsed = parse_infer_request(body, parse_header_length(header_length, len(body)))
         requested = parsed.outputs
         names = [o.name for o in requested] if requested is not None else None
-        results = await dataplane.infer(model, parsed.inputs, names)
-        datatypes = {s.name: s.datatype for s in model.config.outputs}
-        binary = {o.name: o.binary for o in requested} if requested is not None else {}
+        results = await dataplane.infer(model, parsed.inputs, names, parsed.parameters)
         outputs = [
-            (name, datatypes[name], array, binary.get(name, parsed.binary_output))
-            for name, array in results.items()
+            (name, datatype, array, parsed.binary_output)
+            for name, datatype, array in _typed(model, results)
         ]
+        if requested is not None:
+            outputs = [
+                _shaped(model, output, wanted)
+                for output, wanted in zip(outputs, requested, strict=True)
+            ]
         content, json_length = encode_infer_response(
             model.name, str(model.version), parsed.id, outputs
         )
@@ -168,7 +176,23 @@ async def run_infer(
     }
 
 
-def metadata(model: LoadedModel, versions: list[int]) -> ModelMetadata:
+def _typed(model: TensorModel, results: dict[str, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
+    return [(name, model.output_types[name], a) for name, a in results.items()]
+
+
+def _shaped(
+    model: TensorModel, output: tuple[str, str, np.ndarray, bool], wanted: RequestedOutput
+) -> tuple[str, str, np.ndarray, bool]:
+    """One requested output as asked: binary or JSON, the top classes where asked for them."""
+    name, datatype, array, _ = output
+    if wanted.classification:
+        labels = model.output_labels.get(name, ())
+        array = top_classes(array, wanted.classification, model.config.batches, labels)
+        datatype = "BYTES"
+    return name, datatype, array, wanted.binary
+
+
+def metadata(model: TensorModel, versions: list[int]) -> ModelMetadata:
     batch = [-1] if model.config.max_batch_size > 0 else []
     return ModelMetadata(
         name=model.name,
@@ -215,5 +239,18 @@ async def model_ready(
 async def model_config(
     registry: RegistryDep, model_name: str, model_version: str | None = None
 ) -> dict[str, Any]:
-    """The model's config.json (Triton's model-configuration extension)."""
-    return registry.get(model_name, model_version).config.raw
+    """The model's completed config in Triton's form (the model-configuration extension), with
+    a task model's own sections of config.json (task, labels, preprocessing...) beside it."""
+    config = registry.get(model_name, model_version).config
+    body = triton_config_dict(config)
+    for key, value in config.raw.items():
+        if key not in TRITON_FORM_OF_JSON:
+            body.setdefault(key, value)
+    return body
+
+
+# config.json fields that the Triton form already says in its own words
+TRITON_FORM_OF_JSON = {
+    "name", "platform", "max_batch_size", "inputs", "outputs", "batching", "version_policy",
+    "onnxruntime",
+}  # fmt: skip

@@ -27,9 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import InvalidInput, ModelLoadError, PayloadTooLarge
-from service.registry import PREPARERS, LoadedModel
-from service.repository import Repository
+from service.errors import InvalidInput, PayloadTooLarge
 from service.settings import Settings
 
 FEATURES = ("intensity", "row", "column")
@@ -233,34 +231,3 @@ def check_inputs(inputs: Mapping[str, np.ndarray], settings: Settings) -> None:
 
 
 GRAPH_INPUTS = ("x", "edge_index", "batch")
-
-
-def prepare_graph_classifier(model: LoadedModel, repository: Repository) -> None:
-    """At load: a classifier whose config.json has a `graph` section takes graphs. Its spec (how
-    pictures become graphs) and its input checks go into the model's resources."""
-    section = model.config.raw.get("graph")
-    if section is None:
-        return  # an image classifier
-    inputs = tuple(spec.name for spec in model.config.inputs)
-    if inputs != GRAPH_INPUTS or model.config.max_batch_size != 0:
-        raise ModelLoadError(
-            f"model {model.name!r}: a graph classifier takes {list(GRAPH_INPUTS)} with "
-            f"max_batch_size 0; config.json has {list(inputs)}, {model.config.max_batch_size}"
-        )
-    try:
-        spec = GraphSpec.from_config(section if isinstance(section, dict) else {"?": section})
-    except (TypeError, ValueError) as exc:
-        raise ModelLoadError(f"model {model.name!r}: config.json {exc}") from None
-    if model.config.inputs[0].dims[-1] != spec.features:
-        raise ModelLoadError(f"model {model.name!r}: x must have {spec.features} features")
-    pre = model.config.preprocessing
-    if (pre.get("height"), pre.get("width")) != (spec.image_size, spec.image_size):
-        raise ModelLoadError(
-            f"model {model.name!r}: preprocessing must give {spec.image_size}x{spec.image_size} "
-            "pictures, the size the graph section cuts into squares"
-        )
-    model.resources["graph"] = spec
-    model.resources["check_inputs"] = check_inputs
-
-
-PREPARERS["classification"] = prepare_graph_classifier

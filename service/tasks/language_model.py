@@ -11,17 +11,17 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.errors import InvalidInput, ModelLoadError
-from service.registry import PREPARERS, LoadedModel
-from service.repository import Repository, read_json
+from service.errors import InvalidInput
+from service.registry import Registry
+from service.runtimes.language_model import LanguageModel
 from service.settings import Settings
-from service.tasks.engine import DecodeEngine, DecodeRequest
+from service.tasks.engine import DecodeRequest
 from service.tasks.sampling import SamplingParams
 from service.tasks.textgen import (
     Context,
@@ -30,56 +30,24 @@ from service.tasks.textgen import (
     GeneratedToken,
     WordProbability,
 )
-from service.tasks.tokenizer import Token, WordTokenizer
+from service.tasks.tokenizer import Token
 
-TASK = "language-model"
-
-
-def prepare_language_model(model: LoadedModel, repository: Repository) -> None:
-    """Load the vocabulary beside the graphs and build the step-graph decoder, warmed up."""
-    raw = model.config.raw
-    vocab = (raw.get("tokenizer") or {}).get("vocab")
-    if "step" not in model.graphs or "step" not in raw or not isinstance(vocab, str):
-        raise ModelLoadError(
-            f"model {model.name!r}: a language model needs graphs.step, a step section and "
-            "tokenizer.vocab in config.json"
-        )
-    folder = repository.version_dir(model.name, model.version).resolve()
-    path = (folder / vocab).resolve()
-    if path.parent != folder or not path.is_file():
-        raise ModelLoadError(f"model {model.name!r}: tokenizer.vocab {vocab!r} is not in {folder}")
-    try:
-        tokenizer = WordTokenizer.from_json(read_json(path))
-        decoder = Decoder(model.graphs["step"].run, raw, tokenizer)
-        logits = decoder.read("").logits  # warm-up: a broken step graph fails here, not later
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # a malformed vocabulary, step section or graph
-        raise ModelLoadError(f"model {model.name!r}: language model: {exc}") from None
-    if logits.shape != (len(tokenizer),):
-        raise ModelLoadError(
-            f"model {model.name!r}: step graph scores {logits.shape[-1]} tokens but the "
-            f"vocabulary has {len(tokenizer)}"
-        )
-    model.resources["decoder"] = decoder
+if TYPE_CHECKING:
+    from service.dataplane import DataPlane
 
 
-PREPARERS[TASK] = prepare_language_model
-
-
-def language_model(registry: Any, name: str, version: str | None = None) -> LoadedModel:
+def language_model(registry: Registry, name: str, version: str | None = None) -> LanguageModel:
     """The loaded model `name`, which must be a language model."""
-    model: LoadedModel = registry.get(name, version)
-    if model.config.task != TASK:
+    model = registry.get(name, version)
+    if not isinstance(model, LanguageModel):
         raise InvalidInput(
-            f"model {name!r} is a {model.config.task} model, not a language model", param="model"
+            f"model {name!r} is {_what(model.task)}, not a language model", param="model"
         )
     return model
 
 
-def decoder_of(model: LoadedModel) -> Decoder:
-    decoder: Decoder = model.resources["decoder"]
-    return decoder
+def _what(task: str | None) -> str:
+    return f"a {task} model" if task else "a tensor model (Open Inference Protocol only)"
 
 
 # -- limits ----------------------------------------------------------------------------------------
@@ -184,58 +152,29 @@ class SequenceToken:
 Event = PromptsRead | SequenceToken
 
 
-def decode_engine(dataplane: Any, model: LoadedModel) -> DecodeEngine:
-    """The decode engine of `model`, made on first use. It lives in `model.batchers` (as the
-    batcher of the step graph), so unloading, reloading and shutting down drain and stop it."""
-    engine: DecodeEngine | None = model.batchers.get("step")
-    if engine is None:
-        labels = (model.name, str(model.version))
-        max_batch = dataplane.settings.max_decode_batch
-        engine = DecodeEngine(decoder_of(model), max_batch, dataplane.metrics, labels)
-        model.batchers["step"] = engine
-    return engine
-
-
 # -- next word -----------------------------------------------------------------------------------
 PREFILL_BUCKET = 8  # prompts are padded to a multiple of this many tokens to share a call:
 # every position is computed (its logits too), so a wider bucket costs compute
 
 
-class PrefillLogits:
-    """The step graph as the next-word batcher runs it: logits only (B, T, V)."""
-
-    def __init__(self, model: LoadedModel, decoder: Decoder) -> None:
-        self.graph = model.graphs["step"]
-        self.decoder = decoder
-        self.names = [decoder.model.logits]
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Stacked prompts (their batch axis first) from a fresh state: the state's batch axis
-        differs between families, so it is made here for the whole batch, not stacked."""
-        batch = len(feeds[self.decoder.model.input_ids])
-        return self.graph.run({**feeds, **self.decoder.fresh_state_feeds(batch)}, self.names)
-
-
 async def next_words(
-    dataplane: Any, model: LoadedModel, text: str, k: int
+    dataplane: DataPlane, model: LanguageModel, text: str, k: int
 ) -> list[WordProbability]:
     """The k most likely next words after `text`. Prompts of concurrent requests are read in
     one step-graph call (the model's dynamic batcher, policy as for its V2 graph): each is
     padded on the right to a multiple of PREFILL_BUCKET tokens, and requests whose padded
     lengths agree are stacked. Without batching, or where the graph cannot read a prompt in one
     call, the prompt is read alone in the task pool."""
-    decoder = decoder_of(model)
+    decoder = model.decoder
     ids = decoder.prompt_window(text)
     width = -(-len(ids) // PREFILL_BUCKET) * PREFILL_BUCKET
     if decoder.model.max_length is not None:
         width = min(width, decoder.model.max_length)
     feeds = decoder.padded_prefill(ids, width)
-    batcher = None
-    if feeds is not None:
-        batcher = dataplane.batcher(model, "prefill", PrefillLogits(model, decoder))
+    batcher = model.prefill
     if batcher is None or feeds is None:
         return await dataplane.run_task(model, lambda _: decoder.next_word_distribution(text, k))
-    (logits,) = await batcher.submit(feeds, dataplane.deadline())
+    (logits,) = await batcher.submit(feeds, model.deadline())
     return decoder.top_words(logits[0, len(ids) - 1], k)
 
 
@@ -251,8 +190,8 @@ async def cancel_when_disconnected(
 
 
 async def stream_generation(
-    dataplane: Any,
-    model: LoadedModel,
+    dataplane: DataPlane,
+    model: LanguageModel,
     job: GenerationJob,
     disconnected: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncGenerator[Event, None]:
@@ -264,7 +203,7 @@ async def stream_generation(
     the in-flight gauge) is freed when they are out. Errors raised before the first event reach
     the caller before anything was sent, so they can still become an HTTP status.
     """
-    decoder = decoder_of(model)
+    decoder = model.decoder
     metrics = dataplane.metrics
     labels = (model.name, str(model.version))
     started = time.perf_counter()
@@ -288,7 +227,7 @@ async def stream_generation(
             sequences = await loop.run_in_executor(dataplane.task_executor, prefill)
             contexts = [s.context for s in sequences[:: job.n]]
             metrics.prompt_tokens.labels(*labels).inc(sum(len(c.tokens) for c in contexts))
-            request = decode_engine(dataplane, model).submit(sequences, started, release)
+            request = model.decode_engine().submit(sequences, started, release)
             if disconnected is not None:
                 watcher = asyncio.create_task(cancel_when_disconnected(disconnected, request))
             yield PromptsRead(contexts)

@@ -87,6 +87,6 @@ def test_engine_is_stopped_with_the_model(tmp_path: Path) -> None:
             "/v1/completions", json={"model": "lm-test", "prompt": "the", "max_tokens": 3}
         )
         assert done.status_code == 200
-        engine = app.state.registry.get("lm-test").batchers["step"]
+        engine = app.state.registry.get("lm-test").engine
         assert engine._thread is not None  # the scheduler waits for the next request
     assert engine._thread is None  # shutdown drained and stopped it

@@ -176,7 +176,7 @@ def test_bad_json_graphs_are_400(
         ({"graph": {"cell": 5}}, "inconsistent"),
         ({"graph": {"radius": 2}}, "unknown keys"),
         ({"graph": {"image_size": 32}}, "preprocessing must give 32x32"),
-        ({"max_batch_size": 8}, "config.json implies 3"),  # the signature check, first
+        ({"max_batch_size": 8}, "plus the batch axis makes 3"),  # the signature check, first
     ],
 )
 def test_a_wrong_graph_section_keeps_the_model_from_loading(

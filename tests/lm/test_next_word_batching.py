@@ -13,7 +13,7 @@ from service.metrics import Metrics
 from service.registry import Registry
 from service.repository import Repository
 from service.settings import Settings
-from service.tasks.language_model import PREFILL_BUCKET, decoder_of, next_words
+from service.tasks.language_model import PREFILL_BUCKET, language_model, next_words
 
 SHIPPED = AUSTEN_LMS
 TEXTS = [
@@ -44,15 +44,15 @@ def test_concurrent_prompts_share_a_call_and_match_reading_alone(
 ) -> None:
     registry, metrics, settings = loaded
     dataplane = DataPlane(registry, metrics, settings)
-    model = registry.get(name, None)
-    decoder = decoder_of(model)
+    model = language_model(registry, name)
+    decoder = model.decoder
     labels = {"model": name, "version": str(model.version)}
 
     async def ask() -> list[list[tuple[int, float]]]:
         try:
             answers = await asyncio.gather(*(next_words(dataplane, model, t, 5) for t in TEXTS))
         finally:
-            await dataplane.close()
+            await model.close()  # its batchers are bound to this test's event loop
         return [[(w.token_id, w.probability) for w in words] for words in answers]
 
     before = metrics.registry.get_sample_value("seedserve_inference_batch_size_count", labels)
@@ -67,14 +67,13 @@ def test_concurrent_prompts_share_a_call_and_match_reading_alone(
     widths = {min(-(-len(decoder.prompt_window(t)) // PREFILL_BUCKET) * PREFILL_BUCKET, limit)
               for t in TEXTS}  # fmt: skip
     assert calls is not None and calls - (before or 0) == len(widths) < len(TEXTS)
-    model.batchers.pop("prefill", None)  # made with this test's dataplane, closed above
 
 
 def test_padding_is_refused_where_a_graph_cannot_read_it(
     loaded: tuple[Registry, Metrics, Settings],
 ) -> None:
     registry, _, _ = loaded
-    decoder = decoder_of(registry.get(SHIPPED[0], None))
+    decoder = language_model(registry, SHIPPED[0])
     ids = decoder.prompt_window("She was")
     assert decoder.padded_prefill(ids, len(ids) - 1) is None  # narrower than the prompt
     assert decoder.padded_prefill([], 16) is None

@@ -1,0 +1,67 @@
+"""The classifier runtime: pictures (or graphs, for a graph classifier) in, labelled classes out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from service.errors import ModelLoadError
+from service.repository import Repository
+from service.runtimes.tensor import TensorModel
+from service.tasks.classify import softmax
+from service.tasks.graphs import GRAPH_INPUTS, GraphSpec, check_inputs
+from service.tasks.images import ImageSpec
+
+
+class Classifier(TensorModel):
+    """A classifier of pictures; with a `graph` section in its config, a graph classifier whose
+    pictures become graphs (service/tasks/graphs.py) and which also takes graphs."""
+
+    task = "classification"
+    graph: GraphSpec | None = None  # how pictures become graphs, for a graph classifier
+    image: ImageSpec  # how pictures are prepared, as in training
+
+    def prepare(self, repository: Repository) -> None:
+        try:
+            self.image = ImageSpec.from_config(self.config.preprocessing)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"model {self.name!r}: config.json preprocessing: {exc}") from None
+        section = self.config.raw.get("graph")
+        if section is not None:
+            self.graph = self._graph_spec(section)
+        super().prepare(repository)
+        if self.config.labels:  # the classification extension names classes by them
+            for spec in self.config.outputs:
+                self.output_labels.setdefault(spec.name, self.config.labels)
+
+    def _graph_spec(self, section: object) -> GraphSpec:
+        inputs = tuple(spec.name for spec in self.config.inputs)
+        if inputs != GRAPH_INPUTS or self.config.max_batch_size != 0:
+            raise ModelLoadError(
+                f"model {self.name!r}: a graph classifier takes {list(GRAPH_INPUTS)} with "
+                f"max_batch_size 0; config.json has {list(inputs)}, {self.config.max_batch_size}"
+            )
+        try:
+            spec = GraphSpec.from_config(section if isinstance(section, dict) else {"?": section})
+        except (TypeError, ValueError) as exc:
+            raise ModelLoadError(f"model {self.name!r}: config.json {exc}") from None
+        if self.config.inputs[0].dims[-1] != spec.features:
+            raise ModelLoadError(f"model {self.name!r}: x must have {spec.features} features")
+        pre = self.config.preprocessing
+        if (pre.get("height"), pre.get("width")) != (spec.image_size, spec.image_size):
+            raise ModelLoadError(
+                f"model {self.name!r}: preprocessing must give {spec.image_size}x{spec.image_size} "
+                "pictures, the size the graph section cuts into squares"
+            )
+        return spec
+
+    def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
+        if self.graph is not None:
+            check_inputs(inputs, self.serving.settings)
+
+    def probabilities(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Class probabilities per row: the `probabilities` output, or a softmax of the first."""
+        if "probabilities" in outputs:
+            return outputs["probabilities"]
+        return softmax(outputs[self.config.outputs[0].name])

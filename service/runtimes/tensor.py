@@ -1,0 +1,409 @@
+"""The tensor-model runtime: what every served model is.
+
+A `TensorModel` owns one model version's onnxruntime graphs, its dynamic batcher and its
+sequences (implicit state), and answers Open Inference Protocol inference: inputs checked
+against the completed config, `reshape` applied, optional inputs left out, stateful models run
+in sequence order with their state kept between requests. Task runtimes (classifier, language
+model, image generator) are subclasses that add what their task needs in typed fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from service.batching import Batcher, BatchPolicy
+from service.errors import InvalidInput, ModelLoadError
+from service.metrics import Metrics
+from service.modelconfig import ModelConfig, StateSpec, TensorSpec, Warmup
+from service.repository import Repository
+from service.runtime import Graph
+from service.sequences import SequenceId, SequenceStore, sequence_request
+from service.settings import Settings
+from service.tensors import NUMPY_DTYPES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What the server lends every runtime: settings, metrics, the inference thread pool and
+    the keeper of sequence state."""
+
+    settings: Settings
+    metrics: Metrics
+    executor: Executor
+    sequences: SequenceStore
+
+
+class TensorModel:
+    """One loaded version of any ONNX model, served over the Open Inference Protocol."""
+
+    task: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        version: int,
+        graphs: dict[str, Graph],
+        card: dict[str, Any] | None,
+        serving: Serving,
+    ) -> None:
+        self.name = config.name
+        self.version = version
+        self.config = config
+        self.graphs = graphs  # "model" is model.onnx; config graphs add roles
+        self.card = card
+        self.serving = serving
+        self.labels = (self.name, str(version))  # metric labels
+        self.key = f"{self.name}/{version}"  # sequence-store key
+        self.output_types = {s.name: s.datatype for s in config.outputs}
+        self.reshapes = any(s.reshape is not None for s in config.inputs + config.outputs)
+        self.output_labels: dict[str, tuple[str, ...]] = {}  # classification extension
+        self.initial_state: dict[str, np.ndarray] = {}  # per state input, one row
+        self.batcher: Batcher | None = None
+
+    # -- loading ---------------------------------------------------------------------------------
+    def prepare(self, repository: Repository) -> None:
+        """Read what the config names (label files, initial states), make the batcher and warm
+        up. Subclasses extend it with their task's resources; errors are ModelLoadError."""
+        for spec in self.config.outputs:
+            if spec.label_filename:
+                path = repository.model_file(self.name, spec.label_filename, "label_filename")
+                self.output_labels[spec.name] = tuple(path.read_text().splitlines())
+        sequence = self.config.sequence_batching
+        for state in sequence.states if sequence else ():
+            self.initial_state[state.input_name] = self._initial(state, repository)
+        for sample in self.config.warmup:
+            self._warm_up(sample, repository)
+        if not self.config.warmup:
+            self._warm_up_automatically()
+        policy = batch_policy(self.config, self.serving.settings)
+        if policy is not None and self.config.sequence_batching is None:
+            self.batcher = Batcher(
+                self.primary, policy, self.serving.executor, self.serving.metrics, self.labels
+            )
+
+    def _initial(self, state: StateSpec, repository: Repository) -> np.ndarray:
+        dtype = NUMPY_DTYPES[state.datatype]
+        dims = tuple(1 if d < 0 else d for d in state.dims)
+        initial = state.initial
+        if initial is None or initial.zero or initial.data_file is None:
+            return np.zeros(dims, dtype=dtype)
+        path = repository.model_file(
+            self.name, f"initial_state/{initial.data_file}", "initial_state data_file"
+        )
+        raw = np.frombuffer(path.read_bytes(), dtype=dtype.newbyteorder("<"))
+        if raw.size != math.prod(dims):
+            raise ModelLoadError(
+                f"model {self.name!r}: initial state {initial.data_file!r} holds {raw.size} "
+                f"values, the state {state.input_name!r} needs {math.prod(dims)}"
+            )
+        return raw.astype(dtype).reshape(dims)
+
+    def _warm_up(self, sample: Warmup, repository: Repository) -> None:
+        """Triton's model_warmup: the config asked for it, so its failure fails the load."""
+        rng = np.random.default_rng(0)
+        feeds: dict[str, np.ndarray] = {}
+        for name, spec in sample.inputs.items():
+            dtype = NUMPY_DTYPES[spec.datatype]
+            shape = ([sample.batch_size] if self.config.batches else []) + list(spec.dims)
+            if spec.fill == "file" and spec.data_file:
+                path = repository.model_file(self.name, f"warmup/{spec.data_file}", "warm-up file")
+                count = math.prod(shape)
+                data = np.frombuffer(path.read_bytes(), dtype=dtype.newbyteorder("<"))[:count]
+                feeds[name] = data.astype(dtype).reshape(shape)
+            elif spec.fill == "random" and dtype.kind == "f":
+                feeds[name] = rng.random(shape).astype(dtype)
+            elif spec.fill == "random" and dtype.kind in "iu":
+                feeds[name] = rng.integers(0, 100, shape).astype(dtype)
+            else:
+                feeds[name] = np.zeros(shape, dtype=dtype)
+        feeds = {**feeds, **self._state_feeds(feeds)}
+        try:
+            for _ in range(max(1, sample.count)):
+                self.primary.run(self.graph_feeds(feeds))
+        except Exception as exc:
+            raise ModelLoadError(
+                f"model {self.name!r} version {self.version}: warm-up {sample.name!r} failed: {exc}"
+            ) from None
+
+    def _warm_up_automatically(self) -> None:
+        """One zero inference where every shape is known, so the first request is not slow. A
+        failure is only a warning: zeros of a guessed shape are no test of a valid model."""
+        feeds = {}
+        for spec in self.config.inputs:
+            if spec.optional:
+                continue
+            if any(d < 0 for d in spec.dims) or spec.datatype in {"BYTES"}:
+                return
+            shape = ([1] if self.config.batches else []) + list(spec.dims)
+            feeds[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
+        feeds = {**feeds, **self._state_feeds(feeds)}
+        try:
+            self.primary.run(self.graph_feeds(feeds))
+        except Exception as exc:
+            log.warning("model %s version %s: warm-up failed: %s", self.name, self.version, exc)
+
+    def _state_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Initial state and control values for a warm-up call of a stateful model."""
+        if self.config.sequence_batching is None:
+            return {}
+        return {**self._fresh_state(), **self._controls(0, True, True)}
+
+    # -- serving -------------------------------------------------------------------------------
+    @property
+    def primary(self) -> Graph:
+        return self.graphs["model"]
+
+    @property
+    def provider(self) -> str:
+        return self.primary.provider
+
+    def input_spec(self, name: str) -> TensorSpec:
+        spec = self.config.input(name)
+        if spec is None:
+            raise InvalidInput(f"model {self.name!r} has no input {name!r}", param="inputs")
+        return spec
+
+    def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """The task's own checks beyond shapes and types (graph indices...); none here."""
+
+    async def infer(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str] | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Check `inputs` against the config, run the model (batched with other requests, or in
+        its sequence) and return the requested outputs in the config's shapes."""
+        names = self.requested_outputs(output_names)
+        validate_inputs(self, inputs)
+        self.check_inputs(inputs)
+        sequence_id, start, end = (
+            sequence_request(parameters) if parameters else (None, False, False)
+        )
+        feeds = self.graph_feeds(inputs) if self.reshapes else inputs
+        if self.config.sequence_batching is not None:
+            outputs = await self._run_in_sequence(feeds, sequence_id, start, end)
+        elif sequence_id is not None:
+            raise InvalidInput(
+                f"model {self.name!r} keeps no state between requests (its config has no "
+                "sequence_batching): leave out sequence_id, sequence_start and sequence_end",
+                param="parameters.sequence_id",
+            )
+        elif self.batcher is not None:
+            results = await self.batcher.submit(feeds, self.deadline())
+            outputs = dict(zip(self.primary.output_names, results, strict=True))
+        else:
+            results = await self.run("model", feeds, names)
+            outputs = dict(zip(names, results, strict=True))
+        if not self.reshapes:
+            return {name: outputs[name] for name in names}
+        return {name: self._config_shape(name, outputs[name]) for name in names}
+
+    def requested_outputs(self, output_names: Sequence[str] | None) -> list[str]:
+        known = [s.name for s in self.config.outputs]
+        if not output_names:
+            return known
+        for name in output_names:
+            if name not in known:
+                raise InvalidInput(
+                    f"model {self.name!r} has no output {name!r}; its outputs are {known}",
+                    param="outputs",
+                )
+        return list(output_names)
+
+    def graph_feeds(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The request's tensors as the graph takes them: `reshape` applied."""
+        feeds = dict(inputs)
+        for spec in self.config.inputs:
+            if spec.reshape is not None and spec.name in feeds:
+                array = feeds[spec.name]
+                batch = array.shape[:1] if self.config.batches else ()
+                feeds[spec.name] = _reshaped(array, batch + spec.reshape, spec.name)
+        return feeds
+
+    def _config_shape(self, name: str, array: np.ndarray) -> np.ndarray:
+        spec = self.config.output(name)
+        if spec is None or spec.reshape is None:
+            return array
+        batch = array.shape[:1] if self.config.batches else ()
+        return _reshaped(array, batch + spec.dims, name)
+
+    async def _run_in_sequence(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        sequence_id: SequenceId | None,
+        start: bool,
+        end: bool,
+    ) -> dict[str, np.ndarray]:
+        """Triton's sequence batcher with implicit state: this sequence's state is fed to the
+        graph's state inputs and replaced by its state outputs; requests of one sequence run one
+        at a time, in order."""
+        if sequence_id is None:
+            raise InvalidInput(
+                f"model {self.name!r} is stateful: every request needs parameters.sequence_id "
+                "(and sequence_start on the first, sequence_end on the last)",
+                param="parameters.sequence_id",
+            )
+        if self.config.batches and any(len(v) != 1 for v in feeds.values()):
+            raise InvalidInput(
+                "a request of a sequence carries one item (batch size 1)", param="inputs"
+            )
+        states = self.config.sequence_batching.states if self.config.sequence_batching else ()
+        async with self.serving.sequences.session(self.key, sequence_id, start, end) as slot:
+            state = slot.state if slot.state is not None else self._fresh_state()
+            full = {**feeds, **state, **self._controls(sequence_id, start, end)}
+            results = await self.run("model", full)
+            outputs = dict(zip(self.primary.output_names, results, strict=True))
+            slot.state = {s.input_name: outputs[s.output_name] for s in states}
+        return outputs
+
+    def _fresh_state(self) -> dict[str, np.ndarray]:
+        batch = (1,) if self.config.batches else ()
+        return {k: v.reshape(batch + v.shape) for k, v in self.initial_state.items()}
+
+    def _controls(self, sequence_id: SequenceId, start: bool, end: bool) -> dict[str, np.ndarray]:
+        """The control tensors the config declares (Triton: shape [1], with the batch axis)."""
+        sequence = self.config.sequence_batching
+        shape = (1, 1) if self.config.batches else (1,)
+        feeds = {}
+        for control in sequence.controls if sequence else ():
+            dtype = NUMPY_DTYPES[control.datatype]
+            if control.kind == "CORRID":
+                value: Any = str(sequence_id).encode() if dtype.kind == "O" else sequence_id
+                if dtype.kind != "O" and not isinstance(sequence_id, int):
+                    raise InvalidInput(
+                        f"model {self.name!r} takes integer sequence ids", param="sequence_id"
+                    )
+            else:
+                flag = {"START": start, "END": end, "READY": True}[control.kind]
+                value = control.true_value if flag else control.false_value
+            feeds[control.name] = np.full(shape, value, dtype=dtype)
+        return feeds
+
+    def deadline(self) -> float | None:
+        timeout = self.serving.settings.request_timeout_s
+        return time.perf_counter() + timeout if timeout > 0 else None
+
+    async def run(
+        self, role: str, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+    ) -> list[np.ndarray]:
+        """Run one graph in the inference thread pool, timing queue and compute."""
+        graph, metrics = self.graphs[role], self.serving.metrics
+        queued = time.perf_counter()
+        batch = _batch_size(feeds) if self.config.batches else 1
+
+        def work() -> list[np.ndarray]:
+            started = time.perf_counter()
+            metrics.queue_duration.labels(*self.labels).observe(started - queued)
+            results = graph.run(feeds, output_names)
+            metrics.compute_duration.labels(*self.labels).observe(time.perf_counter() - started)
+            return results
+
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self.serving.executor, work)
+        metrics.batch_size.labels(*self.labels).observe(batch)
+        metrics.inference_count.labels(*self.labels).inc(batch)
+        return results
+
+    async def close(self) -> None:
+        """Answer what is queued, then stop this version's batchers and free its sequences."""
+        if self.batcher is not None:
+            await self.batcher.close()
+        if self.config.sequence_batching is not None:
+            await self.serving.sequences.drop(self.key)
+
+
+def batch_policy(config: ModelConfig, settings: Settings) -> BatchPolicy | None:
+    """The dynamic batching policy of a model's primary graph: its config, then settings."""
+    batching = config.dynamic_batching
+    if not settings.batching or config.max_batch_size <= 0 or batching is None:
+        return None
+    if settings.max_queue_delay_ms is not None:
+        delay_s = settings.max_queue_delay_ms / 1e3
+    else:
+        delay_s = (batching.max_queue_delay_us or 0) / 1e6
+    preferred = batching.preferred_batch_sizes
+    return BatchPolicy(
+        max_batch_size=config.max_batch_size,
+        max_queue_delay_s=delay_s,
+        preferred_batch_sizes=tuple(p for p in preferred if 0 < p <= config.max_batch_size),
+        max_queue_size=settings.max_queue_size,
+        concurrency=config.instance_count or settings.inference_threads,
+    )
+
+
+def _reshaped(array: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    try:
+        return array.reshape(shape)
+    except ValueError:
+        raise InvalidInput(
+            f"tensor {name!r} of shape {list(array.shape)} cannot take the config's reshape "
+            f"{list(shape)}",
+            param=name,
+        ) from None
+
+
+def _batch_size(feeds: Mapping[str, np.ndarray]) -> int:
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
+def validate_inputs(model: TensorModel, inputs: Mapping[str, np.ndarray]) -> None:
+    """Reject anything onnxruntime would choke on, naming the tensor and the problem."""
+    config = model.config
+    expected = {spec.name for spec in config.inputs}
+    unknown = set(inputs) - expected
+    if unknown:
+        raise InvalidInput(
+            f"model {model.name!r} has no input {sorted(unknown)[0]!r}; its inputs are "
+            f"{sorted(expected)}",
+            param="inputs",
+        )
+    batch_sizes = set()
+    for spec in config.inputs:
+        if spec.name not in inputs:
+            if spec.optional:
+                continue
+            raise InvalidInput(f"input {spec.name!r} is missing", param="inputs")
+        array = inputs[spec.name]
+        if array.dtype != NUMPY_DTYPES[spec.datatype]:
+            raise InvalidInput(
+                f"input {spec.name!r} must be {spec.datatype}", param=f"inputs.{spec.name}.datatype"
+            )
+        shape = array.shape
+        dims = spec.dims
+        if config.max_batch_size > 0:
+            if not shape:
+                raise InvalidInput(f"input {spec.name!r} needs a batch axis", param=spec.name)
+            if not 1 <= shape[0] <= config.max_batch_size:
+                raise InvalidInput(
+                    f"input {spec.name!r}: batch size {shape[0]} is outside 1..{config.max_batch_size}",
+                    param=f"inputs.{spec.name}.shape",
+                )
+            batch_sizes.add(shape[0])
+            shape = shape[1:]
+        if len(shape) != len(dims) or any(
+            d >= 0 and d != s for d, s in zip(dims, shape, strict=True)
+        ):
+            want = ([-1] if config.max_batch_size > 0 else []) + list(dims)
+            raise InvalidInput(
+                f"input {spec.name!r} has shape {list(array.shape)}, expected {want} (-1 = any)",
+                param=f"inputs.{spec.name}.shape",
+            )
+        if any(s == 0 for s in shape):
+            raise InvalidInput(f"input {spec.name!r} has an empty axis", param=spec.name)
+    if len(batch_sizes) > 1:
+        raise InvalidInput(
+            f"inputs disagree on the batch size: {sorted(batch_sizes)}", param="inputs"
+        )
