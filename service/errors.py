@@ -56,6 +56,13 @@ class ModelLoadError(ServiceError):
     status_code = 400
 
 
+class InferenceFailed(ServiceError):
+    """onnxruntime refused to run a request that passed every check (a value the graph cannot
+    take, or a broken graph): the server's fault as far as the client can tell."""
+
+    status_code = 500
+
+
 class Cancelled(ServiceError):
     """The client went away; the work stopped early. Nobody is left to read the answer."""
 

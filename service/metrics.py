@@ -72,6 +72,22 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        # Sequences of stateful models: with several workers every one sees the shared store,
+        # so the largest worker's view is the answer (livemax), not their sum.
+        self.sequences_live = Gauge(
+            f"{PREFIX}_sequences_live",
+            "Live sequences of a stateful model (as of its last sequence request).",
+            MODEL,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.sequence_state_bytes = Gauge(
+            f"{PREFIX}_sequence_state_bytes",
+            "Bytes of state the live sequences of a stateful model hold (as of its last request).",
+            MODEL,
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.rejected = Counter(
             f"{PREFIX}_inference_rejected_total",
             "Requests shed before inference, by reason (queue_full, deadline).",

@@ -166,6 +166,8 @@ class Registry:
         model = runtime(
             completed, version, graphs, self.repository.card(name, version), self.serving
         )
+        state = self.models.get(name)
+        model.replaces_serving = state is not None and bool(state.versions)
         model.prepare(self.repository)
         if completed.sequence_batching is not None:
             self.serving.sequences.configure(model.key, self.sequence_limits(completed))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.errors import InferenceFailed
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,15 @@ ORT_TO_V2 = {
     "tensor(float16)": "FP16", "tensor(bfloat16)": "BF16", "tensor(float)": "FP32",
     "tensor(double)": "FP64", "tensor(string)": "BYTES",
 }  # fmt: skip
+_STATE = ort.capi.onnxruntime_pybind11_state
+# what onnxruntime raises when a graph cannot run on given inputs (values, not shapes: those
+# are checked before)
+RUN_ERRORS: tuple[type[Exception], ...] = (
+    _STATE.Fail,
+    _STATE.RuntimeException,
+    _STATE.InvalidArgument,
+    _STATE.EPFail,
+)
 BF16_ONNX_TYPE = 16  # onnx.TensorProto.BFLOAT16
 
 
@@ -157,10 +167,16 @@ class Graph:
         self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
     ) -> list[np.ndarray]:
         names = list(output_names or self.output_names)
-        if self.bf16:
-            return self._run_bf16(feeds, names)
-        if not self.io_binding:
-            return self.session.run(names, dict(feeds))
+        try:
+            if self.bf16:
+                return self._run_bf16(feeds, names)
+            if not self.io_binding:
+                return self.session.run(names, dict(feeds))
+            return self._run_bound(feeds, names)
+        except RUN_ERRORS as exc:
+            raise InferenceFailed(f"onnxruntime could not run {self.path.name}: {exc}") from None
+
+    def _run_bound(self, feeds: Mapping[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
         binding = self.session.io_binding()  # one per call: calls run in several threads
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))

@@ -70,6 +70,9 @@ class TensorModel:
         self.output_labels: dict[str, tuple[str, ...]] = {}  # classification extension
         self.initial_state: dict[str, np.ndarray] = {}  # per state input, one row
         self.batcher: Batcher | None = None
+        # Set by the registry when this version would replace a serving one: then a failed
+        # automatic warm-up refuses it rather than swap a working model for a failing one.
+        self.replaces_serving = False
 
     # -- loading ---------------------------------------------------------------------------------
     def prepare(self, repository: Repository) -> None:
@@ -138,7 +141,9 @@ class TensorModel:
 
     def _warm_up_automatically(self) -> None:
         """One zero inference where every shape is known, so the first request is not slow. A
-        failure is only a warning: zeros of a guessed shape are no test of a valid model."""
+        failure is only a warning (zeros are no test of a valid model: some refuse them), except
+        when this version would replace one that serves: a reload never swaps a model that
+        answers for one that may not."""
         feeds = {}
         for spec in self.config.inputs:
             if spec.optional:
@@ -151,7 +156,10 @@ class TensorModel:
         try:
             self.primary.run(self.graph_feeds(feeds))
         except Exception as exc:
-            log.warning("model %s version %s: warm-up failed: %s", self.name, self.version, exc)
+            message = f"model {self.name!r} version {self.version}: warm-up failed: {exc}"
+            if self.replaces_serving:
+                raise ModelLoadError(f"{message} (the serving version keeps serving)") from None
+            log.warning("%s", message)
 
     def _state_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Initial state and control values for a warm-up call of a stateful model."""
@@ -266,6 +274,9 @@ class TensorModel:
             results = await self.run("model", full)
             outputs = dict(zip(self.primary.output_names, results, strict=True))
             slot.state = {s.input_name: outputs[s.output_name] for s in states}
+        store, metrics = self.serving.sequences, self.serving.metrics
+        metrics.sequences_live.labels(*self.labels).set(store.live(self.key))
+        metrics.sequence_state_bytes.labels(*self.labels).set(store.state_bytes(self.key))
         return outputs
 
     def _fresh_state(self) -> dict[str, np.ndarray]:

@@ -438,3 +438,39 @@ def test_hot_add_without_a_restart(
     answer = httpx.post(f"{server.url}/v2/repository/models/accumulator-2/load", headers=headers)
     assert answer.status_code == 200, answer.text
     shutil.rmtree(pbtxt)
+
+
+def test_concurrent_images_of_different_sizes_batch_by_shape(server: Server) -> None:
+    """The dynamic batcher stacks only requests whose non-batch dims agree: mixed widths run in
+    separate calls and every answer is still its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    conv = session(server.models_dir / "dynamic-hw-conv")  # type: ignore[attr-defined]
+    rng = np.random.default_rng(9)
+    images = [rng.standard_normal((1, 3, 8, 8 + 4 * (i % 3))).astype(np.float32) for i in range(24)]
+
+    def ask(image: np.ndarray) -> np.ndarray:
+        body = {"inputs": [{"name": "image", "shape": list(image.shape), "datatype": "FP32",
+                            "data": image.reshape(-1).tolist()}],
+                "outputs": [{"name": "pooled"}]}  # fmt: skip
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            answer = http.post("/v2/models/dynamic-hw-conv/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        output = answer.json()["outputs"][0]
+        return np.array(output["data"], np.float32).reshape(output["shape"])
+
+    def calls() -> float:
+        text = httpx.get(f"{server.url}/metrics").text
+        line = next(
+            (x for x in text.splitlines()
+             if x.startswith('seedserve_inference_batch_size_count{model="dynamic-hw-conv"')),
+            None,
+        )  # fmt: skip
+        return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+    before = calls()
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(ask, images))
+    for image, answer in zip(images, answers, strict=True):
+        np.testing.assert_allclose(answer, conv.run(["pooled"], {"image": image})[0], atol=1e-5)
+    assert calls() - before <= len(images)  # never more calls than requests

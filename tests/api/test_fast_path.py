@@ -95,7 +95,7 @@ def test_overloaded_answers_carry_retry_after(models_dir: Path) -> None:
     with TestClient(create_app(settings)) as client:
         app = client.app
         model = app.state.registry.get("linear-test", None)  # type: ignore[attr-defined]
-        batcher = app.state.dataplane.batcher(model)  # type: ignore[attr-defined]
+        batcher = model.batcher
         assert batcher is not None, "linear-test batches by default"
         batcher.policy = dataclasses.replace(batcher.policy, max_queue_size=0)
         answer = client.post("/v2/models/linear-test/infer", json=BODY)

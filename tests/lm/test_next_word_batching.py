@@ -73,7 +73,7 @@ def test_padding_is_refused_where_a_graph_cannot_read_it(
     loaded: tuple[Registry, Metrics, Settings],
 ) -> None:
     registry, _, _ = loaded
-    decoder = language_model(registry, SHIPPED[0])
+    decoder = language_model(registry, SHIPPED[0]).decoder
     ids = decoder.prompt_window("She was")
     assert decoder.padded_prefill(ids, len(ids) - 1) is None  # narrower than the prompt
     assert decoder.padded_prefill([], 16) is None
