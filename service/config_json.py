@@ -19,6 +19,7 @@ from service.modelconfig import (
     VersionPolicy,
 )
 
+TASK_SECTIONS = {"preprocessing", "graph", "tokenizer", "step", "generation", "max_length"}
 KNOWN_FIELDS = {
     "name", "task", "family", "dataset", "platform", "max_batch_size", "inputs", "outputs",
     "labels", "preprocessing", "graphs", "batching", "onnxruntime", "version_policy",
@@ -43,6 +44,11 @@ def read_config_json(data: Any, name: str) -> ModelConfig:
     if task is not None and task not in TASKS:
         raise ModelLoadError(
             f"config.json: task must be one of {list(TASKS)} or absent, not {task!r}"
+        )
+    stray = sorted(TASK_SECTIONS & set(data)) if task is None else []
+    if stray:
+        raise ModelLoadError(
+            f"config.json: {stray} belong to a task model; give `task` or remove them"
         )
     platform = data.get("platform", "onnxruntime_onnx")
     if platform != "onnxruntime_onnx":

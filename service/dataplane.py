@@ -51,8 +51,11 @@ class DataPlane:
         await self._drain(self.registry.unload(name))
 
     async def _drain(self, models: list[TensorModel]) -> None:
+        served = {m.key for s in self.registry.models.values() for m in s.versions.values()}
         for model in models:
             await model.close()
+            if model.config.sequence_batching is not None and model.key not in served:
+                await self.registry.serving.sequences.drop(model.key)
 
     async def run_task(
         self,

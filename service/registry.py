@@ -9,9 +9,10 @@ import logging
 import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from service.autocomplete import complete
-from service.errors import ModelLoadError, ModelNotFound, ModelNotReady, ServiceError
+from service.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, ServiceError
 from service.metrics import Metrics
 from service.modelconfig import ModelConfig, VersionPolicy
 from service.repository import Repository
@@ -21,6 +22,7 @@ from service.sequences import MemoryStore, SequenceLimits, SequenceStore
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+R = TypeVar("R", bound=TensorModel)
 
 
 @dataclass
@@ -130,6 +132,21 @@ class Registry:
             raise ModelNotFound(f"model {name!r} has no loaded version {version!r}")
         return state.versions[int(version)]
 
+    def get_runtime(
+        self, kind: type[R], name: str, version: str | None = None, *, param: str = "model"
+    ) -> R:
+        """The loaded model `name`, which must be of runtime `kind` (a task's endpoints serve
+        only their task's models)."""
+        model = self.get(name, version)
+        if not isinstance(model, kind):
+            what = (
+                f"a {model.task} model"
+                if model.task
+                else "a tensor model (Open Inference Protocol only)"
+            )
+            raise InvalidInput(f"model {name!r} is {what}, not {kind.noun}", param=param)
+        return model
+
     def _load_versions(self, name: str) -> dict[int, TensorModel]:
         config = self.repository.config(name)
         available = self.repository.versions(name)
@@ -168,7 +185,12 @@ class Registry:
         )
         state = self.models.get(name)
         model.replaces_serving = state is not None and bool(state.versions)
-        model.prepare(self.repository)
+        try:
+            model.prepare(self.repository)
+        except ServiceError:
+            raise
+        except Exception as exc:  # a task section of an unexpected shape: this model only
+            raise ModelLoadError(f"model {name!r} version {version}: {exc}") from None
         if completed.sequence_batching is not None:
             self.serving.sequences.configure(model.key, self.sequence_limits(completed))
         return model

@@ -282,8 +282,8 @@ class MemoryStore(_Turns):
 
 
 class FileStore(_Turns):
-    """States in files under `folder` (a tmpfs shared by worker processes), so that any worker
-    can continue any sequence.
+    """States in files under `folder` (a folder the worker processes share; a tmpfs is
+    fastest), so that any worker can continue any sequence.
 
     Per model version a folder holds `<id hash>.<state bytes>.npz` per live sequence (its mtime is
     when its last request ended), `<id hash>.lock` that a request holds (flock) for its whole

@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     """Dynamic batching for models whose config allows it (max_batch_size > 0)."""
     max_queue_delay_ms: float | None = Field(None, ge=0, le=10_000)
     """How long the first request of a batch may wait for company, in milliseconds; unset = each
-    model's config.json `batching.max_queue_delay_ms`; 0 = no waiting (queued requests still batch)."""
+    model's config (config.json `batching.max_queue_delay_ms`, config.pbtxt
+    `dynamic_batching.max_queue_delay_microseconds`); 0 = no waiting (queued requests still batch)."""
     max_queue_size: int = Field(256, ge=1)
     """Requests that may wait per model; beyond it requests get 503 with Retry-After at once."""
     max_sequences: int = Field(1024, ge=1)

@@ -6,6 +6,8 @@ BF16 has no numpy type: inside the service a BF16 tensor is a uint16 array of it
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 NUMPY_DTYPES: dict[str, np.dtype] = {
@@ -37,3 +39,20 @@ def bf16_from_float(values: np.ndarray) -> np.ndarray:
 def bf16_to_float(bits: np.ndarray) -> np.ndarray:
     """BF16 bits -> float32 values (exact)."""
     return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def parse_bytes_elements(raw: bytes | memoryview, count: int | None = None) -> np.ndarray:
+    """BYTES elements in the binary form (each a 4-byte little-endian length, then its bytes)
+    as an object array; ValueError when the data is cut short or `count` does not match."""
+    items, pos = [], 0
+    while pos < len(raw):
+        if pos + 4 > len(raw):
+            raise ValueError("truncated BYTES element length")
+        (length,) = struct.unpack_from("<I", raw, pos)
+        if pos + 4 + length > len(raw):
+            raise ValueError("BYTES element runs past its data")
+        items.append(bytes(raw[pos + 4 : pos + 4 + length]))
+        pos += 4 + length
+    if count is not None and len(items) != count:
+        raise ValueError(f"{len(items)} BYTES elements, {count} needed")
+    return np.array(items, dtype=object)

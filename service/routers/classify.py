@@ -91,14 +91,7 @@ async def classify(
 ) -> ClassifyResponse:
     """Classify one or more pictures (multipart files, base64 JSON or pixel arrays), or graphs
     (JSON) for a graph classifier."""
-    model = registry.get(model_name, version)
-    if not isinstance(model, Classifier):
-        what = (
-            f"a {model.task} model"
-            if model.task
-            else "a tensor model (Open Inference Protocol only)"
-        )
-        raise InvalidInput(f"model {model_name!r} is {what}, not a classifier", param="model_name")
+    model = registry.get_runtime(Classifier, model_name, version, param="model_name")
     if top_k_ > settings.max_top_k:
         raise InvalidInput(f"top_k must be at most {settings.max_top_k}", param="top_k")
     async with dataplane.track(model):

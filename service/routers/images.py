@@ -75,15 +75,7 @@ class ImageGenerationResponse(BaseModel):
 
 
 def generator(registry: Registry, name: str, version: str | None = None) -> ImageGenerator:
-    model = registry.get(name, version)
-    if not isinstance(model, ImageGenerator):
-        what = (
-            f"a {model.task} model"
-            if model.task
-            else "a tensor model (Open Inference Protocol only)"
-        )
-        raise InvalidInput(f"model {name!r} is {what}, not an image generator", param="model")
-    return model
+    return registry.get_runtime(ImageGenerator, name, version)
 
 
 def class_ids(

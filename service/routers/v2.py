@@ -241,7 +241,7 @@ async def model_config(
 ) -> dict[str, Any]:
     """The model's completed config in Triton's form (the model-configuration extension), with
     a task model's own sections of config.json (task, labels, preprocessing...) beside it."""
-    config = registry.get(model_name, model_version).config
+    config = registry.get(model_name, model_version).effective_config()
     body = triton_config_dict(config)
     for key, value in config.raw.items():
         if key not in TRITON_FORM_OF_JSON:

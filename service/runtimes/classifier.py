@@ -19,10 +19,17 @@ class Classifier(TensorModel):
     pictures become graphs (service/tasks/graphs.py) and which also takes graphs."""
 
     task = "classification"
+    noun = "a classifier"
+    finite_inputs = True
     graph: GraphSpec | None = None  # how pictures become graphs, for a graph classifier
     image: ImageSpec  # how pictures are prepared, as in training
 
     def prepare(self, repository: Repository) -> None:
+        if not self.config.preprocessing:
+            raise ModelLoadError(
+                f"model {self.name!r}: a classifier needs config.json's preprocessing section "
+                "(how pictures are prepared, as in training)"
+            )
         try:
             self.image = ImageSpec.from_config(self.config.preprocessing)
         except (TypeError, ValueError, KeyError) as exc:
@@ -31,9 +38,6 @@ class Classifier(TensorModel):
         if section is not None:
             self.graph = self._graph_spec(section)
         super().prepare(repository)
-        if self.config.labels:  # the classification extension names classes by them
-            for spec in self.config.outputs:
-                self.output_labels.setdefault(spec.name, self.config.labels)
 
     def _graph_spec(self, section: object) -> GraphSpec:
         inputs = tuple(spec.name for spec in self.config.inputs)

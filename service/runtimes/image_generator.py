@@ -19,6 +19,8 @@ from service.tasks import imagegen
 
 class ImageGenerator(TensorModel):
     task = "image-generation"
+    noun = "an image generator"
+    finite_inputs = True
     step_batcher: StepBatcher | None = None  # None: step batching off, or no denoiser
 
     @property

@@ -19,6 +19,8 @@ from service.tasks.tokenizer import WordTokenizer
 
 class LanguageModel(TensorModel):
     task = "language-model"
+    noun = "a language model"
+    finite_inputs = True
     decoder: Decoder
     engine: DecodeEngine | None = None  # made on first use; closed with the version
     prefill: Batcher | None = None  # next-word prompts of concurrent requests, one call

@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,12 +23,19 @@ import numpy as np
 from service.batching import Batcher, BatchPolicy
 from service.errors import InvalidInput, ModelLoadError
 from service.metrics import Metrics
-from service.modelconfig import ModelConfig, StateSpec, TensorSpec, Warmup
+from service.modelconfig import (
+    ModelConfig,
+    StateSpec,
+    TensorSpec,
+    VersionPolicy,
+    Warmup,
+    WarmupInput,
+)
 from service.repository import Repository
 from service.runtime import Graph
 from service.sequences import SequenceId, SequenceStore, sequence_request
 from service.settings import Settings
-from service.tensors import NUMPY_DTYPES
+from service.tensors import NUMPY_DTYPES, parse_bytes_elements
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,10 @@ class TensorModel:
     """One loaded version of any ONNX model, served over the Open Inference Protocol."""
 
     task: ClassVar[str | None] = None
+    noun: ClassVar[str] = "a tensor model"  # what a task endpoint says it wanted instead
+    # NaN and infinity in inputs: a user's model may take them (a scikit-learn imputer reads
+    # NaN as missing); the task models were never trained on them and refuse them.
+    finite_inputs: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -64,7 +75,7 @@ class TensorModel:
         self.card = card
         self.serving = serving
         self.labels = (self.name, str(version))  # metric labels
-        self.key = f"{self.name}/{version}"  # sequence-store key
+        self.key = sequence_key(self.name, version, graphs["model"])
         self.output_types = {s.name: s.datatype for s in config.outputs}
         self.reshapes = any(s.reshape is not None for s in config.inputs + config.outputs)
         self.output_labels: dict[str, tuple[str, ...]] = {}  # classification extension
@@ -82,6 +93,8 @@ class TensorModel:
             if spec.label_filename:
                 path = repository.model_file(self.name, spec.label_filename, "label_filename")
                 self.output_labels[spec.name] = tuple(path.read_text().splitlines())
+            elif self.config.labels:  # config.json's labels name every output's classes
+                self.output_labels[spec.name] = self.config.labels
         sequence = self.config.sequence_batching
         for state in sequence.states if sequence else ():
             self.initial_state[state.input_name] = self._initial(state, repository)
@@ -115,29 +128,46 @@ class TensorModel:
     def _warm_up(self, sample: Warmup, repository: Repository) -> None:
         """Triton's model_warmup: the config asked for it, so its failure fails the load."""
         rng = np.random.default_rng(0)
-        feeds: dict[str, np.ndarray] = {}
-        for name, spec in sample.inputs.items():
-            dtype = NUMPY_DTYPES[spec.datatype]
-            shape = ([sample.batch_size] if self.config.batches else []) + list(spec.dims)
-            if spec.fill == "file" and spec.data_file:
-                path = repository.model_file(self.name, f"warmup/{spec.data_file}", "warm-up file")
-                count = math.prod(shape)
-                data = np.frombuffer(path.read_bytes(), dtype=dtype.newbyteorder("<"))[:count]
-                feeds[name] = data.astype(dtype).reshape(shape)
-            elif spec.fill == "random" and dtype.kind == "f":
-                feeds[name] = rng.random(shape).astype(dtype)
-            elif spec.fill == "random" and dtype.kind in "iu":
-                feeds[name] = rng.integers(0, 100, shape).astype(dtype)
-            else:
-                feeds[name] = np.zeros(shape, dtype=dtype)
-        feeds = {**feeds, **self._state_feeds(feeds)}
         try:
+            feeds = {
+                name: self._warm_up_input(spec, sample.batch_size, repository, rng)
+                for name, spec in sample.inputs.items()
+            }
+            feeds = {**feeds, **self._state_feeds(feeds)}
             for _ in range(max(1, sample.count)):
                 self.primary.run(self.graph_feeds(feeds))
-        except Exception as exc:
+        except Exception as exc:  # a short data file, a graph that fails: this model only
+            reason = exc.message if isinstance(exc, ModelLoadError) else str(exc)
             raise ModelLoadError(
-                f"model {self.name!r} version {self.version}: warm-up {sample.name!r} failed: {exc}"
+                f"model {self.name!r} version {self.version}: warm-up {sample.name!r} failed: "
+                f"{reason}"
             ) from None
+
+    def _warm_up_input(
+        self, spec: WarmupInput, batch_size: int, repository: Repository, rng: np.random.Generator
+    ) -> np.ndarray:
+        dtype = NUMPY_DTYPES[spec.datatype]
+        shape = ([batch_size] if self.config.batches else []) + list(spec.dims)
+        count = math.prod(shape)
+        if spec.fill == "file" and spec.data_file:
+            path = repository.model_file(self.name, f"warmup/{spec.data_file}", "warm-up file")
+            raw = path.read_bytes()
+            if spec.datatype == "BYTES":  # Triton's layout: 4-byte little-endian length, bytes
+                return parse_bytes_elements(raw, count).reshape(shape)
+            data = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
+            if data.size < count:
+                raise ModelLoadError(
+                    f"{spec.data_file!r} holds {data.size} {spec.datatype} values, {count} needed"
+                )
+            return data[:count].astype(dtype).reshape(shape)
+        if spec.datatype == "BYTES":
+            fill = b"" if spec.fill == "zero" else rng.bytes(8)
+            return np.full(shape, fill, dtype=object)
+        if spec.fill == "random" and dtype.kind == "f":
+            return rng.random(shape).astype(dtype)
+        if spec.fill == "random" and dtype.kind in "iu":
+            return rng.integers(0, 100, shape).astype(dtype)
+        return np.zeros(shape, dtype=dtype)
 
     def _warm_up_automatically(self) -> None:
         """One zero inference where every shape is known, so the first request is not slow. A
@@ -175,6 +205,22 @@ class TensorModel:
     @property
     def provider(self) -> str:
         return self.primary.provider
+
+    def effective_config(self) -> ModelConfig:
+        """The config with what the server decided where it said nothing: the versions it
+        loads, the calls that may run at once, the batching delay."""
+        settings, config = self.serving.settings, self.config
+        batching = config.dynamic_batching
+        if batching is not None:
+            delay_ms = settings.max_queue_delay_ms
+            if delay_ms is not None or batching.max_queue_delay_us is None:
+                batching = replace(batching, max_queue_delay_us=round((delay_ms or 0) * 1000))
+        return replace(
+            config,
+            version_policy=config.version_policy or VersionPolicy("latest", settings.load_versions),
+            instance_count=config.instance_count or settings.inference_threads,
+            dynamic_batching=batching if settings.batching else None,
+        )
 
     def input_spec(self, name: str) -> TensorSpec:
         spec = self.config.input(name)
@@ -328,11 +374,17 @@ class TensorModel:
         return results
 
     async def close(self) -> None:
-        """Answer what is queued, then stop this version's batchers and free its sequences."""
+        """Answer what is queued, then stop this version's batchers. Its sequences are the data
+        plane's to free: a reload of the same files goes on with them."""
         if self.batcher is not None:
             await self.batcher.close()
-        if self.config.sequence_batching is not None:
-            await self.serving.sequences.drop(self.key)
+
+
+def sequence_key(name: str, version: int, graph: Graph) -> str:
+    """Where a version's sequences live in the store: the same for every worker and for a
+    reload of the same file, another once the file changes (its state may not fit)."""
+    stat = graph.path.stat()
+    return f"{name}/{version}/{stat.st_mtime_ns:x}-{stat.st_size:x}"
 
 
 def batch_policy(config: ModelConfig, settings: Settings) -> BatchPolicy | None:
@@ -414,6 +466,8 @@ def validate_inputs(model: TensorModel, inputs: Mapping[str, np.ndarray]) -> Non
             )
         if any(s == 0 for s in shape):
             raise InvalidInput(f"input {spec.name!r} has an empty axis", param=spec.name)
+        if model.finite_inputs and array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidInput(f"input {spec.name!r} contains NaN or infinity", param=spec.name)
     if len(batch_sizes) > 1:
         raise InvalidInput(
             f"inputs disagree on the batch size: {sorted(batch_sizes)}", param="inputs"

@@ -38,16 +38,7 @@ if TYPE_CHECKING:
 
 def language_model(registry: Registry, name: str, version: str | None = None) -> LanguageModel:
     """The loaded model `name`, which must be a language model."""
-    model = registry.get(name, version)
-    if not isinstance(model, LanguageModel):
-        raise InvalidInput(
-            f"model {name!r} is {_what(model.task)}, not a language model", param="model"
-        )
-    return model
-
-
-def _what(task: str | None) -> str:
-    return f"a {task} model" if task else "a tensor model (Open Inference Protocol only)"
+    return registry.get_runtime(LanguageModel, name, version)
 
 
 # -- limits ----------------------------------------------------------------------------------------

@@ -96,17 +96,18 @@ def step(client: TestClient, sequence: object, value: float, **flags: bool) -> d
 def test_idle_sequences_free_their_state(tmp_path: Path) -> None:
     (zoo.stateful_accumulator(tmp_path) / "config.pbtxt").write_text(ACCUMULATOR)
     with app_for(tmp_path) as client:
-        store = client.app.state.registry.serving.sequences  # type: ignore[attr-defined]
+        registry = client.app.state.registry  # type: ignore[attr-defined]
+        store, key = registry.serving.sequences, registry.get("accumulator").key
         assert step(client, 7, 1.0, sequence_start=True)["outputs"][0]["data"] == [1.0] * 4
         assert step(client, 7, 2.0)["outputs"][0]["data"] == [3.0] * 4
         assert step(client, "other", 5.0, sequence_start=True)["outputs"][0]["data"] == [5.0] * 4
-        assert store.live("accumulator/1") == 2
-        assert store.state_bytes("accumulator/1") == 2 * 4 * 4  # two [1, 4] FP32 states
+        assert store.live(key) == 2
+        assert store.state_bytes(key) == 2 * 4 * 4  # two [1, 4] FP32 states
         metrics = client.get("/metrics").text
         assert 'seedserve_sequences_live{model="accumulator",version="1"} 2.0' in metrics
         time.sleep(0.4)  # past max_sequence_idle_microseconds
         client.portal.call(store.sweep)  # type: ignore[union-attr]
-        assert store.live("accumulator/1") == 0 and store.state_bytes("accumulator/1") == 0
+        assert store.live(key) == 0 and store.state_bytes(key) == 0
         refused = step(client, 7, 1.0)
         assert "not live" in refused["error"] and "idled out" in refused["error"]
 
