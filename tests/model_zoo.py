@@ -172,6 +172,38 @@ def stateful_accumulator(repo: Path, name: str = "accumulator") -> Path:
     return write_model(repo / name, graph_model("accumulator", nodes, inputs, outputs))
 
 
+def controlled_accumulator(repo: Path, name: str = "controlled") -> Path:
+    """A stateful model that reads Triton's control inputs: START (FP32) resets the sum, READY
+    (INT32) and END (FP32) are echoed, CORRID (UINT64) comes back as FP64. All [batch, 1]:
+    SUM = INPUT + STATE_IN * (1 - START); outputs SUM, STATE_OUT = SUM, FLAGS = [READY, END],
+    CORR = CORRID."""
+    nodes = [
+        helper.make_node("Sub", ["one", "START"], ["keep"]),
+        helper.make_node("Mul", ["STATE_IN", "keep"], ["kept"]),
+        helper.make_node("Add", ["INPUT", "kept"], ["SUM"]),
+        helper.make_node("Identity", ["SUM"], ["STATE_OUT"]),
+        helper.make_node("Cast", ["READY"], ["ready_f"], to=TensorProto.FLOAT),
+        helper.make_node("Concat", ["ready_f", "END"], ["FLAGS"], axis=1),
+        helper.make_node("Cast", ["CORRID"], ["CORR"], to=TensorProto.DOUBLE),
+    ]
+    inputs = [
+        fp32("INPUT", ["batch", 1]),
+        fp32("STATE_IN", ["batch", 1]),
+        fp32("START", ["batch", 1]),
+        fp32("END", ["batch", 1]),
+        tensor("READY", TensorProto.INT32, ["batch", 1]),
+        tensor("CORRID", TensorProto.UINT64, ["batch", 1]),
+    ]
+    outputs = [
+        fp32("SUM", ["batch", 1]),
+        fp32("STATE_OUT", ["batch", 1]),
+        fp32("FLAGS", ["batch", 2]),
+        tensor("CORR", TensorProto.DOUBLE, ["batch", 1]),
+    ]
+    one = constant("one", np.ones((1, 1), np.float32))
+    return write_model(repo / name, graph_model("controlled", nodes, inputs, outputs, [one]))
+
+
 def audio_like_step(chunk: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """numpy reference for stateful_audio_like: (score, state_out) for one chunk."""
     activation = np.tanh(chunk)

@@ -127,3 +127,44 @@ def test_the_poller_serves_a_new_folder_without_a_config(tmp_path: Path) -> None
         answer = client.post("/v2/models/later/infer", json=body)
         assert answer.json()["outputs"][0]["data"] == [2.0, 10.0]
         assert np.isclose(answer.json()["outputs"][0]["data"][1], 10.0)
+
+
+CONTROLLED = """
+max_batch_size: 4
+sequence_batching {
+  control_input [
+    { name: "START" control [ { kind: CONTROL_SEQUENCE_START fp32_false_true: [ 0, 1 ] } ] },
+    { name: "END" control [ { kind: CONTROL_SEQUENCE_END fp32_false_true: [ 0, 1 ] } ] },
+    { name: "READY" control [ { kind: CONTROL_SEQUENCE_READY int32_false_true: [ 0, 1 ] } ] },
+    { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 } ] }
+  ]
+  state [ { input_name: "STATE_IN" output_name: "STATE_OUT" data_type: TYPE_FP32 dims: [ 1 ] } ]
+}
+"""
+
+
+def test_control_inputs_are_fed_as_the_config_declares(tmp_path: Path) -> None:
+    (zoo.controlled_accumulator(tmp_path) / "config.pbtxt").write_text(CONTROLLED)
+    with app_for(tmp_path) as client:
+        config = client.get("/v2/models/controlled/config").json()
+        assert [i["name"] for i in config["input"]] == ["INPUT"]  # the batcher feeds the rest
+
+        def send(value: float, **flags: bool) -> dict[str, list[float]]:
+            body = {
+                "inputs": [{"name": "INPUT", "shape": [1, 1], "datatype": "FP32", "data": [value]}],
+                "parameters": {"sequence_id": 77, **flags},
+            }
+            answer = client.post("/v2/models/controlled/infer", json=body)
+            assert answer.status_code == 200, answer.text
+            return {o["name"]: o["data"] for o in answer.json()["outputs"]}
+
+        assert send(5.0, sequence_start=True) == {"SUM": [5.0], "FLAGS": [1.0, 0.0], "CORR": [77.0]}
+        assert send(2.0)["SUM"] == [7.0]
+        assert send(1.0, sequence_end=True) == {"SUM": [8.0], "FLAGS": [1.0, 1.0], "CORR": [77.0]}
+        assert send(4.0, sequence_start=True)["SUM"] == [4.0]  # START reset the sum
+        body = {
+            "inputs": [{"name": "INPUT", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}],
+            "parameters": {"sequence_id": "words", "sequence_start": True},
+        }
+        refused = client.post("/v2/models/controlled/infer", json=body)
+        assert refused.status_code == 400 and "integer sequence ids" in refused.json()["error"]
