@@ -38,6 +38,7 @@ from service.settings import Settings
 from service.tensors import NUMPY_DTYPES, parse_bytes_elements
 
 log = logging.getLogger(__name__)
+SEQUENCE_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end"})
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ class TensorModel:
         self.labels = (self.name, str(version))  # metric labels
         self.key = sequence_key(self.name, version, graphs["model"])
         self.output_types = {s.name: s.datatype for s in config.outputs}
+        self.input_names = frozenset(s.name for s in config.inputs)
+        self.input_dtypes = [(s, NUMPY_DTYPES[s.datatype]) for s in config.inputs]
         self.reshapes = any(s.reshape is not None for s in config.inputs + config.outputs)
         self.output_labels: dict[str, tuple[str, ...]] = {}  # classification extension
         self.initial_state: dict[str, np.ndarray] = {}  # per state input, one row
@@ -243,7 +246,9 @@ class TensorModel:
         validate_inputs(self, inputs)
         self.check_inputs(inputs)
         sequence_id, start, end = (
-            sequence_request(parameters) if parameters else (None, False, False)
+            sequence_request(parameters)
+            if parameters and not SEQUENCE_PARAMETERS.isdisjoint(parameters)
+            else (None, False, False)
         )
         feeds = self.graph_feeds(inputs) if self.reshapes else inputs
         if self.config.sequence_batching is not None:
@@ -423,30 +428,30 @@ def _batch_size(feeds: Mapping[str, np.ndarray]) -> int:
 
 
 def validate_inputs(model: TensorModel, inputs: Mapping[str, np.ndarray]) -> None:
-    """Reject anything onnxruntime would choke on, naming the tensor and the problem."""
+    """Reject anything onnxruntime would choke on, naming the tensor and the problem. (On the
+    hot path of every request: plain loops, what can be is worked out at load.)"""
     config = model.config
-    expected = {spec.name for spec in config.inputs}
-    unknown = set(inputs) - expected
-    if unknown:
+    if not model.input_names.issuperset(inputs):
+        unknown = sorted(set(inputs) - model.input_names)
         raise InvalidInput(
-            f"model {model.name!r} has no input {sorted(unknown)[0]!r}; its inputs are "
-            f"{sorted(expected)}",
+            f"model {model.name!r} has no input {unknown[0]!r}; its inputs are "
+            f"{sorted(model.input_names)}",
             param="inputs",
         )
-    batch_sizes = set()
-    for spec in config.inputs:
-        if spec.name not in inputs:
+    batching = config.max_batch_size > 0
+    batch_size = None
+    for spec, dtype in model.input_dtypes:
+        array = inputs.get(spec.name)
+        if array is None:
             if spec.optional:
                 continue
             raise InvalidInput(f"input {spec.name!r} is missing", param="inputs")
-        array = inputs[spec.name]
-        if array.dtype != NUMPY_DTYPES[spec.datatype]:
+        if array.dtype != dtype:
             raise InvalidInput(
                 f"input {spec.name!r} must be {spec.datatype}", param=f"inputs.{spec.name}.datatype"
             )
         shape = array.shape
-        dims = spec.dims
-        if config.max_batch_size > 0:
+        if batching:
             if not shape:
                 raise InvalidInput(f"input {spec.name!r} needs a batch axis", param=spec.name)
             if not 1 <= shape[0] <= config.max_batch_size:
@@ -454,21 +459,29 @@ def validate_inputs(model: TensorModel, inputs: Mapping[str, np.ndarray]) -> Non
                     f"input {spec.name!r}: batch size {shape[0]} is outside 1..{config.max_batch_size}",
                     param=f"inputs.{spec.name}.shape",
                 )
-            batch_sizes.add(shape[0])
+            if batch_size is not None and shape[0] != batch_size:
+                raise InvalidInput(
+                    f"inputs disagree on the batch size: {sorted({batch_size, shape[0]})}",
+                    param="inputs",
+                )
+            batch_size = shape[0]
             shape = shape[1:]
-        if len(shape) != len(dims) or any(
-            d >= 0 and d != s for d, s in zip(dims, shape, strict=True)
-        ):
-            want = ([-1] if config.max_batch_size > 0 else []) + list(dims)
+        if not _fits(shape, spec.dims):
+            want = ([-1] if batching else []) + list(spec.dims)
             raise InvalidInput(
                 f"input {spec.name!r} has shape {list(array.shape)}, expected {want} (-1 = any)",
                 param=f"inputs.{spec.name}.shape",
             )
-        if any(s == 0 for s in shape):
+        if 0 in shape:
             raise InvalidInput(f"input {spec.name!r} has an empty axis", param=spec.name)
-        if model.finite_inputs and array.dtype.kind == "f" and not np.isfinite(array).all():
+        if model.finite_inputs and dtype.kind == "f" and not np.isfinite(array).all():
             raise InvalidInput(f"input {spec.name!r} contains NaN or infinity", param=spec.name)
-    if len(batch_sizes) > 1:
-        raise InvalidInput(
-            f"inputs disagree on the batch size: {sorted(batch_sizes)}", param="inputs"
-        )
+
+
+def _fits(shape: tuple[int, ...], dims: tuple[int, ...]) -> bool:
+    if len(shape) != len(dims):
+        return False
+    for size, dim in zip(shape, dims):  # noqa: B905, SIM110 (lengths checked; a loop beats all() here)
+        if dim >= 0 and dim != size:
+            return False
+    return True
