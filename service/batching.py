@@ -24,6 +24,7 @@ import numpy as np
 
 from service.errors import Overloaded
 from service.metrics import Metrics
+from service.stats import ModelStats
 
 Signature = tuple[tuple[str, tuple[int, ...], str], ...]
 
@@ -62,12 +63,14 @@ class Batcher:
         executor: Executor,
         metrics: Metrics,
         labels: tuple[str, str],
+        stats: ModelStats | None = None,
     ) -> None:
         self.graph = graph
         self.policy = policy
         self.executor = executor
         self.metrics = metrics
         self.labels = labels
+        self.stats = stats if stats is not None else ModelStats()  # its model's (extension)
         self._queue: deque[Pending] = deque()
         self._arrived = asyncio.Event()
         self._slots = asyncio.Semaphore(policy.concurrency)
@@ -211,15 +214,18 @@ class Batcher:
         try:
             started = time.perf_counter()
             for item in batch:
-                self.metrics.queue_duration.labels(*self.labels).observe(started - item.enqueued)
+                waited = started - item.enqueued
+                self.metrics.queue_duration.labels(*self.labels).observe(waited)
+                self.stats.queued(int(waited * 1e9))
             names = [k for k, _, _ in batch[0].signature]
             if len(batch) == 1:
                 feeds = dict(batch[0].feeds)
             else:
                 feeds = {k: np.concatenate([item.feeds[k] for item in batch]) for k in names}
             total = sum(item.size for item in batch)
+            stacked = time.perf_counter()
             try:
-                outputs = await asyncio.get_running_loop().run_in_executor(
+                outputs, infer_s = await asyncio.get_running_loop().run_in_executor(
                     self.executor, self._run, feeds
                 )
             except Exception as exc:
@@ -227,6 +233,7 @@ class Batcher:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 return
+            returned = time.perf_counter()
             self.metrics.batch_size.labels(*self.labels).observe(total)
             self.metrics.inference_count.labels(*self.labels).inc(total)
             offset = 0
@@ -234,11 +241,21 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_result([out[offset : offset + item.size] for out in outputs])
                 offset += item.size
+            self.stats.executed(
+                total,
+                len(batch),
+                input_ns=int((stacked - started) * 1e9),
+                infer_ns=int(infer_s * 1e9),
+                output_ns=int((time.perf_counter() - returned) * 1e9),
+            )
         finally:
             self._slots.release()
 
-    def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], float]:
+        """The graph's outputs and its run time in seconds (on an inference thread: the
+        statistics are recorded back on the event loop)."""
         started = time.perf_counter()
         outputs = self.graph.run(feeds)
-        self.metrics.compute_duration.labels(*self.labels).observe(time.perf_counter() - started)
-        return outputs
+        took = time.perf_counter() - started
+        self.metrics.compute_duration.labels(*self.labels).observe(took)
+        return outputs, took

@@ -116,12 +116,16 @@ class DataPlane:
 
     @asynccontextmanager
     async def track(self, model: TensorModel) -> AsyncIterator[None]:
-        """Count one request against `model` by outcome and time it end to end."""
+        """Count one request against `model` by outcome and time it end to end (in the
+        metrics, and in the model's statistics as a success or a failure)."""
         labels = (model.name, str(model.version))
         start = time.perf_counter()
         outcome = "success"
         try:
             yield
+        except asyncio.CancelledError:  # the client went away, or the server is stopping
+            outcome = "cancelled"
+            raise
         except InvalidInput:
             outcome = "invalid"
             raise
@@ -132,8 +136,10 @@ class DataPlane:
             outcome = "error"
             raise
         finally:
+            took = time.perf_counter() - start
             self.metrics.inference_requests.labels(*labels, outcome).inc()
-            self.metrics.request_duration.labels(*labels).observe(time.perf_counter() - start)
+            self.metrics.request_duration.labels(*labels).observe(took)
+            model.stats.finished(outcome == "success", int(took * 1e9))
 
     async def infer(
         self,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.errors import InferenceFailed
+from service.errors import InferenceFailed, InvalidInput
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -162,11 +162,14 @@ class Graph:
         self.io_binding = mode == "always" or (mode == "cuda" and self.provider == CUDA)
         self.device = "cuda" if self.provider == CUDA else "cpu"
         self.bf16 = any(t.datatype == "BF16" for t in self.inputs + self.outputs)
+        self.strings = {t.name for t in self.inputs if t.datatype == "BYTES"}
 
     def run(
         self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
     ) -> list[np.ndarray]:
         names = list(output_names or self.output_names)
+        if self.strings:
+            feeds = _text_feeds(feeds, self.strings)
         try:
             if self.bf16:
                 return self._run_bf16(feeds, names)
@@ -202,6 +205,22 @@ class Graph:
         return [
             _bf16_bits(v) if v.data_type() == "tensor(bfloat16)" else v.numpy() for v in results
         ]
+
+
+def _text_feeds(feeds: Mapping[str, np.ndarray], strings: set[str]) -> dict[str, np.ndarray]:
+    """onnxruntime's Python API passes `str(item)` of each element of a string tensor: bytes
+    would reach the graph as "b'...'". BYTES elements are handed over as UTF-8 text."""
+    converted = dict(feeds)
+    for name in strings & feeds.keys():
+        array = feeds[name]
+        try:
+            text = [x.decode() if isinstance(x, bytes) else str(x) for x in array.reshape(-1)]
+        except UnicodeDecodeError:
+            raise InvalidInput(
+                f"input {name!r}: a string tensor of this model must hold UTF-8 text", param=name
+            ) from None
+        converted[name] = np.array(text, dtype=object).reshape(array.shape)
+    return converted
 
 
 def _bf16_bits(value: ort.OrtValue) -> np.ndarray:

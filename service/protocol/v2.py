@@ -3,6 +3,22 @@
 Bodies are parsed by hand with orjson rather than through a pydantic model of the whole body:
 tensors are large lists and a generic validator over them costs more than the inference.
 Binary tensors become numpy views of the request body: no copy.
+
+What the official clients put in a request body (read from their code), and what becomes of it:
+- KServe's SDK (`kserve.InferRequest.to_rest`, REST): `id` (a uuid4 when none was given),
+  `model_name`, `inputs` (`parameters.binary_data_size` for binary ones), `outputs` with
+  `parameters.binary_data`, request `parameters`. Its gRPC form also carries `model_version`.
+  `model_name` and `model_version` are checked against the URL (`check_model`).
+- Triton's `tritonclient.http`: `id`, `inputs`, `outputs` (`parameters.binary_data`,
+  `parameters.classification`), request `parameters`: `binary_data_output` (set whenever no
+  output is named), `sequence_id` / `sequence_start` / `sequence_end` (sequence extension),
+  `priority` and `timeout` (schedule-policy extension: accepted and not acted on; this server
+  has no priority levels, and its own deadline is the `request_timeout_s` setting), and any
+  custom parameters (passed to the model, which ignores what it does not know).
+- Either client's `shared_memory_region` / `shared_memory_byte_size` / `shared_memory_offset`
+  (Triton's shared-memory extensions) on an input or output: refused with a clear 400, this
+  server has no shared memory (an output silently sent in the body instead would be lost).
+- `Inference-Header-Content-Length: 0`: Triton's raw binary request (`parse_raw_request`).
 """
 
 from __future__ import annotations
@@ -16,9 +32,12 @@ import numpy as np
 import orjson
 
 from service.errors import InvalidInput
+from service.modelconfig import TensorSpec
 from service.tensors import NUMPY_DTYPES, bf16_from_float, bf16_to_float, parse_bytes_elements
 
 HEADER = "inference-header-content-length"
+REQUEST_FIELDS = frozenset({"id", "parameters", "inputs", "outputs", "model_name", "model_version"})
+SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
 @dataclass(frozen=True)
@@ -35,6 +54,25 @@ class InferRequest:
     outputs: list[RequestedOutput] | None = None  # None: every output
     binary_output: bool = False  # request-level `binary_data_output`
     parameters: dict[str, Any] = field(default_factory=dict)
+    model_name: str | None = None  # as the body names it (KServe's SDK does), checked against
+    model_version: str | None = None  # the URL by `check_model`
+
+
+def check_model(request: InferRequest, name: str, version: int, url_version: str | None) -> None:
+    """Refuse a body whose `model_name` / `model_version` disagree with the model the URL
+    selected (`version`: the one serving, the default one when the URL names none)."""
+    if request.model_name is not None and request.model_name != name:
+        raise InvalidInput(
+            f"the body's model_name {request.model_name!r} disagrees with the URL's model {name!r}",
+            param="model_name",
+        )
+    if request.model_version is not None and request.model_version != str(version):
+        selected = repr(url_version) if url_version is not None else f"'{version}' (the default)"
+        raise InvalidInput(
+            f"the body's model_version {request.model_version!r} disagrees with the URL's "
+            f"version {selected}",
+            param="model_version",
+        )
 
 
 def parse_header_length(value: str | None, body_length: int) -> int | None:
@@ -60,12 +98,16 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
         raise InvalidInput(f"request body is not valid JSON: {exc}", param="body") from None
     if not isinstance(obj, dict):
         raise InvalidInput("request body must be a JSON object", param="body")
-    unknown = set(obj) - {"id", "parameters", "inputs", "outputs"}
+    unknown = set(obj) - REQUEST_FIELDS
     if unknown:
         raise InvalidInput(f"unknown request fields {sorted(unknown)}", param=sorted(unknown)[0])
     request_id = obj.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("id must be a string", param="id")
+    model_name, model_version = obj.get("model_name"), obj.get("model_version")
+    for key, value in (("model_name", model_name), ("model_version", model_version)):
+        if value is not None and not isinstance(value, str):
+            raise InvalidInput(f"{key} must be a string", param=key)
     parameters = _parameters(obj.get("parameters"), "parameters")
     raw_inputs = obj.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
@@ -91,7 +133,64 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
         outputs=_parse_outputs(obj.get("outputs"), binary_output),
         binary_output=binary_output,
         parameters=parameters,
+        model_name=model_name,
+        model_version=model_version,
     )
+
+
+def parse_raw_request(body: bytes, inputs: tuple[TensorSpec, ...], batches: bool) -> InferRequest:
+    """Triton's raw binary request (`Inference-Header-Content-Length: 0`): the whole body is
+    the raw little-endian bytes of the model's one input, whose name, datatype and shape come
+    from its config; every output comes back in binary form.
+
+    As in Triton, the shape may have one variable dimension, sized from the byte count, and a
+    BYTES input must hold one element (the body is that element's bytes, with no length
+    prefix). A batching model's request is one item, as in Triton, unless its own dims are all
+    fixed: then the batch axis is the variable dimension and a body of N items is a batch of N.
+    """
+    if len(inputs) != 1:
+        raise InvalidInput(
+            f"a raw binary request (Inference-Header-Content-Length: 0) needs a model with one "
+            f"input; this model has {len(inputs)}: {[s.name for s in inputs]}",
+            param="Inference-Header-Content-Length",
+        )
+    spec = inputs[0]
+    where = f"raw input {spec.name!r}"
+    first = 1 if batches else 0  # the batch axis, one item unless said below
+    shape = [1] * first + list(spec.dims)
+    variable = [first + i for i, d in enumerate(spec.dims) if d < 0]
+    if len(variable) > 1:
+        raise InvalidInput(
+            f"the shape of the {where} can not be deduced because there are more than one "
+            f"variable-sized dimension (dims {list(spec.dims)})",
+            param="Inference-Header-Content-Length",
+        )
+    if not body:
+        raise InvalidInput(f"the {where} is empty: the body holds no bytes", param="body")
+    if spec.datatype == "BYTES":
+        if variable or math.prod(spec.dims) != 1:
+            raise InvalidInput(
+                f"for BYTES datatype {where}, the model must have input shape [1] (one "
+                f"element), not {list(spec.dims)}",
+                param="Inference-Header-Content-Length",
+            )
+        array = np.array([bytes(body)], dtype=object)
+    else:
+        if batches and not variable:
+            variable = [0]  # the model's own dims are fixed: the batch axis is the variable one
+        fixed = [d for i, d in enumerate(shape) if i not in variable]
+        step = math.prod(fixed) * NUMPY_DTYPES[spec.datatype].itemsize
+        if variable and len(body) % step == 0:
+            shape[variable[0]] = len(body) // step
+        elif len(body) != step:
+            wanted = f"a multiple of {step}" if variable else str(step)
+            raise InvalidInput(
+                f"the {where} ({spec.datatype}, shape {([-1] if batches else []) + list(spec.dims)}) "
+                f"takes {wanted} bytes; the body holds {len(body)}",
+                param="body",
+            )
+        array = _from_binary(memoryview(body), spec.datatype, math.prod(shape), where)
+    return InferRequest(inputs={spec.name: array.reshape(shape)}, outputs=None, binary_output=True)
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:
@@ -126,7 +225,7 @@ def _parse_input(raw: Any, i: int, binary: memoryview, offset: int) -> tuple[str
             f"{where}.shape must be a list of non-negative integers", param=f"{where}.shape"
         )
     count = math.prod(shape)
-    parameters = _parameters(raw.get("parameters"), f"{where}.parameters")
+    parameters = _no_shared_memory(_parameters(raw.get("parameters"), f"{where}.parameters"), where)
     size = parameters.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -146,6 +245,16 @@ def _parse_input(raw: Any, i: int, binary: memoryview, offset: int) -> tuple[str
     else:
         raise InvalidInput(f"{where} needs data or parameters.binary_data_size", param=where)
     return name, array.reshape(shape), offset
+
+
+def _no_shared_memory(parameters: dict[str, Any], where: str) -> dict[str, Any]:
+    if not parameters.keys().isdisjoint(SHARED_MEMORY):
+        raise InvalidInput(
+            f"{where}: this server has no shared memory (Triton's shared-memory extensions); "
+            "send the tensor in the body, as JSON data or binary",
+            param=f"{where}.parameters.shared_memory_region",
+        )
+    return parameters
 
 
 def _from_binary(chunk: memoryview, datatype: str, count: int, where: str) -> np.ndarray:
@@ -248,6 +357,7 @@ def _parse_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput] | No
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput(f"outputs[{i}] must be an object with a name", param=f"outputs[{i}]")
         parameters = _parameters(item.get("parameters"), f"outputs[{i}].parameters")
+        _no_shared_memory(parameters, f"outputs[{i}]")
         binary = parameters.get("binary_data", binary_default)
         if not isinstance(binary, bool):
             raise InvalidInput(f"outputs[{i}].parameters.binary_data must be a boolean")

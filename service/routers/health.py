@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 
 from service import __version__
@@ -10,7 +12,18 @@ from service.protocol.types import ServerMetadata
 
 router = APIRouter(prefix="/v2", tags=["health"])
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "classification", "generate"]
+EXTENSIONS = [
+    "binary_tensor_data", "model_configuration", "classification", "statistics", "generate",
+]  # fmt: skip
+
+# The protocol's bodies (KServe's InferenceRESTClient reads them); probes read the status code.
+LIVE = b'{"live":true}'
+READY, NOT_READY = b'{"ready":true}', b'{"ready":false}'
+
+
+def _body(key: str, description: str) -> dict[str, Any]:
+    schema = {"type": "object", "required": [key], "properties": {key: {"type": "boolean"}}}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 @router.get("", response_model=ServerMetadata)
@@ -19,24 +32,34 @@ async def server_metadata() -> ServerMetadata:
     return ServerMetadata(name="seedserve", version=__version__, extensions=EXTENSIONS)
 
 
-@router.get("/health/live", response_class=Response, responses={200: {"description": "Live."}})
+@router.get(
+    "/health/live",
+    response_class=Response,
+    responses={200: _body("live", 'Live: `{"live": true}`.')},
+)
 async def live() -> Response:
-    """Liveness: the process answers."""
-    return Response(status_code=200)
+    """Liveness: the process answers `{"live": true}`."""
+    return Response(LIVE, media_type="application/json")
 
 
 @router.get(
     "/health/ready",
     response_class=Response,
-    responses={200: {"description": "Ready."}, 503: {"description": "Not ready."}},
+    responses={
+        200: _body("ready", 'Ready: `{"ready": true}`.'),
+        503: _body("ready", 'Not ready: `{"ready": false}`.'),
+    },
 )
 async def ready(request: Request, registry: RegistryDep) -> Response:
-    """Readiness: start-up finished and at least one model (every model, if strict) is ready."""
+    """Readiness: start-up finished and at least one model (every model, if strict) is ready;
+    `{"ready": true}` with 200, or `{"ready": false}` with 503."""
     if not getattr(request.app.state, "started", False):
-        return Response(status_code=503)
+        return Response(NOT_READY, status_code=503, media_type="application/json")
     states = list(registry.models.values())
     if request.app.state.settings.strict_readiness:
         ok = bool(states) and all(s.ready for s in states)
     else:
         ok = any(s.ready for s in states)
-    return Response(status_code=200 if ok else 503)
+    if ok:
+        return Response(READY, media_type="application/json")
+    return Response(NOT_READY, status_code=503, media_type="application/json")

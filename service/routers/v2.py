@@ -1,23 +1,29 @@
-"""Open Inference Protocol (KServe V2) model endpoints, with the binary tensor extension."""
+"""Open Inference Protocol (KServe V2) model endpoints, with the binary tensor extension and
+Triton's statistics extension."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Request, Response
 
 from service.auth import InferenceAuth
 from service.dataplane import DataPlane
 from service.deps import RegistryDep
+from service.errors import ModelNotReady
 from service.pbtxt import triton_config_dict
 from service.protocol.types import ErrorResponse, ModelMetadata, TensorMetadata
 from service.protocol.v2 import (
     HEADER,
     RequestedOutput,
+    check_model,
     encode_infer_response,
     parse_header_length,
     parse_infer_request,
+    parse_raw_request,
     top_classes,
 )
 from service.registry import Registry
@@ -33,10 +39,90 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse},
 }
 
+
+def _json_schema(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+MODEL_READY_SCHEMA = {
+    "type": "object",
+    "required": ["name", "ready"],
+    "properties": {
+        "name": {"type": "string"},
+        "ready": {"type": "boolean"},
+        "error": {"type": "string", "description": "Why not, when it is not ready."},
+    },
+}
 READY: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The model (version) is ready."},
+    200: _json_schema("The model (version) is ready: `ready` is true.", MODEL_READY_SCHEMA),
     404: {"model": ErrorResponse},
-    503: {"model": ErrorResponse},
+    503: _json_schema(
+        "The model failed to load: `ready` is false, `error` says why.", MODEL_READY_SCHEMA
+    ),
+}
+
+DURATION = {
+    "type": "object",
+    "required": ["count", "ns"],
+    "properties": {"count": {"type": "integer"}, "ns": {"type": "integer"}},
+}
+STATS_SCHEMA = {
+    "type": "object",
+    "required": ["model_stats"],
+    "properties": {
+        "model_stats": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "name", "version", "last_inference", "inference_count", "execution_count",
+                    "inference_stats", "batch_stats",
+                ],
+                "properties": {
+                    "name": {"type": "string"},
+                    "version": {"type": "string"},
+                    "last_inference": {
+                        "type": "integer",
+                        "description": "Milliseconds since the epoch; 0 = never.",
+                    },
+                    "inference_count": {"type": "integer"},
+                    "execution_count": {"type": "integer"},
+                    "inference_stats": {
+                        "type": "object",
+                        "properties": {
+                            key: DURATION
+                            for key in (
+                                "success", "fail", "queue", "compute_input", "compute_infer",
+                                "compute_output", "cache_hit", "cache_miss",
+                            )
+                        },
+                    },
+                    "response_stats": {"type": "object"},
+                    "batch_stats": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "batch_size": {"type": "integer"},
+                                "compute_input": DURATION,
+                                "compute_infer": DURATION,
+                                "compute_output": DURATION,
+                            },
+                        },
+                    },
+                    "memory_usage": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+        }
+    },
+}  # fmt: skip
+STATS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: _json_schema(
+        "Triton's statistics extension: per model version, counts and total nanoseconds since "
+        "it loaded, as served by the worker that answers.",
+        STATS_SCHEMA,
+    ),
 }
 
 INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -152,7 +238,12 @@ async def run_infer(
     """One V2 infer request: the response body and its headers (content type, binary header)."""
     model = registry.get(model_name, model_version)
     async with dataplane.track(model):
-        parsed = parse_infer_request(body, parse_header_length(header_length, len(body)))
+        length = parse_header_length(header_length, len(body))
+        if length == 0:  # Triton's raw binary request: the body is the one input's bytes
+            parsed = parse_raw_request(body, model.config.inputs, model.config.batches)
+        else:
+            parsed = parse_infer_request(body, length)
+            check_model(parsed, model.name, model.version, model_version)
         requested = parsed.outputs
         names = [o.name for o in requested] if requested is not None else None
         results = await dataplane.infer(model, parsed.inputs, names, parsed.parameters)
@@ -210,6 +301,36 @@ def metadata(model: TensorModel, versions: list[int]) -> ModelMetadata:
     )
 
 
+# Before the metadata routes: `/v2/models/stats` is not a model named "stats".
+@router.get("/stats", response_class=Response, responses=STATS)
+async def all_statistics(registry: RegistryDep) -> Response:
+    """Statistics of every loaded version of every model (Triton's statistics extension)."""
+    states = sorted(registry.models.items())
+    return _statistics(m for _, state in states for _, m in sorted(state.versions.items()))
+
+
+@router.get("/{model_name}/stats", response_class=Response, responses=STATS)
+@router.get(
+    "/{model_name}/versions/{model_version}/stats", response_class=Response, responses=STATS
+)
+async def model_statistics(
+    registry: RegistryDep, model_name: str, model_version: str | None = None
+) -> Response:
+    """Statistics of a model's loaded versions, or of one version (Triton's statistics
+    extension)."""
+    model = registry.get(model_name, model_version)
+    if model_version is not None:
+        return _statistics([model])
+    state = registry.models.get(model_name)  # (a reload in a thread may swap it meanwhile)
+    versions = state.versions if state is not None else {model.version: model}
+    return _statistics(m for _, m in sorted(versions.items()))
+
+
+def _statistics(models: Iterable[TensorModel]) -> Response:
+    stats = [m.stats.report(m.name, m.version) for m in models]
+    return Response(orjson.dumps({"model_stats": stats}), media_type="application/json")
+
+
 @router.get("/{model_name}", response_model=ModelMetadata, responses=ERRORS)
 @router.get(
     "/{model_name}/versions/{model_version}", response_model=ModelMetadata, responses=ERRORS
@@ -229,9 +350,15 @@ async def model_metadata(
 async def model_ready(
     registry: RegistryDep, model_name: str, model_version: str | None = None
 ) -> Response:
-    """200 when the model (version) is loaded and ready."""
-    registry.get(model_name, model_version)
-    return Response(status_code=200)
+    """`{"name", "ready": true}` (200) when the model (version) is loaded and ready; 503 with
+    `"ready": false` and the reason when it failed to load; 404 when there is no such model."""
+    try:
+        registry.get(model_name, model_version)
+    except ModelNotReady as exc:
+        body = {"name": model_name, "ready": False, "error": exc.message}
+        return Response(orjson.dumps(body), status_code=503, media_type="application/json")
+    body = {"name": model_name, "ready": True}
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 @router.get("/{model_name}/config", responses=ERRORS)

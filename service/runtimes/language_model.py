@@ -58,7 +58,12 @@ class LanguageModel(TensorModel):
         if policy is not None:
             serving = self.serving
             self.prefill = Batcher(
-                PrefillLogits(self), policy, serving.executor, serving.metrics, self.labels
+                PrefillLogits(self),
+                policy,
+                serving.executor,
+                serving.metrics,
+                self.labels,
+                self.stats,
             )
 
     def decode_engine(self) -> DecodeEngine:

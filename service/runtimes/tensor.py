@@ -35,6 +35,7 @@ from service.repository import Repository
 from service.runtime import Graph
 from service.sequences import SequenceId, SequenceStore, sequence_request
 from service.settings import Settings
+from service.stats import ModelStats
 from service.tensors import NUMPY_DTYPES, parse_bytes_elements
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class TensorModel:
         self.output_labels: dict[str, tuple[str, ...]] = {}  # classification extension
         self.initial_state: dict[str, np.ndarray] = {}  # per state input, one row
         self.batcher: Batcher | None = None
+        self.stats = ModelStats()  # Triton's statistics extension
         # Set by the registry when this version would replace a serving one: then a failed
         # automatic warm-up refuses it rather than swap a working model for a failing one.
         self.replaces_serving = False
@@ -108,7 +110,12 @@ class TensorModel:
         policy = batch_policy(self.config, self.serving.settings)
         if policy is not None and self.config.sequence_batching is None:
             self.batcher = Batcher(
-                self.primary, policy, self.serving.executor, self.serving.metrics, self.labels
+                self.primary,
+                policy,
+                self.serving.executor,
+                self.serving.metrics,
+                self.labels,
+                self.stats,
             )
 
     def _initial(self, state: StateSpec, repository: Repository) -> np.ndarray:
@@ -364,18 +371,32 @@ class TensorModel:
         graph, metrics = self.graphs[role], self.serving.metrics
         queued = time.perf_counter()
         batch = _batch_size(feeds) if self.config.batches else 1
+        times = [queued, queued]  # the run's start and end, set on the inference thread
 
         def work() -> list[np.ndarray]:
             started = time.perf_counter()
             metrics.queue_duration.labels(*self.labels).observe(started - queued)
             results = graph.run(feeds, output_names)
-            metrics.compute_duration.labels(*self.labels).observe(time.perf_counter() - started)
+            ended = time.perf_counter()
+            metrics.compute_duration.labels(*self.labels).observe(ended - started)
+            times[:] = started, ended
             return results
 
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(self.serving.executor, work)
         metrics.batch_size.labels(*self.labels).observe(batch)
         metrics.inference_count.labels(*self.labels).inc(batch)
+        # statistics on the event loop, so that their integer adds need no lock; the inputs go
+        # to onnxruntime as they are (nothing to stack): compute_input takes no time here
+        started, ended = times
+        self.stats.queued(int((started - queued) * 1e9))
+        self.stats.executed(
+            batch,
+            1,
+            input_ns=0,
+            infer_ns=int((ended - started) * 1e9),
+            output_ns=int((time.perf_counter() - ended) * 1e9),
+        )
         return results
 
     async def close(self) -> None:

@@ -188,8 +188,9 @@ def test_every_tensor_type_round_trips(
     for name, want in zip(names, expected, strict=True):
         got = result.as_numpy(name)
         assert got.shape == want.shape, name
-        if want.dtype == object:
-            assert [_bytes(x) for x in got.reshape(-1)] == [_bytes(x) for x in want.reshape(-1)]
+        if want.dtype == object:  # the identity of the UTF-8 text sent (what the graph saw)
+            sent = feeds[name.replace("out_", "in_")]
+            assert [_bytes(x) for x in got.reshape(-1)] == [bytes(x) for x in sent.reshape(-1)]
         else:
             assert got.dtype == want.dtype, name
             np.testing.assert_array_equal(got, want)
@@ -474,3 +475,16 @@ def test_concurrent_images_of_different_sizes_batch_by_shape(server: Server) -> 
     for image, answer in zip(images, answers, strict=True):
         np.testing.assert_allclose(answer, conv.run(["pooled"], {"image": image})[0], atol=1e-5)
     assert calls() - before <= len(images)  # never more calls than requests
+
+
+def test_string_inputs_must_be_utf8_text(server: Server) -> None:
+    """onnxruntime's string tensors hold text: bytes that are not UTF-8 are refused by name."""
+    body = {"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": ["ok"]}]}
+    header = b'{"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": 5}}]}'
+    answer = httpx.post(
+        f"{server.url}/v2/models/text-topics/infer",
+        content=header + b"\x01\x00\x00\x00\xff",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert answer.status_code == 400 and "UTF-8" in answer.json()["error"], answer.text
+    assert httpx.post(f"{server.url}/v2/models/text-topics/infer", json=body).status_code == 200
