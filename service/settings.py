@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     (the decoding itself runs in one decode-engine thread per model version)."""
     max_concurrent_generations: int = Field(64, ge=1)
     """Generation requests running at once per model; more get 503 with Retry-After."""
-    max_images_per_generation: int = Field(64, ge=1)
+    max_images_per_generation: int = Field(128, ge=1)
     """Largest `n` of an image-generation request."""
     max_diffusion_steps: int = Field(1000, ge=1)
     """Most denoising steps one image-generation request may ask for."""

@@ -253,16 +253,33 @@ async def generate_image(
 ) -> Response:
     """Generate and return a PNG (one image, or a grid), for browsers and curl."""
     model = generator(registry, model_name, version)
-    check_count(settings, n * (len(model.config.labels) if per_class else 1))
     if per_class:
-        ids = [c for c in range(len(model.config.labels)) for _ in range(n)]
+        ids = per_class_ids(settings, model, n, label)
     else:
+        check_count(settings, n)
         ids = class_ids(model, None if label is None else _label_value(label), None, None, n)
     seed = secrets.randbits(31) if seed is None else seed
     images = await generate_images(
         request, dataplane, settings, model, ids, seed, steps, guidance, sampler
     )
     return png_response(images, nrow or n, seed, scale)
+
+
+def per_class_ids(
+    settings: Settings, model: ImageGenerator, n: int, label: str | None
+) -> list[int]:
+    """n images of every class, class by class; the limit counts every image asked for."""
+    if label is not None:
+        raise InvalidInput("give label or per_class=true, not both", param="label")
+    classes = len(model.config.labels)
+    total = n * classes
+    if total > settings.max_images_per_generation:
+        raise InvalidInput(
+            f"per_class=true with n={n} asks for {total} images ({n} for each of {classes} "
+            f"classes): at most {settings.max_images_per_generation} per request",
+            param="n",
+        )
+    return [c for c in range(classes) for _ in range(n)]
 
 
 def _label_value(label: str) -> int | str:

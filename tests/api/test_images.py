@@ -116,6 +116,13 @@ def test_png_grid_endpoints(gen: TestClient) -> None:
         "/v1/models/diffusion-test/generate-image?per_class=true&n=3&seed=1&steps=4"
     )
     assert pixels(per_class.content).shape == (10 * 30 + 2, 3 * 30 + 2)
+    readme = gen.get("/v1/models/gan-test/generate-image?per_class=true&n=8&scale=2")
+    assert readme.status_code == 200, readme.text  # the README's example: 80 images
+    both = gen.get("/v1/models/gan-test/generate-image?per_class=true&label=3")
+    assert both.status_code == 400 and "not both" in both.json()["error"]
+    over = gen.get("/v1/models/gan-test/generate-image?per_class=true&n=13")
+    assert over.status_code == 400
+    assert "per_class=true with n=13 asks for 130 images" in over.json()["error"]
     as_png = gen.post(GEN, json={"model": "gan-test", "n": 2, "seed": 9, "response_format": "png"})
     assert as_png.headers["content-type"] == "image/png"
     random_seed = gen.get("/v1/models/gan-test/generate-image")
@@ -140,7 +147,7 @@ def test_vae_reconstruction(gen: TestClient) -> None:
     [
         ({"model": "nope"}, 404, "nope"),
         ({"model": "linear-test"}, 400, "not an image generator"),
-        ({"model": "gan-test", "n": 65}, 400, "at most 64"),
+        ({"model": "gan-test", "n": 129}, 400, "at most 128"),
         ({"model": "gan-test", "n": 0}, 422, "n"),
         ({"model": "gan-test", "label": 10}, 400, "[0, 9]"),
         ({"model": "gan-test", "label": "cat"}, 400, "not a class"),
