@@ -25,7 +25,7 @@ from service.errors import ServiceError
 from service.fastpath import App, error_parts
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
-from service.registry import Registry, default_sequence_limits
+from service.registry import Registry
 from service.repository import Repository
 from service.routers import (
     classify,
@@ -38,7 +38,6 @@ from service.routers import (
     text,
     v2,
 )
-from service.sequences import FileStore, MemoryStore, SequenceStore
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,9 +52,7 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
         if settings.switch_interval_ms > 0:
             # the decode engine's thread and the event loop both run Python: see the setting
             sys.setswitchinterval(settings.switch_interval_ms / 1e3)
-        registry = Registry(
-            Repository(settings.models_dir), settings, metrics, sequences=sequence_store(settings)
-        )
+        registry = Registry(Repository(settings.models_dir), settings, metrics)
         app.state.registry = registry
         app.state.dataplane = DataPlane(registry, metrics, settings)
         # Made before the models load: the cluster journal's end now is what that load reflects.
@@ -112,15 +109,6 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-def sequence_store(settings: Settings) -> SequenceStore:
-    """Where stateful models keep their sequences: in memory with one worker; with several, in
-    files of the workers' shared folder, so any worker continues any sequence."""
-    limits = default_sequence_limits(settings)
-    if settings.cluster_dir is None:
-        return MemoryStore(limits)
-    return FileStore(settings.cluster_dir / "sequences", limits)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -1,5 +1,6 @@
-"""The data plane: validates tensors against a model, runs inference off the event loop, and
-records every request's outcome and timings. Routers translate HTTP and call this."""
+"""The data plane: picks up loads and unloads (draining what they replace), hands inference to
+the model's runtime, runs generation loops off the event loop, and records every request's
+outcome and timings. Routers translate HTTP and call this."""
 
 from __future__ import annotations
 
@@ -109,10 +110,6 @@ class DataPlane:
                 gauge.dec()
 
         return release
-
-    def deadline(self) -> float | None:
-        timeout = self.settings.request_timeout_s
-        return time.perf_counter() + timeout if timeout > 0 else None
 
     @asynccontextmanager
     async def track(self, model: TensorModel) -> AsyncIterator[None]:

@@ -18,7 +18,7 @@ from service.modelconfig import ModelConfig, VersionPolicy
 from service.repository import Repository
 from service.runtime import Graph
 from service.runtimes import RUNTIMES, Serving, TensorModel
-from service.sequences import MemoryStore, SequenceLimits, SequenceStore
+from service.sequences import FileStore, MemoryStore, SequenceLimits, SequenceStore
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Registry:
             settings,
             metrics,
             executor or ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="infer"),
-            sequences or MemoryStore(default_sequence_limits(settings)),
+            sequences or sequence_store(settings),
         )
         self.models: dict[str, ModelState] = {}
         self._lock = threading.Lock()  # loads run in threads; swaps are atomic under it
@@ -202,6 +202,15 @@ class Registry:
             max_sequences=self.settings.max_sequences,
             max_state_bytes=self.settings.max_sequence_state_bytes,
         )
+
+
+def sequence_store(settings: Settings) -> SequenceStore:
+    """Where stateful models keep their sequences: in memory with one worker; with several, in
+    files of the workers' shared folder, so any worker continues any sequence."""
+    limits = default_sequence_limits(settings)
+    if settings.cluster_dir is None:
+        return MemoryStore(limits)
+    return FileStore(settings.cluster_dir / "sequences", limits)
 
 
 def default_sequence_limits(settings: Settings) -> SequenceLimits:

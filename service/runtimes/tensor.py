@@ -143,7 +143,7 @@ class TensorModel:
                 name: self._warm_up_input(spec, sample.batch_size, repository, rng)
                 for name, spec in sample.inputs.items()
             }
-            feeds = {**feeds, **self._state_feeds(feeds)}
+            feeds = {**feeds, **self._state_feeds()}
             for _ in range(max(1, sample.count)):
                 self.primary.run(self.graph_feeds(feeds))
         except Exception as exc:  # a short data file, a graph that fails: this model only
@@ -188,11 +188,11 @@ class TensorModel:
         for spec in self.config.inputs:
             if spec.optional:
                 continue
-            if any(d < 0 for d in spec.dims) or spec.datatype in {"BYTES"}:
+            if any(d < 0 for d in spec.dims) or spec.datatype == "BYTES":
                 return
             shape = ([1] if self.config.batches else []) + list(spec.dims)
             feeds[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
-        feeds = {**feeds, **self._state_feeds(feeds)}
+        feeds = {**feeds, **self._state_feeds()}
         try:
             self.primary.run(self.graph_feeds(feeds))
         except Exception as exc:
@@ -201,7 +201,7 @@ class TensorModel:
                 raise ModelLoadError(f"{message} (the serving version keeps serving)") from None
             log.warning("%s", message)
 
-    def _state_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _state_feeds(self) -> dict[str, np.ndarray]:
         """Initial state and control values for a warm-up call of a stateful model."""
         if self.config.sequence_batching is None:
             return {}
