@@ -2,7 +2,10 @@
 #
 #   docker build -t seedserve:0.1.0 .                      CPU image: the default (last) stage
 #   docker build --target gpu -t seedserve:0.1.0-gpu .     CUDA image with onnxruntime-gpu
-#   docker run --rm -p 127.0.0.1:8000:8000 seedserve:0.1.0
+#   docker run --rm -p 127.0.0.1:8000:8000 -p 127.0.0.1:8001:8001 seedserve:0.1.0
+#
+# REST on 8000 (SEEDSERVE_PORT), gRPC on 8001 (SEEDSERVE_GRPC_PORT: inference.GRPCInferenceService
+# and grpc.health.v1.Health), one process serving both.
 #
 # Configured through SEEDSERVE_* environment variables only (README, "Configuration"); the server
 # is PID 1 (exec-form CMD, no shell), so `docker stop` (SIGTERM) shuts it down gracefully, exit 0.
@@ -53,11 +56,12 @@ ENV PATH=/opt/seedserve/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     SEEDSERVE_HOST=0.0.0.0 \
     SEEDSERVE_PORT=8000 \
+    SEEDSERVE_GRPC_PORT=8001 \
     SEEDSERVE_MODELS_DIR=/models \
     SEEDSERVE_PROVIDER=cuda
 USER 10001:10001
 WORKDIR /opt/seedserve
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
   CMD ["python", "/opt/seedserve/healthcheck.py"]
 CMD ["python", "-m", "service"]
@@ -101,11 +105,12 @@ ENV PATH=/opt/seedserve/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     SEEDSERVE_HOST=0.0.0.0 \
     SEEDSERVE_PORT=8000 \
+    SEEDSERVE_GRPC_PORT=8001 \
     SEEDSERVE_MODELS_DIR=/models \
     SEEDSERVE_PROVIDER=cpu
 USER 10001:10001
 WORKDIR /opt/seedserve
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
   CMD ["python", "/opt/seedserve/healthcheck.py"]
 CMD ["python", "-m", "service"]

@@ -35,7 +35,7 @@ typecheck:
 pytest:
 	$(BIN)/pytest -q
 
-test: install-dev data browser-deps lint typecheck test-deploy pytest
+test: install-dev data browser-deps example-deps lint typecheck test-deploy pytest
 
 # Reproduce every shipped model (minutes each on 2 cores).
 train: install-dev data
@@ -69,6 +69,17 @@ browser-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
 	    chromium fonts-dejavu-core; }
 	@/usr/bin/chromium --version 2>/dev/null  # (its wrapper script is noisy on stderr)
+
+# curl, which runs the README's and docs/' examples against a live server in
+# tests/test_doc_examples.py, and h2load (nghttp2-client), the benchmark's gRPC load generator
+# (bench/grpcload.py): Debian's packages. Idempotent, as browser-deps.
+.PHONY: example-deps
+example-deps:
+	@command -v curl >/dev/null && command -v h2load >/dev/null || { \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    curl nghttp2-client; }
 
 # The benchmark (README, "Performance and the benchmark"): ours vs in-process onnxruntime, a naive
 # FastAPI handler and the peers (installed into build/bench-venvs on first use), all on loopback.

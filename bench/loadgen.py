@@ -37,11 +37,13 @@ class Request:
     path: str  # with the query string
     body: bytes = b""
     headers: Mapping[str, str] | None = None
+    protocol: str = "http"  # or "grpc": a framed gRPC call, sent by h2load (bench/grpcload.py)
+    min_answer_bytes: int = 0  # gRPC: what a successful answer carries at least
 
 
 @dataclass
 class LoadResult:
-    generator: str  # "wrk" or "python"
+    generator: str  # "wrk", "python" or "h2load" (gRPC)
     concurrency: int
     duration_s: float
     requests: int  # completed with a 2xx status

@@ -128,6 +128,7 @@ class Server:
     stop_hook: Callable[[Server], None] | None = None
     extra_pids: Callable[[], list[int]] | None = None  # processes started outside our tree
     notes: list[str] = field(default_factory=list)
+    grpc: str = ""  # host:port of its gRPC inference endpoint, where it has one
 
     def pids(self) -> list[int]:
         pids = process_tree(self.process.pid)

@@ -24,6 +24,7 @@ from typing import Any
 import onnxruntime
 
 from bench import inprocess
+from bench.grpcload import run_h2load
 from bench.loadgen import run_load, wrk_available
 from bench.peers import venvs
 from bench.procs import Server, off_loopback_sockets, stop_server
@@ -160,7 +161,12 @@ def _measure_system(
                 continue
             for concurrency in options.concurrency:
                 cpu_before = server.cpu_seconds()
-                result = run_load(generator, server.url, request, concurrency, options.duration_s)
+                if request.protocol == "grpc":
+                    result = run_h2load(server.grpc, request, concurrency, options.duration_s)
+                else:
+                    result = run_load(
+                        generator, server.url, request, concurrency, options.duration_s
+                    )
                 cpu = server.cpu_seconds() - cpu_before
                 row = {
                     "system": name,

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.grpcload import grpc_infer_request, grpc_probabilities, h2load_available
 from bench.loadgen import Request
 from bench.peers import venvs
 from bench.procs import Server, free_port, start_server
@@ -75,12 +76,13 @@ def one_model_repository(ctx: Context) -> Path:
 def start_seedserve(
     ctx: Context, name: str, env: dict[str, str], workers: int = 1, models_dir: Path | None = None
 ) -> Server:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     argv = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--grpc-port", str(grpc_port)]
     argv += ["--models-dir", str(models_dir or one_model_repository(ctx))]
     argv += ["--workers", str(workers)]
     url = f"http://127.0.0.1:{port}"
-    return start_server(
+    server = start_server(
         name,
         argv,
         f"{url}/v2/health/ready",
@@ -90,6 +92,8 @@ def start_seedserve(
         cwd=ROOT,
         timeout_s=ctx.startup_timeout_s,
     )
+    server.grpc = f"127.0.0.1:{grpc_port}"
+    return server
 
 
 BIG_BATCH = 16  # pictures per request in the -b16 workloads, where tensor encoding matters
@@ -104,7 +108,23 @@ def our_workloads(ctx: Context) -> dict[str, Request]:
         "classify-png": classify_request(ctx.model_name, ctx.picture),
         f"v2-json-b{BIG_BATCH}": v2_json_request(ctx.model_name, batch),
         f"v2-binary-b{BIG_BATCH}": v2_binary_request(ctx.model_name, batch),
+        **grpc_workloads(ctx),
     }
+
+
+def grpc_workloads(ctx: Context) -> dict[str, Request]:
+    """ModelInfer with raw tensors (what tritonclient.grpc sends), where h2load is installed."""
+    if not h2load_available():
+        return {}
+    batch = np.repeat(ctx.picture.tensor, BIG_BATCH, axis=0)
+    return {
+        "grpc": grpc_infer_request(ctx.model_name, ctx.picture.tensor),
+        f"grpc-b{BIG_BATCH}": grpc_infer_request(ctx.model_name, batch),
+    }
+
+
+def triton_workloads(ctx: Context) -> dict[str, Request]:
+    return {**json_only(ctx), **grpc_workloads(ctx)}
 
 
 def json_only(ctx: Context) -> dict[str, Request]:
@@ -139,10 +159,11 @@ def start_triton(ctx: Context) -> Server:
         check=True,
     ).stdout.strip()
     env = {"LD_LIBRARY_PATH": ":".join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))}
+    grpc_port = free_port()
     argv = [str(python), str(PEERS_DIR / "triton_server.py"), str(ctx.onnx_path), str(port)]
-    argv.append(ctx.model_name)
+    argv += [ctx.model_name, str(grpc_port)]
     url = f"http://127.0.0.1:{port}"
-    return start_server(
+    server = start_server(
         "triton",
         argv,
         f"{url}/v2/models/{ctx.model_name}/ready",
@@ -152,6 +173,8 @@ def start_triton(ctx: Context) -> Server:
         cwd=ctx.work_dir,
         timeout_s=ctx.startup_timeout_s,
     )
+    server.grpc = f"127.0.0.1:{grpc_port}"
+    return server
 
 
 def start_mlserver(ctx: Context) -> Server:
@@ -319,7 +342,7 @@ SYSTEMS: dict[str, System] = {
         System(
             "triton",
             start_triton,
-            json_only,
+            triton_workloads,
             peer="triton",
             description="tritonserver 2.51 (nvidia-pytriton 0.7), dynamic batcher 32 / 2 ms",
             stop_grace_s=5.0,
@@ -368,6 +391,8 @@ def probabilities_of(response: httpx.Response) -> np.ndarray:
 
 def check_answer(server: Server, workload: str, request: Request, expected: np.ndarray) -> str:
     """Send `request` once; '' when the answer matches in-process onnxruntime, else why not."""
+    if request.protocol == "grpc":
+        return _close_enough(grpc_probabilities(server.grpc, request).ravel(), expected)
     response = httpx.request(
         request.method,
         server.url + request.path,
@@ -382,7 +407,10 @@ def check_answer(server: Server, workload: str, request: Request, expected: np.n
         label = top[0]["label"] if isinstance(top, list) else top["label"]
         want = str(int(np.argmax(expected)))
         return "" if label == want else f"top label {label}, in-process says {want}"
-    got = probabilities_of(response).ravel()
+    return _close_enough(probabilities_of(response).ravel(), expected)
+
+
+def _close_enough(got: np.ndarray, expected: np.ndarray) -> str:
     if got.size and got.size % expected.size == 0:  # a batch of the same picture
         expected = np.tile(expected.ravel(), got.size // expected.size)
     diff = float(np.abs(got - expected.ravel()).max()) if got.size == expected.size else np.inf

@@ -5,9 +5,10 @@
 #   scripts/deploy_check.sh          everything: the static checks, then the Docker checks
 #   scripts/deploy_check.sh static   hadolint, compose config, promtool, kustomize | kubernetes-validate,
 #                                    the KServe SDK, pytest tests/deploy
-#   scripts/deploy_check.sh docker   build the image, run it, classify, SIGTERM -> exit 0; compose up
-#                                    seedserve + Prometheus, prove the scrape, check the dashboard's
-#                                    PromQL and `promtool check metrics` against them
+#   scripts/deploy_check.sh docker   build the image, run it, classify over REST, health, metadata
+#                                    and infer over gRPC, SIGTERM -> exit 0; compose up seedserve +
+#                                    Prometheus, prove the scrape, check the dashboard's PromQL and
+#                                    `promtool check metrics` against them
 #   scripts/deploy_check.sh auto     `all` where it can run (root, apt-get: CI), else says why it
 #                                    skips (`make test` uses it; CI's .ci/run asks for `all`)
 #   scripts/deploy_check.sh off      nothing (`make test TEST_DEPLOY_CHECK=off`)
@@ -58,7 +59,12 @@ timed() {  # timed LABEL command...: run it, remember how long it took (a failur
   "$@"
   TIMINGS+=("$label: $(($(date +%s) - t0)) s")
 }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+free_ports() {  # free_ports N: N distinct free loopback ports (bound together, so none repeats)
+  python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])' "$1"
+}
 
 # ------------------------------------------------------------------------------------------------
 # Tools
@@ -126,7 +132,7 @@ static_checks() {
 
   log "docker compose config"
   docker-compose -f docker-compose.yml config -q
-  SEEDSERVE_CI_PORT=1 PROMETHEUS_CI_PORT=2 DEPLOY_CI_CONFIG=/tmp \
+  SEEDSERVE_CI_PORT=1 SEEDSERVE_GRPC_CI_PORT=3 PROMETHEUS_CI_PORT=2 DEPLOY_CI_CONFIG=/tmp \
     docker-compose -f docker-compose.yml -f deploy/ci/compose.ci.yml config -q
 
   log "promtool check config / check rules / test rules"
@@ -391,7 +397,7 @@ docker_checks() {
   docker run --rm --network none --entrypoint sh "$IMAGE" \
     -c 'for c in gcc cc c++ g++ make pip; do ! command -v $c || exit 1; done' || die "build tools in the image"
 
-  timed "run, classify, SIGTERM" run_image
+  timed "run, classify (REST), health + metadata + infer (gRPC), SIGTERM" run_image
   timed "compose: scrape, dashboard, promtool check metrics" compose_stack
 
   log "image $IMAGE: $((size / 1000000)) MB; build $build_s s"
@@ -401,13 +407,15 @@ docker_checks() {
   docker builder prune -f --keep-storage 3gb >/dev/null
 }
 
-run_image() {  # docker run as Kubernetes will (read-only, no capabilities), classify, docker stop
-  local port url status health code
-  port=$(free_port)
+run_image() {  # docker run as Kubernetes will (read-only, no capabilities); REST, gRPC; docker stop
+  local port grpc_port url status health code
+  read -r port grpc_port < <(free_ports 2)
   url="http://127.0.0.1:$port"
-  log "docker run $IMAGE on $url"
+  # The host network (no bridge here): both ports are the container's own, on loopback.
+  log "docker run $IMAGE on $url, gRPC on 127.0.0.1:$grpc_port"
   docker run -d --name "$CONTAINER" --network host --read-only --tmpfs /tmp --cap-drop ALL \
-    --security-opt no-new-privileges -e SEEDSERVE_HOST=127.0.0.1 -e SEEDSERVE_PORT="$port" "$IMAGE" >/dev/null
+    --security-opt no-new-privileges -e SEEDSERVE_HOST=127.0.0.1 -e SEEDSERVE_PORT="$port" \
+    -e SEEDSERVE_GRPC_PORT="$grpc_port" "$IMAGE" >/dev/null
   for _ in $(seq 90); do
     health=$(docker inspect -f '{{.State.Health.Status}}' "$CONTAINER")
     [ "$health" = healthy ] && break
@@ -417,6 +425,8 @@ run_image() {  # docker run as Kubernetes will (read-only, no capabilities), cla
   [ "$health" = healthy ] || { docker logs "$CONTAINER" | tail -30; die "container not healthy ($health)"; }
   log "HEALTHCHECK: healthy; readiness $(http_status "$url/v2/health/ready")"
   "$PYTHON" scripts/deploy_probe.py classify "$url" || { docker logs "$CONTAINER" | tail -30; die "classify"; }
+  "$PYTHON" deploy/ci/grpc_probe.py "127.0.0.1:$grpc_port" "$url" \
+    || { docker logs "$CONTAINER" | tail -30; die "gRPC through the image"; }
   docker stop -t 40 "$CONTAINER" >/dev/null
   status=$(docker inspect -f '{{.State.Status}}' "$CONTAINER")
   code=$(docker inspect -f '{{.State.ExitCode}}' "$CONTAINER")
@@ -427,9 +437,8 @@ run_image() {  # docker run as Kubernetes will (read-only, no capabilities), cla
 }
 
 compose_stack() {
-  local config="$RUN_DIR/prometheus" seedserve_port prom_port prom seedserve
-  seedserve_port=$(free_port)
-  prom_port=$(free_port)
+  local config="$RUN_DIR/prometheus" seedserve_port grpc_port prom_port prom seedserve
+  read -r seedserve_port grpc_port prom_port < <(free_ports 3)
   seedserve="http://127.0.0.1:$seedserve_port"
   prom="http://127.0.0.1:$prom_port"
   mkdir -p "$config"
@@ -438,7 +447,8 @@ compose_stack() {
   cp deploy/prometheus/alerts.yml "$config/"
   "$PROMTOOL" check config "$config/prometheus.yml" >/dev/null
   chmod -R a+rX "$config"  # Prometheus runs as nobody
-  export SEEDSERVE_CI_PORT="$seedserve_port" PROMETHEUS_CI_PORT="$prom_port" DEPLOY_CI_CONFIG="$config"
+  export SEEDSERVE_CI_PORT="$seedserve_port" SEEDSERVE_GRPC_CI_PORT="$grpc_port"
+  export PROMETHEUS_CI_PORT="$prom_port" DEPLOY_CI_CONFIG="$config"
   COMPOSE=(docker-compose --project-name "seedserve-ci-$$" -f docker-compose.yml -f deploy/ci/compose.ci.yml)
   log "docker compose up seedserve prometheus (seedserve $seedserve, prometheus $prom)"
   COMPOSE_UP=1

@@ -1,4 +1,4 @@
-"""`python -m service [--host H] [--port P] [--models-dir DIR] [--workers N]`.
+"""`python -m service [--host H] [--port P] [--grpc-port G] [--models-dir DIR] [--workers N]`.
 
 Each option is also an environment variable (SEEDSERVE_HOST, ...); a flag wins over the variable.
 """
@@ -24,13 +24,16 @@ def main() -> None:
     parser.add_argument("--host", help="address to bind (SEEDSERVE_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (SEEDSERVE_PORT, default 8000)")
     parser.add_argument(
+        "--grpc-port", type=int, help="gRPC port (SEEDSERVE_GRPC_PORT, default 8001; 0 = no gRPC)"
+    )
+    parser.add_argument(
         "--models-dir", help="model repository (SEEDSERVE_MODELS_DIR, default models)"
     )
     parser.add_argument(
         "--workers", type=int, help="server processes (SEEDSERVE_WORKERS, default 1)"
     )
     args = parser.parse_args()
-    for name in ("host", "port", "models_dir", "workers"):
+    for name in ("host", "port", "grpc_port", "models_dir", "workers"):
         value = getattr(args, name)
         if value is not None:
             os.environ[f"SEEDSERVE_{name.upper()}"] = str(value)

@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +24,8 @@ from service.dataplane import DataPlane
 from service.docs import add_docs
 from service.errors import ServiceError
 from service.fastpath import App, error_parts
+from service.grpcapi.inference import Backend
+from service.grpcapi.server import GrpcServer
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
 from service.registry import Registry
@@ -38,12 +41,22 @@ from service.routers import (
     text,
     v2,
 )
+from service.routers.http_errors import validation_message
 from service.settings import Settings
+from service.tracing import configure_tracing, shutdown_tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, metrics: Metrics | None = None) -> App:
+def create_app(
+    settings: Settings | None = None,
+    metrics: Metrics | None = None,
+    span_exporter: SpanExporter | None = None,
+) -> App:
+    """The service. `span_exporter` (tests) receives every span, as `otlp_endpoint` would."""
     settings = settings or Settings()
     metrics = metrics or Metrics()
 
@@ -52,12 +65,17 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
         if settings.switch_interval_ms > 0:
             # the decode engine's thread and the event loop both run Python: see the setting
             sys.setswitchinterval(settings.switch_interval_ms / 1e3)
+        configure_tracing(settings, span_exporter)  # here: each worker process has its own
         registry = Registry(Repository(settings.models_dir), settings, metrics)
         app.state.registry = registry
         app.state.dataplane = DataPlane(registry, metrics, settings)
         # Made before the models load: the cluster journal's end now is what that load reflects.
         cluster = Cluster(app.state.dataplane, settings.cluster_dir, settings.poll_interval_s)
         app.state.cluster = cluster
+        grpc_server = grpc_endpoint(app, settings, metrics)
+        if grpc_server is not None:  # up before the models load: liveness answers meanwhile
+            await grpc_server.start()
+            grpc_server.drain_on_signals()
         # Loading blocks on onnxruntime; keep the loop free so liveness answers meanwhile.
         await asyncio.to_thread(registry.load_all_quietly)
         # the other workers' loads and unloads, and repository polling (one worker for all)
@@ -72,10 +90,13 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
             yield
         finally:
             app.state.started = False
+            if grpc_server is not None:
+                await grpc_server.stop()  # begun at SIGTERM already, if one came
             if settings.gc_freeze:
                 gc.unfreeze()  # what start-up kept becomes collectable again
             await cluster.close()
             await app.state.dataplane.close()
+            shutdown_tracing()  # sends the spans still buffered
 
     app = App(
         title="seedserve",
@@ -111,6 +132,20 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
     return app
 
 
+def grpc_endpoint(app: FastAPI, settings: Settings, metrics: Metrics) -> GrpcServer | None:
+    """The gRPC server over the app's registry, data plane and cluster; None when it is off."""
+    if settings.grpc_port == 0:
+        return None
+    backend = Backend(
+        settings,
+        app.state.registry,
+        app.state.dataplane,
+        app.state.cluster,
+        lambda: bool(app.state.started),
+    )
+    return GrpcServer(backend, metrics, settings)
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> Response:
@@ -124,14 +159,16 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
-            problems.append(f"{where}: {error.get('msg', 'invalid')}")
-        return JSONResponse({"error": "; ".join(problems)}, status_code=422)
+        # Invalid input is a 400 whichever parser found it (body, query or path parameters).
+        return JSONResponse({"error": validation_message(exc)[0]}, status_code=400)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return JSONResponse(
-            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
-        )
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.url.path}"
+        elif exc.status_code == 405 and message == "Method Not Allowed":
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"method {request.method} is not allowed on {request.url.path}"
+            message += f" (allowed: {allowed})" if allowed else ""
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)

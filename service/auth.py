@@ -48,6 +48,12 @@ def check_inference_key(settings: Settings, authorization: str | None) -> None:
 async def require_admin_key(
     settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
 ) -> None:
+    check_admin_key(settings, authorization)
+
+
+def check_admin_key(settings: Settings, authorization: str | None) -> None:
+    """Raise Forbidden when administration is off, Unauthorized unless `authorization`
+    presents the admin key."""
     if settings.admin_api_key is None:
         raise Forbidden("model repository administration is disabled: set SEEDSERVE_ADMIN_API_KEY")
     if not _matches(_presented(authorization), settings.admin_api_key.get_secret_value()):

@@ -8,11 +8,15 @@ split back to each caller. Only requests whose non-batch shapes and dtypes agree
 The queue is bounded: when it is full a request is refused at once (503 + Retry-After) instead of
 waiting behind work the server cannot finish in time, and a request whose deadline passes while
 queued is dropped before inference.
+
+Traced requests get a `queue` span each (arrival to batch start) and share one `batch` span
+(child of the oldest one's span, linked to every member's) with the onnxruntime call under it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -21,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from opentelemetry.trace import Span
 
+from service import tracing
 from service.errors import Overloaded
 from service.metrics import Metrics
 from service.stats import ModelStats
@@ -52,6 +58,8 @@ class Pending:
     future: asyncio.Future[list[np.ndarray]]
     enqueued: float
     deadline: float | None
+    trace: Span | None = None  # the request's span, when traced
+    enqueued_ns: int = 0  # when it arrived on the tracing clock, when traced
     taken: bool = field(default=False)
 
 
@@ -95,6 +103,7 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         first = next(iter(feeds.values()))
+        trace = tracing.current()
         pending = Pending(
             feeds=feeds,
             size=int(first.shape[0]),
@@ -102,12 +111,15 @@ class Batcher:
             future=loop.create_future(),
             enqueued=time.perf_counter(),
             deadline=deadline,
+            trace=trace,
+            enqueued_ns=0 if trace is None else tracing.now_ns(),
         )
         self._queue.append(pending)
         self._depth.set(len(self._queue))
         self._arrived.set()
         if self._task is None or self._task.done():
-            self._task = loop.create_task(self._dispatch_forever())
+            # in a context of its own: the dispatcher outlives this request (and its span)
+            self._task = loop.create_task(self._dispatch_forever(), context=contextvars.Context())
         return await pending.future
 
     async def close(self) -> None:
@@ -225,9 +237,12 @@ class Batcher:
             total = sum(item.size for item in batch)
             stacked = time.perf_counter()
             try:
-                outputs, infer_s = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, self._run, feeds
-                )
+                if tracing.on():
+                    outputs, infer_s = await self._run_traced(batch, feeds, total)
+                else:
+                    outputs, infer_s = await asyncio.get_running_loop().run_in_executor(
+                        self.executor, self._run, feeds
+                    )
             except Exception as exc:
                 for item in batch:
                     if not item.future.done():
@@ -250,6 +265,27 @@ class Batcher:
             )
         finally:
             self._slots.release()
+
+    async def _run_traced(
+        self, batch: list[Pending], feeds: Mapping[str, np.ndarray], total: int
+    ) -> tuple[list[np.ndarray], float]:
+        """`_run` in a `batch` span, after each traced request's `queue` span."""
+        model, version = self.labels
+        now = tracing.now_ns()
+        for item in batch:
+            if item.trace is not None:
+                attributes = {"seedserve.model": model, "seedserve.model_version": version}
+                tracing.record("queue", item.trace, item.enqueued_ns, now, attributes)
+        batch_attributes: tracing.Attributes = {
+            "seedserve.model": model,
+            "seedserve.model_version": version,
+            "seedserve.batch.size": total,
+            "seedserve.batch.requests": len(batch),
+        }
+        with tracing.batch_span("batch", (item.trace for item in batch), batch_attributes):
+            return await asyncio.get_running_loop().run_in_executor(
+                self.executor, tracing.bind(self._run), feeds
+            )
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], float]:
         """The graph's outputs and its run time in seconds (on an inference thread: the

@@ -15,8 +15,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from service import tracing
 from service.errors import InvalidInput, Overloaded, ServiceError
 from service.metrics import Metrics
+from service.protocol.v2 import InferRequest, OutputTensor, RequestedOutput, top_classes
 from service.registry import Registry
 from service.runtimes import TensorModel
 from service.settings import Settings
@@ -71,7 +73,9 @@ class DataPlane:
         """
         release = self.start_generation(model)
         cancel = threading.Event()
-        job = asyncio.get_running_loop().run_in_executor(self.task_executor, work, cancel)
+        job = asyncio.get_running_loop().run_in_executor(
+            self.task_executor, tracing.bind(work), cancel
+        )  # bound: the loop's steps and onnxruntime calls are traced under the request
         try:
             while disconnected is not None and not job.done():
                 done, _ = await asyncio.wait({job}, timeout=0.1)
@@ -147,3 +151,26 @@ class DataPlane:
     ) -> dict[str, np.ndarray]:
         """Run `model` on `inputs` (its runtime checks, batches or sequences them)."""
         return await model.infer(inputs, output_names, parameters)
+
+    async def infer_request(self, model: TensorModel, request: InferRequest) -> list[OutputTensor]:
+        """One Open Inference Protocol request, whatever its transport: the outputs it asked
+        for (all when it named none), typed, each as asked (binary or not, top classes)."""
+        requested = request.outputs
+        names = [o.name for o in requested] if requested is not None else None
+        results = await model.infer(request.inputs, names, request.parameters)
+        if requested is None:
+            return [
+                OutputTensor(name, model.output_types[name], array, request.binary_output)
+                for name, array in results.items()
+            ]
+        return [_shaped(model, results[w.name], w) for w in requested]
+
+
+def _shaped(model: TensorModel, array: np.ndarray, wanted: RequestedOutput) -> OutputTensor:
+    """One requested output as asked: binary or JSON, the top classes where asked for them."""
+    datatype = model.output_types[wanted.name]
+    if wanted.classification:
+        labels = model.output_labels.get(wanted.name, ())
+        array = top_classes(array, wanted.classification, model.config.batches, labels)
+        datatype = "BYTES"
+    return OutputTensor(wanted.name, datatype, array, wanted.binary)

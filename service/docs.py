@@ -70,7 +70,8 @@ def offline_only(page: HTMLResponse) -> HTMLResponse:
 
 
 def _errors_are_error_objects(schema: dict[str, Any]) -> None:
-    """FastAPI documents 422 as its own `{"detail": [...]}`; we answer `{"error": "..."}`."""
+    """FastAPI documents a 422 `{"detail": [...]}` on every operation with parameters; we answer
+    invalid input with 400 `{"error": "..."}` (or OpenAI's shape where the route declares it)."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components["ErrorResponse"] = {
         "title": "ErrorResponse",
@@ -84,5 +85,13 @@ def _errors_are_error_objects(schema: dict[str, Any]) -> None:
     for path in schema.get("paths", {}).values():
         for operation in path.values():
             responses = operation.get("responses", {})
-            if "422" in responses:
-                responses["422"] = {"description": "Invalid parameter", "content": error}
+            if responses.pop("422", None) is not None and _takes_input(operation):
+                responses.setdefault("400", {"description": "Invalid input", "content": error})
+                operation["responses"] = dict(sorted(responses.items()))
+
+
+def _takes_input(operation: dict[str, Any]) -> bool:
+    """Whether a request can fail validation: a body or a query parameter. Path parameters are
+    names, where a wrong one is a 404, not a 400."""
+    parameters = operation.get("parameters", [])
+    return "requestBody" in operation or any(p.get("in") != "path" for p in parameters)

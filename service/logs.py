@@ -1,4 +1,5 @@
-"""Structured JSON logs: one object per line, with the request id where there is one."""
+"""Structured JSON logs: one object per line, with the request id where there is one and the
+trace and span ids while a traced span is current (service/tracing.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import logging
 import time
 
 import orjson
+
+from service.tracing import log_ids
 
 STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -20,6 +23,8 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update({k: v for k, v in record.__dict__.items() if k not in STANDARD})
+        if (ids := log_ids()) is not None:
+            entry.update(ids)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()

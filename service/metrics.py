@@ -184,6 +184,26 @@ class Metrics:
             multiprocess_mode="livesum",
         )
 
+        self.grpc_requests = Counter(
+            f"{PREFIX}_grpc_requests_total",
+            "gRPC calls by method and status code (OK, INVALID_ARGUMENT, ...).",
+            ["method", "code"],
+            registry=r,
+        )
+        self.grpc_duration = Histogram(
+            f"{PREFIX}_grpc_request_duration_seconds",
+            "gRPC call latency by method, in seconds (a stream: its whole life).",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.grpc_in_flight = Gauge(
+            f"{PREFIX}_grpc_requests_in_flight",
+            "gRPC calls being handled now (health checks excluded).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+
     def exposition(self) -> bytes:
         """The text exposition: this process's registry, or every worker's samples merged."""
         if self.multiprocess_dir is None:

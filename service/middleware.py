@@ -1,4 +1,5 @@
-"""One pure ASGI middleware for every request: request id, body-size limit, HTTP metrics, access log.
+"""One pure ASGI middleware for every request: request id, body-size limit, HTTP metrics, access
+log, and (when tracing is on) the request's SERVER span with a `traceparent` response header.
 
 Pure ASGI rather than BaseHTTPMiddleware: it adds no task or copy per request, and it can count
 the body as it streams in, so an oversized chunked upload is cut off without being buffered.
@@ -9,15 +10,19 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import AbstractContextManager
 
 import orjson
+from opentelemetry.trace import Span
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import tracing
 from service.errors import PayloadTooLarge
 from service.metrics import Metrics
 
 log = logging.getLogger("seedserve.access")
 
+UNMATCHED = "unmatched"  # the route label of a path no route serves
 UNCOUNTED = ("/metrics", "/v2/health/", "/docs", "/redoc", "/openapi.json", "/static/")
 
 
@@ -53,6 +58,7 @@ class RequestMiddleware:
             nonlocal received, refused
             if too_large is not None:
                 refused = too_large
+                scope["state"]["refused_body"] = refused  # an app may answer it in its shape
                 raise too_large
             message = await receive()
             if message["type"] == "http.request":
@@ -61,26 +67,28 @@ class RequestMiddleware:
                     refused = PayloadTooLarge(
                         f"request body is over the {limit}-byte limit", param="body"
                     )
+                    scope["state"]["refused_body"] = refused
                     raise refused
             return message
 
         status = 500
         start = time.perf_counter()
         replaced = False
+        answered_413 = False
+        response_headers = [(b"x-request-id", request_id.encode())]
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                ]
+                message["headers"] = [*message.get("headers", []), *response_headers]
             await send(message)
 
         async def send_or_refuse(message: Message) -> None:
-            nonlocal replaced
-            if refused is None:
+            nonlocal replaced, answered_413
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                answered_413 = True  # the app answered the refusal itself (OpenAI's shape)
+            if refused is None or answered_413:
                 await send_with_id(message)
                 return
             # Whatever the app made of the failed read (FastAPI's body parser turns any error
@@ -103,29 +111,41 @@ class RequestMiddleware:
 
         path: str = scope["path"]
         counted = not path.startswith(UNCOUNTED) and path != "/v2/health"
-        if counted:
-            self.metrics.http_in_flight.inc()
-        try:
-            await self.app(scope, limited_receive, send_or_refuse)
-        finally:
-            elapsed = time.perf_counter() - start
+        traced = counted and tracing.on()
+        with _request_span(scope, headers, request_id) if traced else tracing.OFF as span:
+            if span is not None:
+                response_headers.append((b"traceparent", tracing.traceparent(span).encode()))
             if counted:
-                self.metrics.http_in_flight.dec()
-                route = _route_template(scope)
-                method = scope["method"]
-                self.metrics.http_requests.labels(method, route, str(status)).inc()
-                self.metrics.http_duration.labels(method, route).observe(elapsed)
-            if self.access_log:
-                log.info(
-                    "request",
-                    extra={
-                        "request_id": request_id,
-                        "method": scope["method"],
-                        "path": path,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1e3, 3),
-                    },
-                )
+                self.metrics.http_in_flight.inc()
+            try:
+                await self.app(scope, limited_receive, send_or_refuse)
+            finally:
+                elapsed = time.perf_counter() - start
+                if counted:
+                    self.metrics.http_in_flight.dec()
+                    route = _route_template(scope)
+                    method = scope["method"]
+                    self.metrics.http_requests.labels(method, route, str(status)).inc()
+                    self.metrics.http_duration.labels(method, route).observe(elapsed)
+                    if span is not None:
+                        named = route if route != UNMATCHED else None
+                        tracing.finish_request(span, method, named, status)
+                if self.access_log:
+                    log.info(
+                        "request",
+                        extra={
+                            "request_id": request_id,
+                            "method": scope["method"],
+                            "path": path,
+                            "status": status,
+                            "duration_ms": round(elapsed * 1e3, 3),
+                        },
+                    )
+
+
+def request_id_from(given: str | None) -> str:
+    """The client's request id (gRPC metadata), when it is a sane one; else a fresh one."""
+    return _request_id(given.encode() if given is not None and given.isascii() else None)
 
 
 def _request_id(given: bytes | None) -> str:
@@ -134,7 +154,26 @@ def _request_id(given: bytes | None) -> str:
     return os.urandom(16).hex()  # as random as uuid4().hex, without its Python-level cost
 
 
+def _request_span(
+    scope: Scope, headers: dict[bytes, bytes], request_id: str
+) -> AbstractContextManager[Span | None]:
+    """The request's SERVER span, named after the method until the route is known."""
+    carrier = {
+        key.decode(): headers[key].decode("latin-1")
+        for key in (b"traceparent", b"tracestate")
+        if key in headers
+    }
+    method: str = scope["method"]
+    attributes = {
+        "http.request.method": method,
+        "url.path": scope["path"],
+        "url.scheme": scope.get("scheme", "http"),
+        "seedserve.request_id": request_id,
+    }
+    return tracing.request_span(method, carrier, attributes)
+
+
 def _route_template(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
+    return path if isinstance(path, str) else UNMATCHED

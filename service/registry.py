@@ -36,6 +36,25 @@ class ModelState:
         return bool(self.versions) and self.reason is None
 
 
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    version: str | None
+    state: str  # READY or UNAVAILABLE
+    reason: str | None
+
+
+def _gone(model: TensorModel) -> str | None:
+    """Say so when a serving version's files were deleted from the repository since it loaded."""
+    missing = sorted(g.path.name for g in model.graphs.values() if not g.path.is_file())
+    if not missing:
+        return None
+    return (
+        f"{', '.join(missing)} no longer in the repository: the loaded copy serves until the "
+        "model is unloaded or reloaded"
+    )
+
+
 class Registry:
     def __init__(
         self,
@@ -118,6 +137,30 @@ class Registry:
 
     def _count_loaded(self) -> None:
         self.metrics.models_loaded.set(sum(len(s.versions) for s in self.models.values()))
+
+    def ready(self) -> bool:
+        """The server's readiness once started: a model ready (every model, with
+        `strict_readiness`)."""
+        states = list(self.models.values())
+        if self.settings.strict_readiness:
+            return bool(states) and all(s.ready for s in states)
+        return any(s.ready for s in states)
+
+    def index(self, ready_only: bool = False) -> list[IndexEntry]:
+        """Every model of the repository (and every one loaded) with its state: each loaded
+        version READY, a model without one UNAVAILABLE with the reason."""
+        entries = []
+        for name in sorted(set(self.repository.model_names()) | set(self.models)):
+            state = self.models.get(name)
+            if state is not None and state.versions:
+                entries += [
+                    IndexEntry(name, str(v), "READY", _gone(model))
+                    for v, model in sorted(state.versions.items())
+                ]
+            elif not ready_only:
+                reason = state.reason if state is not None else "not loaded"
+                entries.append(IndexEntry(name, None, "UNAVAILABLE", reason))
+        return entries
 
     def get(self, name: str, version: str | None = None) -> TensorModel:
         state = self.models.get(name)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service import tracing
 from service.errors import InferenceFailed, InvalidInput
 from service.settings import Settings
 
@@ -163,6 +164,10 @@ class Graph:
         self.device = "cuda" if self.provider == CUDA else "cpu"
         self.bf16 = any(t.datatype == "BF16" for t in self.inputs + self.outputs)
         self.strings = {t.name for t in self.inputs if t.datatype == "BYTES"}
+        self.span_attributes = {
+            "onnxruntime.file": self.path.name,
+            "onnxruntime.provider": self.provider,
+        }
 
     def run(
         self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
@@ -170,14 +175,17 @@ class Graph:
         names = list(output_names or self.output_names)
         if self.strings:
             feeds = _text_feeds(feeds, self.strings)
-        try:
-            if self.bf16:
-                return self._run_bf16(feeds, names)
-            if not self.io_binding:
-                return self.session.run(names, dict(feeds))
-            return self._run_bound(feeds, names)
-        except RUN_ERRORS as exc:
-            raise InferenceFailed(f"onnxruntime could not run {self.path.name}: {exc}") from None
+        with tracing.span("onnxruntime.run", self.span_attributes):
+            try:
+                if self.bf16:
+                    return self._run_bf16(feeds, names)
+                if not self.io_binding:
+                    return self.session.run(names, dict(feeds))
+                return self._run_bound(feeds, names)
+            except RUN_ERRORS as exc:
+                raise InferenceFailed(
+                    f"onnxruntime could not run {self.path.name}: {exc}"
+                ) from None
 
     def _run_bound(self, feeds: Mapping[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
         binding = self.session.io_binding()  # one per call: calls run in several threads

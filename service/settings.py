@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +19,9 @@ class Settings(BaseSettings):
     """Address to bind."""
     port: int = Field(8000, ge=0, le=65535)
     """TCP port to bind."""
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    """TCP port of the gRPC Open Inference Protocol endpoint (`inference.GRPCInferenceService`
+    and `grpc.health.v1.Health`), on the same address; 0 = no gRPC."""
     workers: int = Field(1, ge=1, le=64)
     """Server processes (each loads every model)."""
     cluster_dir: Path | None = None
@@ -84,7 +88,8 @@ class Settings(BaseSettings):
     """A request still queued after this many seconds is dropped before inference (0 = never)."""
 
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-    """Largest request body accepted, in bytes (larger gets 413)."""
+    """Largest request body accepted, in bytes (larger gets 413), and largest gRPC message
+    received (larger gets RESOURCE_EXHAUSTED)."""
     max_images_per_request: int = Field(64, ge=1)
     """Most images one classification request may carry."""
     max_image_pixels: int = Field(16_000_000, ge=1)
@@ -151,6 +156,23 @@ class Settings(BaseSettings):
     """Log level of the service's JSON logs."""
     access_log: bool = True
     """Log one JSON line per request."""
+    otlp_endpoint: str | None = None
+    """OpenTelemetry collector to send traces to over OTLP/HTTP (protobuf), its base URL (spans
+    go to `<url>/v1/traces`, e.g. `http://localhost:4318`); unset = tracing off. Requests
+    continue the W3C `traceparent` they carry."""
+    trace_sample_ratio: float = Field(1.0, ge=0, le=1)
+    """Share of new traces recorded when tracing is on (a request with a `traceparent` follows
+    its caller's sampling decision)."""
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # SEEDSERVE_OTLP_ENDPOINT= (empty) is unset
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise ValueError(f"{value!r} is no http:// or https:// URL (an OTLP/HTTP collector)")
+        return value
 
     @field_validator("api_key", "admin_api_key")
     @classmethod

@@ -15,7 +15,8 @@ hold the others). A generation counts as running between `job()`'s entry and exi
 request never waits. A step that is due when it is submitted runs in its own thread (no
 hand-off); steps that wait are run by the batcher's worker threads, which go from one call
 straight to the next (a loop's thread would first have to be woken and get the GIL). Workers
-start on demand and end after `idle_s` without work.
+start on demand and end after `idle_s` without work. Each call of traced generations is a
+`denoise.step` span, child of its oldest step's request span and linked to every one's.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+from opentelemetry.trace import Span
+
+from service import tracing
 
 # runs the denoiser on stacked feeds (all sharing the batch axis) and returns its output
 RunRows = Callable[[Mapping[str, np.ndarray]], np.ndarray]
@@ -40,6 +44,7 @@ class _Step:
     feeds: Mapping[str, np.ndarray]
     rows: int
     enqueued: float
+    trace: Span | None  # the generation's request span (bound to its thread), when traced
     done: threading.Event = field(default_factory=threading.Event)
     result: np.ndarray | None = None
     error: BaseException | None = None
@@ -95,7 +100,7 @@ class StepBatcher:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         """One step's rows in, the denoiser's output for those rows out (maybe shared a call)."""
-        step = _Step(feeds, len(next(iter(feeds.values()))), time.perf_counter())
+        step = _Step(feeds, len(next(iter(feeds.values()))), time.perf_counter(), tracing.current())
         with self._lock:
             self._pending.append(step)
             batch = self._claim()
@@ -187,9 +192,11 @@ class StepBatcher:
                 feeds = batch[0].feeds
             else:
                 feeds = {k: np.concatenate([s.feeds[k] for s in batch]) for k in batch[0].feeds}
-            output = self.run_rows(feeds)
+            rows = sum(s.rows for s in batch)
+            with _call_span(batch, rows) if tracing.on() else tracing.OFF:
+                output = self.run_rows(feeds)
             if self.on_call is not None:
-                self.on_call(sum(s.rows for s in batch), len(batch))
+                self.on_call(rows, len(batch))
         except BaseException as exc:
             for s in batch:
                 s.error = exc
@@ -200,3 +207,11 @@ class StepBatcher:
             s.result = output[offset : offset + s.rows]
             offset += s.rows
             s.done.set()
+
+
+def _call_span(batch: list[_Step], rows: int) -> AbstractContextManager[Span | None]:
+    attributes: tracing.Attributes = {
+        "seedserve.batch.size": rows,
+        "seedserve.batch.requests": len(batch),
+    }
+    return tracing.batch_span("denoise.step", (s.trace for s in batch), attributes)

@@ -27,6 +27,7 @@ def free_port() -> int:
 class Server:
     url: str
     process: subprocess.Popen[bytes]
+    grpc: str = ""  # host:port of its gRPC endpoint ("" when the test turned gRPC off)
     returncode: int | None = None  # set once it has stopped
 
 
@@ -36,7 +37,12 @@ def live_server(
 ) -> Iterator[Server]:
     """Start the service, wait until ready, yield it; on exit SIGTERM it and record its exit code."""
     port = free_port()
-    environ = {**os.environ, "SEEDSERVE_ACCESS_LOG": "false", **(env or {})}
+    environ = {
+        **os.environ,
+        "SEEDSERVE_ACCESS_LOG": "false",
+        "SEEDSERVE_GRPC_PORT": str(free_port()),
+        **(env or {}),
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "--port", str(port), "--models-dir", str(models_dir)],
         cwd=ROOT,
@@ -44,7 +50,10 @@ def live_server(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    server = Server(f"http://127.0.0.1:{port}", process)
+    grpc_port = int(environ["SEEDSERVE_GRPC_PORT"])
+    server = Server(
+        f"http://127.0.0.1:{port}", process, f"127.0.0.1:{grpc_port}" if grpc_port else ""
+    )
     url = server.url
     try:
         deadline = time.monotonic() + timeout

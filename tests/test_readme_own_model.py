@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from doc_blocks import fenced_blocks, section
 from live_server import Server, live_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,30 +31,8 @@ HEADING = "## Serve your own model"
 ADDRESS = "127.0.0.1:8000"  # the README's; replaced by the live server's
 START = "make serve"
 START_ALTERNATIVE = "python -m service --models-dir models"  # what the test actually starts
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.M | re.S)
 PRINTED = re.compile(r"^\s*print\(.*\)  # (.+)$", re.M)
 COMMAND_TIMEOUT_S = 30
-
-
-def section(text: str, heading: str) -> str:
-    """From `heading` to the next heading of the same or a higher level (a `# comment` inside a
-    fenced block is no heading)."""
-    lines = text.splitlines(keepends=True)
-    start = lines.index(f"{heading}\n")
-    level = len(heading.split(" ")[0])
-    fenced = False
-    for end in range(start + 1, len(lines)):
-        line = lines[end]
-        fenced ^= line.startswith("```")
-        marks = len(line) - len(line.lstrip("#"))
-        if not fenced and 0 < marks <= level and line[marks : marks + 1] == " ":
-            return "".join(lines[start:end])
-    return "".join(lines[start:])
-
-
-def fenced_blocks(text: str) -> list[tuple[str, str]]:
-    """(language, code) of each fenced block, in order."""
-    return [(match.group(1), match.group(2)) for match in FENCE.finditer(text)]
 
 
 def assert_shown(shown: Any, answered: Any, where: str = "$") -> None:

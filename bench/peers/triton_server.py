@@ -1,6 +1,7 @@
 """Triton (tritonserver 2.51 inside nvidia-pytriton 0.7) serving the ONNX model through an
 onnxruntime callable with Triton's dynamic batcher. Run in build/bench-venvs/triton:
-`python triton_server.py MODEL.onnx PORT` (LD_LIBRARY_PATH: the interpreter's LIBDIR, PEERS.md)."""
+`python triton_server.py MODEL.onnx PORT [NAME [GRPC_PORT]]` (LD_LIBRARY_PATH: the interpreter's
+LIBDIR, PEERS.md); with GRPC_PORT, Triton's own gRPC endpoint listens there too."""
 
 import sys
 
@@ -12,6 +13,7 @@ from pytriton.triton import Triton, TritonConfig
 
 path, port = sys.argv[1], int(sys.argv[2])
 name = sys.argv[3] if len(sys.argv) > 3 else "model"
+grpc_port = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 options = ort.SessionOptions()
 options.intra_op_num_threads = 1
 options.inter_op_num_threads = 1
@@ -34,7 +36,9 @@ def shape(arg: ort.NodeArg) -> tuple[int, ...]:
 config = TritonConfig(
     http_address="127.0.0.1",
     http_port=port,
-    allow_grpc=False,
+    allow_grpc=grpc_port > 0,
+    grpc_address="127.0.0.1",
+    grpc_port=grpc_port or 8001,
     allow_metrics=False,
     allow_sagemaker=False,
     allow_vertex_ai=False,

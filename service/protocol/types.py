@@ -10,6 +10,13 @@ from pydantic import BaseModel, Field
 MAX_SEED = 2**53 - 1
 
 
+# The protocol extensions this server supports (REST GET /v2, gRPC ServerMetadata).
+EXTENSIONS = [
+    "binary_tensor_data", "model_configuration", "classification", "statistics", "generate",
+    "model_repository",
+]  # fmt: skip
+
+
 class ErrorResponse(BaseModel):
     error: str = Field(description="What was wrong, naming the field at fault where there is one.")
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -45,6 +45,13 @@ class RequestedOutput:
     name: str
     binary: bool
     classification: int = 0  # Triton's classification extension: the top K as BYTES (0 = off)
+
+
+class OutputTensor(NamedTuple):
+    name: str
+    datatype: str
+    array: np.ndarray
+    binary: bool  # JSON data or binary (REST's binary extension; gRPC sends every one raw)
 
 
 @dataclass
@@ -189,7 +196,7 @@ def parse_raw_request(body: bytes, inputs: tuple[TensorSpec, ...], batches: bool
                 f"takes {wanted} bytes; the body holds {len(body)}",
                 param="body",
             )
-        array = _from_binary(memoryview(body), spec.datatype, math.prod(shape), where)
+        array = from_binary(memoryview(body), spec.datatype, math.prod(shape), where)
     return InferRequest(inputs={spec.name: array.reshape(shape)}, outputs=None, binary_output=True)
 
 
@@ -238,7 +245,7 @@ def _parse_input(raw: Any, i: int, binary: memoryview, offset: int) -> tuple[str
             raise InvalidInput(
                 f"{where}: binary_data_size {size} runs past the end of the body", param=where
             )
-        array = _from_binary(binary[offset : offset + size], datatype, count, where)
+        array = from_binary(binary[offset : offset + size], datatype, count, where)
         offset += size
     elif "data" in raw:
         array = _from_json(raw["data"], datatype, count, where)
@@ -257,7 +264,7 @@ def _no_shared_memory(parameters: dict[str, Any], where: str) -> dict[str, Any]:
     return parameters
 
 
-def _from_binary(chunk: memoryview, datatype: str, count: int, where: str) -> np.ndarray:
+def from_binary(chunk: memoryview, datatype: str, count: int, where: str) -> np.ndarray:
     if datatype == "BYTES":
         try:
             array = parse_bytes_elements(chunk)
@@ -375,7 +382,7 @@ def encode_infer_response(
     model_name: str,
     model_version: str,
     request_id: str | None,
-    outputs: list[tuple[str, str, np.ndarray, bool]],
+    outputs: list[OutputTensor],
 ) -> tuple[bytes, int | None]:
     """Encode (name, datatype, array, binary) outputs. Returns the body and, when any output is
     binary, the length of its JSON header for `Inference-Header-Content-Length`."""
@@ -384,7 +391,7 @@ def encode_infer_response(
     for name, datatype, array, binary in outputs:
         tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary:
-            raw = _to_bytes(array, datatype)
+            raw = to_bytes(array, datatype)
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -400,7 +407,7 @@ def encode_infer_response(
     return b"".join([header, *chunks]), len(header)
 
 
-def _to_bytes(array: np.ndarray, datatype: str) -> bytes:
+def to_bytes(array: np.ndarray, datatype: str) -> bytes:
     if datatype == "BYTES":
         parts = []
         for item in array.reshape(-1):

@@ -13,8 +13,8 @@ from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
 
 from service.auth import InferenceAuth
-from service.deps import DataPlaneDep, RegistryDep, SettingsDep
-from service.errors import InvalidInput, UnsupportedMediaType
+from service.deps import JSON, DataPlaneDep, RegistryDep, SettingsDep, require_media_type
+from service.errors import InvalidInput
 from service.protocol.types import ClassifyResponse, ErrorResponse, Prediction, Timing
 from service.runtimes import Classifier
 from service.settings import Settings
@@ -24,45 +24,48 @@ from service.tasks.images import Reframe, decode_image, pixels_to_array, preproc
 
 router = APIRouter(prefix="/v1/models", tags=["classification"], dependencies=[InferenceAuth])
 
-CLASSIFY_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "One or more PNG/JPEG pictures (repeat the field).",
-                        }
-                    },
-                }
-            },
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "image": {"type": "string", "description": "A base64 PNG/JPEG."},
-                        "images": {"type": "array", "items": {"type": "string"}},
-                        "pixels": {
-                            "type": "array",
-                            "description": "(H, W) or (N, H, W) intensities in [0, 1] or 0-255.",
-                        },
-                        "graph": {
-                            "type": "object",
-                            "description": "Graph classifiers only: {nodes: [[intensity, row, "
-                            "column], ...], edges: [[source, target], ...]}.",
-                        },
-                        "graphs": {"type": "array", "items": {"type": "object"}},
-                    },
-                }
-            },
-        },
+PICTURE_TYPES = ("multipart/form-data", JSON)  # what a route taking pictures accepts
+
+
+def pictures_body(**json_properties: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that takes pictures: multipart files or JSON."""
+    pixels = "(H, W) or (N, H, W) intensities in [0, 1] or 0-255."
+    files = {
+        "type": "array",
+        "items": {"type": "string", "format": "binary"},
+        "description": "One or more PNG/JPEG pictures (repeat the field).",
     }
-}
+    as_json = {
+        "image": {"type": "string", "description": "A base64 PNG/JPEG."},
+        "images": {"type": "array", "items": {"type": "string"}},
+        "pixels": {"type": "array", "description": pixels},
+        **json_properties,
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": files},
+                    }
+                },
+                JSON: {"schema": {"type": "object", "properties": as_json}},
+            },
+        }
+    }
+
+
+CLASSIFY_BODY = pictures_body(
+    graph={
+        "type": "object",
+        "description": "Graph classifiers only: {nodes: [[intensity, row, column], ...], "
+        "edges: [[source, target], ...]}.",
+    },
+    graphs={"type": "array", "items": {"type": "object"}},
+)
 
 
 @router.post(
@@ -72,6 +75,7 @@ CLASSIFY_BODY = {
         400: {"model": ErrorResponse},
         404: {"model": ErrorResponse},
         413: {"model": ErrorResponse},
+        415: {"model": ErrorResponse},
     },
     openapi_extra=CLASSIFY_BODY,
 )
@@ -131,8 +135,7 @@ async def read_graph_batch(
     request: Request, settings: Settings, model: Classifier, reframe: Reframe, spec: GraphSpec
 ) -> dict[str, np.ndarray]:
     """A graph classifier's inputs: JSON graphs as given, or pictures converted as in training."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type in {"application/json", ""}:
+    if require_media_type(request, PICTURE_TYPES) == JSON:
         try:
             obj = orjson.loads(await request.body())
         except orjson.JSONDecodeError as exc:
@@ -145,18 +148,11 @@ async def read_graph_batch(
 
 async def read_images(request: Request, settings: Settings) -> list[np.ndarray]:
     """Every picture of the request as grayscale (H, W) arrays in [0, 1]."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     limit = settings.max_images_per_request
-    if content_type == "multipart/form-data":
-        images = await _from_multipart(request, settings, limit)
-    elif content_type in {"application/json", ""}:
+    if require_media_type(request, PICTURE_TYPES) == JSON:
         images = _from_json(await request.body(), settings, limit)
     else:
-        raise UnsupportedMediaType(
-            f"content type {content_type!r} is not accepted: send multipart/form-data "
-            "(field `file`) or application/json",
-            param="content-type",
-        )
+        images = await _from_multipart(request, settings, limit)
     if not images:
         raise InvalidInput("no image in the request", param="file")
     return images

@@ -1,37 +1,33 @@
 """`POST /v1/completions`: OpenAI's completions API as vLLM serves it, so the official `openai`
 client works unchanged, plain and streaming (server-sent events ending `data: [DONE]`).
 
-Errors on this route use OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, and
-a request that does not validate is a 400 (as in vLLM), not the service's usual 422.
+Errors on this route use OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with
+the statuses of every route (service/routers/http_errors.py).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from fastapi.routing import APIRoute
 
 from service.auth import InferenceAuth
-from service.deps import DataPlaneDep, RegistryDep, SettingsDep
-from service.errors import Cancelled, InvalidInput, Overloaded, ServiceError
+from service.deps import DataPlaneDep, JsonBody, RegistryDep, SettingsDep
+from service.errors import Cancelled, InvalidInput, ServiceError
 from service.protocol.openai import (
     CompletionChoice,
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     FinishReason,
-    OpenAIError,
-    OpenAIErrorResponse,
     Usage,
 )
-from service.routers.text import SSE_HEADERS, sse, stop_strings
+from service.routers.http_errors import OPENAI_ERRORS, OpenAIRoute, openai_error_body
+from service.routers.text import SSE_HEADERS, sse
 from service.tasks.language_model import (
     GenerationJob,
     SequenceToken,
@@ -40,69 +36,12 @@ from service.tasks.language_model import (
     first_event,
     language_model,
     sampling_params,
+    stop_strings,
     stream_generation,
 )
 from service.tasks.textgen import Context, GeneratedToken
 
-UNION_MEMBERS = {"str", "int", "float", "bool", "list", "dict", "none"}
-ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
-
-
-def openai_error_body(status: int, message: str, param: str | None) -> dict[str, Any]:
-    kind = ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
-    error = OpenAIError(message=message, type=kind, param=param, code=status)
-    return OpenAIErrorResponse(error=error).model_dump()
-
-
-def openai_error(
-    status: int, message: str, param: str | None, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(openai_error_body(status, message, param), status, headers=headers)
-
-
-def service_error(exc: ServiceError) -> JSONResponse:
-    headers = None
-    if isinstance(exc, Overloaded):
-        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
-    return openai_error(exc.status_code, exc.message, exc.param, headers)
-
-
-def field_path(loc: Sequence[Any]) -> str:
-    """`prompt` for ("body", "prompt", "list[str]"): pydantic names the union member it tried."""
-    parts = [str(p) for p in loc if p != "body"]
-    return ".".join(p for p in parts if "[" not in p and p not in UNION_MEMBERS)
-
-
-def validation_error(exc: RequestValidationError) -> JSONResponse:
-    problems, params = [], []
-    for error in exc.errors():
-        where = field_path(error.get("loc", ()))
-        problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
-        params.append(where)
-    return openai_error(400, "; ".join(problems), next((p for p in params if p), None))
-
-
-class OpenAIRoute(APIRoute):
-    """A route whose errors, validation included, are rendered in OpenAI's shape."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handle = super().get_route_handler()
-
-        async def handle_openai(request: Request) -> Response:
-            try:
-                return await handle(request)
-            except RequestValidationError as exc:
-                return validation_error(exc)
-            except ServiceError as exc:
-                return service_error(exc)
-
-        return handle_openai
-
-
 router = APIRouter(tags=["openai"], dependencies=[InferenceAuth], route_class=OpenAIRoute)
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": OpenAIErrorResponse} for status in (400, 401, 404, 413, 503)
-}
 
 
 def check_supported(body: CompletionRequest) -> None:
@@ -130,32 +69,43 @@ class Piece:
     logprobs: CompletionLogprobs | None = None
 
 
+def alternatives(
+    top: Sequence[tuple[str, float]] | None, token: str, logprob: float | None
+) -> dict[str, float] | None:
+    """vLLM's `top_logprobs` entry: the most likely tokens, and the token itself."""
+    return None if top is None or logprob is None else {**dict(top), token: logprob}
+
+
 def prompt_piece(context: Context, logprobs: bool) -> Piece:
-    """The echoed prompt, exactly as typed; its tokens scored by the model when asked."""
+    """The echoed prompt, exactly as typed; its tokens scored by the model, as generated tokens
+    are, when asked (a token before the graph's window has no score: None)."""
     if not logprobs:
         return Piece(context.text)
     tokens = context.tokens
+    scores = zip(tokens, context.prompt_logprobs, context.prompt_top, strict=True)
     return Piece(
         context.text,
         CompletionLogprobs(
             text_offset=[t.start for t in tokens],
             token_logprobs=list(context.prompt_logprobs),
             tokens=[t.text for t in tokens],
-            top_logprobs=[None] * len(tokens),
+            top_logprobs=[alternatives(top, t.text, lp) for t, lp, top in scores],
         ),
     )
 
 
-def token_piece(token: GeneratedToken, offset: int, logprobs: bool) -> Piece:
+def token_piece(token: GeneratedToken, start: int, logprobs: bool) -> Piece:
+    """A generated token's text; with logprobs, its word at `start` (the completion's start in
+    the choice's text) + its own offset, so `text[text_offset[i]:]` begins with `tokens[i]`."""
     if not logprobs:
         return Piece(token.text)
     return Piece(
         token.text,
         CompletionLogprobs(
-            text_offset=[offset],
+            text_offset=[start + token.offset],
             token_logprobs=[token.logprob],
             tokens=[token.word],
-            top_logprobs=[{**dict(token.top), token.word: token.logprob}],
+            top_logprobs=[alternatives(token.top, token.word, token.logprob)],
         ),
     )
 
@@ -175,8 +125,9 @@ def joined(pieces: Sequence[Piece]) -> CompletionLogprobs | None:
 @router.post(
     "/v1/completions",
     response_model=CompletionResponse,
+    dependencies=[JsonBody],
     responses={
-        **ERRORS,
+        **OPENAI_ERRORS,
         200: {
             "description": "The completions; with `stream: true`, server-sent events of the "
             "same shape carrying the new text, ending `data: [DONE]`.",
@@ -212,7 +163,7 @@ async def completions(
     logprobs = body.logprobs is not None
     job = GenerationJob(
         prompts, n, max_tokens, seeded * len(prompts), stop, body.logprobs or 0,
-        prompt_logprobs=bool(body.echo) and logprobs,
+        prompt_logprobs=body.logprobs if body.echo else None,
     )  # fmt: skip
     events = stream_generation(dataplane, model, job, request.is_disconnected)
     read = await first_event(events)
@@ -225,12 +176,10 @@ async def completions(
     }
     prompt_tokens = sum(len(c.tokens) for c in read.contexts)
     count = n * len(prompts)
-    offsets = [len(echo[i // n].text) for i in range(count)]
     finished: list[str | None] = [None] * count
 
     def add(event: SequenceToken) -> Piece:
-        piece = token_piece(event.token, offsets[event.index], logprobs)
-        offsets[event.index] += len(piece.text)
+        piece = token_piece(event.token, len(echo[event.index // n].text), logprobs)
         finished[event.index] = event.token.finish_reason
         return piece
 

@@ -8,13 +8,9 @@ from fastapi import APIRouter, Request, Response
 
 from service import __version__
 from service.deps import RegistryDep
-from service.protocol.types import ServerMetadata
+from service.protocol.types import EXTENSIONS, ServerMetadata
 
 router = APIRouter(prefix="/v2", tags=["health"])
-
-EXTENSIONS = [
-    "binary_tensor_data", "model_configuration", "classification", "statistics", "generate",
-]  # fmt: skip
 
 # The protocol's bodies (KServe's InferenceRESTClient reads them); probes read the status code.
 LIVE = b'{"live":true}'
@@ -55,11 +51,7 @@ async def ready(request: Request, registry: RegistryDep) -> Response:
     `{"ready": true}` with 200, or `{"ready": false}` with 503."""
     if not getattr(request.app.state, "started", False):
         return Response(NOT_READY, status_code=503, media_type="application/json")
-    states = list(registry.models.values())
-    if request.app.state.settings.strict_readiness:
-        ok = bool(states) and all(s.ready for s in states)
-    else:
-        ok = any(s.ready for s in states)
+    ok = registry.ready()
     if ok:
         return Response(READY, media_type="application/json")
     return Response(NOT_READY, status_code=503, media_type="application/json")

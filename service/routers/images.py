@@ -15,11 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.auth import InferenceAuth
 from service.dataplane import DataPlane
-from service.deps import DataPlaneDep, RegistryDep, SettingsDep
+from service.deps import DataPlaneDep, JsonBody, RegistryDep, SettingsDep
 from service.errors import Cancelled, InvalidInput
 from service.protocol.types import MAX_SEED, ErrorResponse
 from service.registry import Registry
-from service.routers.classify import read_images
+from service.routers.classify import pictures_body, read_images
+from service.routers.http_errors import OPENAI_ERRORS, OpenAIRoute
 from service.runtimes import ImageGenerator
 from service.settings import Settings
 from service.tasks import imagegen
@@ -55,9 +56,11 @@ class ImageGenerationRequest(BaseModel):
         "b64_json", description="`b64_json` (OpenAI) or `png`: one PNG grid as the body."
     )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Same seed, same images.")
-    steps: int | None = Field(None, ge=1, description="Denoising steps (diffusion).")
-    guidance: float | None = Field(None, ge=0, le=50, description="Classifier-free guidance.")
-    sampler: Sampler | None = Field(None, description="`ddim` or `ddpm` (diffusion).")
+    steps: int | None = Field(None, ge=1, description="Denoising steps (diffusion only).")
+    guidance: float | None = Field(
+        None, ge=0, le=50, description="Classifier-free guidance (diffusion only)."
+    )
+    sampler: Sampler | None = Field(None, description="`ddim` or `ddpm` (diffusion only).")
     user: str | None = Field(None, description="Accepted for compatibility; unused.")
 
 
@@ -112,11 +115,17 @@ def check_count(settings: Settings, count: int) -> None:
 
 
 def check_work(
-    model: ImageGenerator, settings: Settings, count: int, steps: int | None, guidance: float | None
+    model: ImageGenerator,
+    settings: Settings,
+    count: int,
+    steps: int | None,
+    guidance: float | None,
+    sampler: str | None,
 ) -> None:
     check_count(settings, count)
     generation = model.generation
     if generation.get("kind") == "decoder":
+        imagegen.refuse_diffusion_options(steps, guidance, sampler)
         return
     defaults = generation.get("defaults", {})
     steps = int(defaults.get("steps", 1) if steps is None else steps)
@@ -143,7 +152,7 @@ async def generate_images(
     guidance: float | None,
     sampler: str | None,
 ) -> np.ndarray:
-    check_work(model, settings, len(ids), steps, guidance)
+    check_work(model, settings, len(ids), steps, guidance, sampler)
     sessions = model.sessions
     labels = model.labels
     metrics = dataplane.metrics
@@ -176,11 +185,6 @@ def check_size(model: ImageGenerator, size: str | None) -> None:
         raise InvalidInput(f"size must be {width}x{height} for this model", param="size")
 
 
-@router.post(
-    "/v1/images/generations",
-    response_model=ImageGenerationResponse,
-    responses={**ERRORS, 200: {"content": {"image/png": {}}}},
-)
 async def images_generations(
     body: ImageGenerationRequest,
     request: Request,
@@ -214,6 +218,19 @@ async def images_generations(
     )
 
 
+# OpenAI's images API answers errors in OpenAI's shape, as /v1/completions does, so that the
+# `openai` client raises BadRequestError (and the like) carrying our message.
+router.add_api_route(
+    "/v1/images/generations",
+    images_generations,
+    methods=["POST"],
+    response_model=ImageGenerationResponse,
+    responses={**OPENAI_ERRORS, 200: {"content": {"image/png": {}}}},
+    dependencies=[JsonBody],
+    route_class_override=OpenAIRoute,
+)
+
+
 def png_response(images: np.ndarray, nrow: int, seed: int, scale: int = 1) -> Response:
     if len(images) == 1 and scale == 1:
         content = imagegen.to_png(images[0])
@@ -244,9 +261,9 @@ async def generate_image(
     n: int = Query(1, ge=1, description="Images; more than one come back as a grid."),
     per_class: bool = Query(False, description="n images of every class, one row per class."),
     seed: int | None = Query(None, ge=0, le=MAX_SEED),
-    steps: int | None = Query(None, ge=1),
-    guidance: float | None = Query(None, ge=0, le=50),
-    sampler: Sampler | None = Query(None),
+    steps: int | None = Query(None, ge=1, description="Denoising steps (diffusion only)."),
+    guidance: float | None = Query(None, ge=0, le=50, description="Diffusion only."),
+    sampler: Sampler | None = Query(None, description="`ddim` or `ddpm` (diffusion only)."),
     nrow: int | None = Query(None, ge=1, le=256, description="Images per grid row (default n)."),
     scale: int = Query(1, ge=1, le=16, description="Enlarge every pixel this many times."),
     version: str | None = Query(None),
@@ -287,7 +304,12 @@ def _label_value(label: str) -> int | str:
     return int(label) if label.isascii() and label.isdigit() else label
 
 
-@router.post("/v1/models/{model_name}/reconstruct", response_class=Response, responses=PNG)
+@router.post(
+    "/v1/models/{model_name}/reconstruct",
+    response_class=Response,
+    responses={**PNG, 413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}},
+    openapi_extra=pictures_body(),
+)
 async def reconstruct(
     request: Request,
     registry: RegistryDep,

@@ -62,6 +62,14 @@ async def playground_asset(asset: str) -> FileResponse:
     return FileResponse(path, media_type=ASSET_TYPES[path.suffix])
 
 
+def version_number(name: str, version: str) -> int:
+    """A version folder's number; a version that is no number is no version there: 404, as on
+    the Open Inference Protocol's routes."""
+    if not (version.isascii() and version.isdigit() and len(version) <= 10):
+        raise ModelNotFound(f"model {name!r} has no version {version!r}")
+    return int(version)
+
+
 def model_file(repository: Repository, name: str, version: int, filename: str) -> Path:
     """The path of a servable file of a model version; ModelNotFound for anything else."""
     folder = repository.version_dir(name, version).resolve()
@@ -74,7 +82,7 @@ def model_file(repository: Repository, name: str, version: int, filename: str) -
     return path
 
 
-VersionParam = PathParam(pattern=r"^[0-9]{1,10}$", description="The model version (its folder).")
+VersionParam = PathParam(description="The model version (its folder), e.g. `1`.")
 FILE_ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
 
 
@@ -90,7 +98,7 @@ async def list_model_files(
 ) -> ModelFileList:
     """The card and pictures (`.md`, `.png`) of a model version, by name."""
     repository = registry.repository
-    folder = repository.version_dir(model_name, int(version)).resolve()
+    folder = repository.version_dir(model_name, version_number(model_name, version)).resolve()
     names = sorted(
         p.name
         for p in folder.iterdir()
@@ -116,5 +124,7 @@ async def get_model_file(
     registry: RegistryDep, model_name: str, filename: str, version: str = VersionParam
 ) -> FileResponse:
     """One `.png` or `.md` file of a model version (card.md, curves.png, samples.png...)."""
-    path = model_file(registry.repository, model_name, int(version), filename)
+    path = model_file(
+        registry.repository, model_name, version_number(model_name, version), filename
+    )
     return FileResponse(path, media_type=MODEL_FILE_TYPES[path.suffix])

@@ -12,7 +12,6 @@ from service.deps import ClusterDep, RegistryDep
 from service.errors import InvalidInput
 from service.protocol.types import ErrorResponse, RepositoryModel
 from service.repository import check_name
-from service.runtimes import TensorModel
 
 router = APIRouter(
     prefix="/v2/repository",
@@ -26,29 +25,10 @@ router = APIRouter(
 async def index(request: Request, registry: RegistryDep) -> list[RepositoryModel]:
     """Every model in the repository with its state: READY, UNAVAILABLE (with the reason)."""
     ready_only = await _ready_filter(request)
-    entries = []
-    for name in sorted(set(registry.repository.model_names()) | set(registry.models)):
-        state = registry.models.get(name)
-        if state is not None and state.versions:
-            entries += [
-                RepositoryModel(name=name, version=str(v), state="READY", reason=_gone(model))
-                for v, model in sorted(state.versions.items())
-            ]
-        elif not ready_only:
-            reason = state.reason if state is not None else "not loaded"
-            entries.append(RepositoryModel(name=name, state="UNAVAILABLE", reason=reason))
-    return entries
-
-
-def _gone(model: TensorModel) -> str | None:
-    """Say so when a serving version's files were deleted from the repository since it loaded."""
-    missing = sorted(g.path.name for g in model.graphs.values() if not g.path.is_file())
-    if not missing:
-        return None
-    return (
-        f"{', '.join(missing)} no longer in the repository: the loaded copy serves until the "
-        "model is unloaded or reloaded"
-    )
+    return [
+        RepositoryModel(name=e.name, version=e.version, state=e.state, reason=e.reason)
+        for e in registry.index(ready_only)
+    ]
 
 
 async def _ready_filter(request: Request) -> bool:
@@ -64,7 +44,10 @@ async def _ready_filter(request: Request) -> bool:
     return bool(obj.get("ready", False))
 
 
-@router.post("/models/{model_name}/load", responses={400: {"model": ErrorResponse}})
+@router.post(
+    "/models/{model_name}/load",
+    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+)
 async def load(cluster: ClusterDep, model_name: str) -> dict[str, Any]:
     """Load (or reload) a model on every worker: the new version is loaded and warmed up before it
     replaces the old one; if it is broken the old one keeps serving and the error says why."""

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from service.auth import InferenceAuth
 from service.dataplane import DataPlane
-from service.deps import DataPlaneDep, RegistryDep, SettingsDep
+from service.deps import DataPlaneDep, JsonBody, RegistryDep, SettingsDep
 from service.errors import Cancelled, InvalidInput, ServiceError
 from service.protocol.text import (
     GenerateParameters,
@@ -28,23 +28,20 @@ from service.runtimes import LanguageModel
 from service.settings import Settings
 from service.tasks.language_model import (
     Event,
-    GenerationJob,
     SequenceToken,
-    check_generation,
     check_prompt,
     first_event,
+    generation_job,
     language_model,
     next_words,
-    sampling_params,
     stream_generation,
 )
 
-router = APIRouter(tags=["language models"], dependencies=[InferenceAuth])
+# Every route here takes a JSON body.
+router = APIRouter(tags=["language models"], dependencies=[InferenceAuth, JsonBody])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse},
-    404: {"model": ErrorResponse},
-    503: {"model": ErrorResponse},
+    status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 503)
 }
 EVENT_STREAM: dict[int | str, dict[str, Any]] = {
     **ERRORS,
@@ -60,17 +57,6 @@ def sse(payload: Any) -> bytes:
     """One server-sent event carrying `payload` as JSON (or a bare string such as `[DONE]`)."""
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
     return f"data: {data}\n\n".encode()
-
-
-def stop_strings(stop: str | list[str] | None) -> list[str]:
-    if stop is None:
-        return []
-    strings = [stop] if isinstance(stop, str) else stop
-    if any(not s for s in strings):
-        raise InvalidInput("stop strings must not be empty", param="stop")
-    if any(len(s) > 200 for s in strings):
-        raise InvalidInput("stop strings must be at most 200 characters", param="stop")
-    return strings
 
 
 @router.post("/v1/models/{model_name}/next-word", response_model=NextWordResponse, responses=ERRORS)
@@ -104,18 +90,6 @@ async def next_word(
         tokens=len(tokens),
         unknown_words=list(dict.fromkeys(unknown)),
     )
-
-
-def generation_job(
-    settings: Settings, model: LanguageModel, text: str, parameters: GenerateParameters
-) -> GenerationJob:
-    p = parameters
-    max_tokens = 20 if p.max_tokens is None else p.max_tokens
-    stop = stop_strings(p.stop)
-    check_prompt(settings, model.decoder, text, "text_input")
-    check_generation(settings, max_tokens, 1, None, stop)
-    params = sampling_params(p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.seed, 1)
-    return GenerationJob([text], 1, max_tokens, params, stop)
 
 
 async def start_generation(

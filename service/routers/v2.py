@@ -6,25 +6,23 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
 
+from service import tracing
 from service.auth import InferenceAuth
 from service.dataplane import DataPlane
 from service.deps import RegistryDep
 from service.errors import ModelNotReady
 from service.pbtxt import triton_config_dict
-from service.protocol.types import ErrorResponse, ModelMetadata, TensorMetadata
+from service.protocol.types import ErrorResponse, ModelMetadata
 from service.protocol.v2 import (
     HEADER,
-    RequestedOutput,
     check_model,
     encode_infer_response,
     parse_header_length,
     parse_infer_request,
     parse_raw_request,
-    top_classes,
 )
 from service.registry import Registry
 from service.runtimes import TensorModel
@@ -244,61 +242,17 @@ async def run_infer(
         else:
             parsed = parse_infer_request(body, length)
             check_model(parsed, model.name, model.version, model_version)
-        requested = parsed.outputs
-        names = [o.name for o in requested] if requested is not None else None
-        results = await dataplane.infer(model, parsed.inputs, names, parsed.parameters)
-        outputs = [
-            (name, datatype, array, parsed.binary_output)
-            for name, datatype, array in _typed(model, results)
-        ]
-        if requested is not None:
-            outputs = [
-                _shaped(model, output, wanted)
-                for output, wanted in zip(outputs, requested, strict=True)
-            ]
-        content, json_length = encode_infer_response(
-            model.name, str(model.version), parsed.id, outputs
-        )
+        outputs = await dataplane.infer_request(model, parsed)
+        with tracing.span("response"):
+            content, json_length = encode_infer_response(
+                model.name, str(model.version), parsed.id, outputs
+            )
     if json_length is None:
         return content, {"content-type": "application/json"}
     return content, {
         "content-type": "application/octet-stream",
         "inference-header-content-length": str(json_length),
     }
-
-
-def _typed(model: TensorModel, results: dict[str, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
-    return [(name, model.output_types[name], a) for name, a in results.items()]
-
-
-def _shaped(
-    model: TensorModel, output: tuple[str, str, np.ndarray, bool], wanted: RequestedOutput
-) -> tuple[str, str, np.ndarray, bool]:
-    """One requested output as asked: binary or JSON, the top classes where asked for them."""
-    name, datatype, array, _ = output
-    if wanted.classification:
-        labels = model.output_labels.get(name, ())
-        array = top_classes(array, wanted.classification, model.config.batches, labels)
-        datatype = "BYTES"
-    return name, datatype, array, wanted.binary
-
-
-def metadata(model: TensorModel, versions: list[int]) -> ModelMetadata:
-    batch = [-1] if model.config.max_batch_size > 0 else []
-    return ModelMetadata(
-        name=model.name,
-        versions=[str(v) for v in versions],
-        platform=model.config.platform,
-        inputs=[
-            TensorMetadata(name=s.name, datatype=s.datatype, shape=batch + list(s.dims))
-            for s in model.config.inputs
-        ],
-        outputs=[
-            TensorMetadata(name=s.name, datatype=s.datatype, shape=batch + list(s.dims))
-            for s in model.config.outputs
-        ],
-        parameters={"task": model.config.task, "provider": model.provider},
-    )
 
 
 # Before the metadata routes: `/v2/models/stats` is not a model named "stats".
@@ -340,7 +294,7 @@ async def model_metadata(
 ) -> ModelMetadata:
     """A model's inputs, outputs, versions and platform."""
     model = registry.get(model_name, model_version)
-    return metadata(model, sorted(registry.models[model_name].versions))
+    return model.metadata(sorted(registry.models[model_name].versions))
 
 
 @router.get("/{model_name}/ready", response_class=Response, responses=READY)

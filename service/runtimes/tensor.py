@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from service import tracing
 from service.batching import Batcher, BatchPolicy
 from service.errors import InvalidInput, ModelLoadError
 from service.metrics import Metrics
@@ -31,6 +32,7 @@ from service.modelconfig import (
     Warmup,
     WarmupInput,
 )
+from service.protocol.types import ModelMetadata, TensorMetadata
 from service.repository import Repository
 from service.runtime import Graph
 from service.sequences import SequenceId, SequenceStore, sequence_request
@@ -232,6 +234,24 @@ class TensorModel:
             dynamic_batching=batching if settings.batching else None,
         )
 
+    def metadata(self, versions: Sequence[int]) -> ModelMetadata:
+        """The protocol's model metadata: inputs and outputs with the batch axis as -1."""
+        batch = [-1] if self.config.max_batch_size > 0 else []
+        return ModelMetadata(
+            name=self.name,
+            versions=[str(v) for v in versions],
+            platform=self.config.platform,
+            inputs=[
+                TensorMetadata(name=s.name, datatype=s.datatype, shape=batch + list(s.dims))
+                for s in self.config.inputs
+            ],
+            outputs=[
+                TensorMetadata(name=s.name, datatype=s.datatype, shape=batch + list(s.dims))
+                for s in self.config.outputs
+            ],
+            parameters={"task": self.config.task, "provider": self.provider},
+        )
+
     def input_spec(self, name: str) -> TensorSpec:
         spec = self.config.input(name)
         if spec is None:
@@ -372,10 +392,16 @@ class TensorModel:
         queued = time.perf_counter()
         batch = _batch_size(feeds) if self.config.batches else 1
         times = [queued, queued]  # the run's start and end, set on the inference thread
+        trace = tracing.current()
+        queued_ns = 0 if trace is None else tracing.now_ns()
 
         def work() -> list[np.ndarray]:
             started = time.perf_counter()
             metrics.queue_duration.labels(*self.labels).observe(started - queued)
+            if trace is not None:
+                model, version = self.labels
+                attributes = {"seedserve.model": model, "seedserve.model_version": version}
+                tracing.record("queue", trace, queued_ns, tracing.now_ns(), attributes)
             results = graph.run(feeds, output_names)
             ended = time.perf_counter()
             metrics.compute_duration.labels(*self.labels).observe(ended - started)
@@ -383,7 +409,7 @@ class TensorModel:
             return results
 
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self.serving.executor, work)
+        results = await loop.run_in_executor(self.serving.executor, tracing.bind(work))
         metrics.batch_size.labels(*self.labels).observe(batch)
         metrics.inference_count.labels(*self.labels).inc(batch)
         # statistics on the event loop, so that their integer adds need no lock; the inputs go

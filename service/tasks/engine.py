@@ -15,6 +15,9 @@ never holds a thread while it waits for tokens, it awaits them on its event loop
 prompt) is done by the caller before `submit`. The same seed gives the same tokens alone or
 batched, since each sequence samples from its own generator (the logits of a batched call equal
 the lone call's up to float rounding).
+
+Each step of traced requests is a `decode.step` span (service/tracing.py): a child of the span of
+the oldest request in the step, linked to the span of every request in it.
 """
 
 from __future__ import annotations
@@ -24,8 +27,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+from opentelemetry.trace import Span
+
+from service import tracing
 from service.errors import Cancelled
 from service.metrics import Metrics
 from service.tasks.textgen import Continuation, Decoder, GeneratedToken
@@ -50,6 +57,7 @@ class DecodeRequest:
         self.remaining = sequences  # sequences not finished or dropped (the scheduler's count)
         self.started = started  # when the request arrived: time to first token counts from it
         self.on_leave = on_leave
+        self.trace: Span | None = tracing.current()  # the span the request was submitted in
         self.cancelled = False
         self.error: BaseException | None = None
         self.first_token_at: float | None = None
@@ -215,15 +223,28 @@ class DecodeEngine:
         if not continuing:
             return continuing
         try:
-            self.decoder.feed_many(
-                [c.sequence.context for c in continuing], [c.sequence.chosen for c in continuing]
-            )
+            with self._step_span(continuing):
+                self.decoder.feed_many(
+                    [c.sequence.context for c in continuing],
+                    [c.sequence.chosen for c in continuing],
+                )
         except Exception as exc:  # a failing step graph: every request in the step gets it
             return self._fail(continuing, exc)
         self.steps += 1
         if self._metrics is not None:
             self._metrics.decode_batch_size.observe(len(continuing))
         return continuing
+
+    def _step_span(self, continuing: list[_Running]) -> AbstractContextManager[Span | None]:
+        if not tracing.on():
+            return tracing.OFF
+        model, version = self._labels
+        attributes: tracing.Attributes = {
+            "seedserve.model": model,
+            "seedserve.model_version": version,
+            "seedserve.sequences": len(continuing),
+        }
+        return tracing.batch_span("decode.step", (c.request.trace for c in continuing), attributes)
 
     @staticmethod
     def _fail(items: list[_Running], exc: Exception) -> list[_Running]:

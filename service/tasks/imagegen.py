@@ -74,6 +74,20 @@ def label_array(
     return array
 
 
+def refuse_diffusion_options(
+    steps: int | None, guidance: float | None, sampler: str | None
+) -> None:
+    """A decoder (GAN, VAE) draws each image in one call: denoising options would be ignored,
+    so they are refused rather than dropped without a word."""
+    for name, value in (("steps", steps), ("guidance", guidance), ("sampler", sampler)):
+        if value is not None:
+            raise InvalidInput(
+                f"{name} applies to diffusion models only: this model is a decoder (GAN or VAE) "
+                "that draws each image in one call",
+                param=name,
+            )
+
+
 def diffusion_options(
     generation: Mapping[str, Any], steps: int | None, guidance: float | None, sampler: str | None
 ) -> tuple[int, float, str]:
@@ -169,6 +183,7 @@ def iter_generate(
     rng = np.random.default_rng(seed)
     shape = (len(label_ids), *generation["latent_shape"])
     if kind == "decoder":
+        refuse_diffusion_options(steps, guidance, sampler)
         latents = rng.standard_normal(shape, dtype=np.float32)
         images = decode(generation["decoder"], sessions, latents, label_ids)
         yield Progress(1, 1, to_uint8(images, generation["output_range"]))

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from service import tracing
 from service.errors import InvalidInput
+from service.protocol.text import GenerateParameters
 from service.registry import Registry
 from service.runtimes.language_model import LanguageModel
 from service.settings import Settings
@@ -56,6 +58,17 @@ def check_prompt(settings: Settings, decoder: Decoder, text: str, param: str) ->
             param=param,
         )
     return tokens
+
+
+def stop_strings(stop: str | list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    strings = [stop] if isinstance(stop, str) else stop
+    if any(not s for s in strings):
+        raise InvalidInput("stop strings must not be empty", param="stop")
+    if any(len(s) > 200 for s in strings):
+        raise InvalidInput("stop strings must be at most 200 characters", param="stop")
+    return strings
 
 
 def check_generation(
@@ -124,7 +137,20 @@ class GenerationJob:
     params: Sequence[SamplingParams]  # one per sequence
     stop: Sequence[str] = ()
     top_logprobs: int = 0  # alternatives reported with each token
-    prompt_logprobs: bool = False  # score the prompts' own tokens too (OpenAI `echo` + `logprobs`)
+    # score the prompts' own tokens too, with this many alternatives (OpenAI `echo` + `logprobs`)
+    prompt_logprobs: int | None = None
+
+
+def generation_job(
+    settings: Settings, model: LanguageModel, text: str, parameters: GenerateParameters
+) -> GenerationJob:
+    p = parameters
+    max_tokens = 20 if p.max_tokens is None else p.max_tokens
+    stop = stop_strings(p.stop)
+    check_prompt(settings, model.decoder, text, "text_input")
+    check_generation(settings, max_tokens, 1, None, stop)
+    params = sampling_params(p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.seed, 1)
+    return GenerationJob([text], 1, max_tokens, params, stop)
 
 
 @dataclass(frozen=True)
@@ -215,7 +241,7 @@ async def stream_generation(
         watcher: asyncio.Task[None] | None = None
         try:
             loop = asyncio.get_running_loop()
-            sequences = await loop.run_in_executor(dataplane.task_executor, prefill)
+            sequences = await loop.run_in_executor(dataplane.task_executor, tracing.bind(prefill))
             contexts = [s.context for s in sequences[:: job.n]]
             metrics.prompt_tokens.labels(*labels).inc(sum(len(c.tokens) for c in contexts))
             request = model.decode_engine().submit(sequences, started, release)

@@ -2,9 +2,14 @@
 
 Order of operations, as in Hugging Face's generate: banned tokens removed -> repetition penalty
 -> greedy (temperature 0) or temperature -> top-k -> top-p -> draw from a seeded numpy Generator.
-`top_k=1` is greedy whatever the temperature. The log-probability reported with each token is the
-model's own (log-softmax of the raw logits with banned tokens removed), not that of the reshaped
-distribution, so it is comparable across sampling settings.
+`top_k=1` is greedy whatever the temperature.
+
+Reported log-probabilities come from ONE distribution, the model's own: the log-softmax of its raw
+logits over the whole vocabulary, banned tokens included (`Choice.scored`). Banning, the penalty,
+temperature, top-k and top-p change which token is drawn, never the number reported with it, so a
+text scores the same whether it was written by the model or read as a prompt, whatever the
+sampling settings, and its perplexity is the one the model card measured. The alternatives listed
+with a token leave banned tokens out (they are never written), keeping their model log-probability.
 """
 
 from __future__ import annotations
@@ -81,21 +86,38 @@ def filter_top_p(logits: np.ndarray, p: float) -> np.ndarray:
     return np.where(keep, logits, -np.inf)
 
 
-@dataclass(frozen=True)
-class Choice:
-    token_id: int
-    logprob: float  # the model's log-probability of the token (see module docstring)
-    top: tuple[tuple[int, float], ...] = ()  # the most likely (id, log-probability), best first
-
-
-def top_logprobs(logprobs: np.ndarray, k: int) -> tuple[tuple[int, float], ...]:
-    """The k most likely (token id, log-probability) pairs, best first (ties by id)."""
+def top_logprobs(
+    logprobs: np.ndarray, k: int, banned: np.ndarray | None = None
+) -> tuple[tuple[int, float], ...]:
+    """The k most likely (token id, log-probability) pairs, best first (ties by id), leaving out
+    the `banned` ids; the values are `logprobs`' own (not renormalised)."""
+    if k > 0 and banned is not None and banned.size:
+        logprobs = logprobs.copy()
+        logprobs[banned] = -np.inf
     k = min(k, int(np.isfinite(logprobs).sum()))
     if k <= 0:
         return ()
     best = np.argpartition(-logprobs, k - 1)[:k]
     best = best[np.lexsort((best, -logprobs[best]))]
     return tuple((int(i), float(logprobs[i])) for i in best)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A token at one position, as reported: written by the sampler or read in a prompt."""
+
+    token_id: int
+    logprob: float  # the model's log-probability of the token (see module docstring)
+    top: tuple[tuple[int, float], ...] = ()  # the most likely (id, log-probability), best first
+
+    @classmethod
+    def scored(
+        cls, logprobs: np.ndarray, token_id: int, k: int = 0, banned: np.ndarray | None = None
+    ) -> Choice:
+        """`token_id` with its log-probability in `logprobs` (V,), the model's `log_softmax` at
+        that position, and the k most likely tokens there, banned ones left out. Generated and
+        prompt tokens are both reported through here."""
+        return cls(token_id, float(logprobs[token_id]), top_logprobs(logprobs, k, banned))
 
 
 class Sampler:
@@ -111,11 +133,13 @@ class Sampler:
 
     def choose(self, logits: np.ndarray, previous: Iterable[int] = ()) -> Choice:
         """The next token from logits (V,) given the ids so far (for the repetition penalty)."""
-        logits = np.asarray(logits, dtype=np.float64).copy()
+        logits = np.asarray(logits, dtype=np.float64)
+        model_logprobs = log_softmax(logits)  # what is reported (see module docstring)
+        allowed = logits
         if self.banned.size:
-            logits[self.banned] = -np.inf
-        model_logprobs = log_softmax(logits)
-        shaped = apply_repetition_penalty(logits, previous, self.params.repetition_penalty)
+            allowed = logits.copy()
+            allowed[self.banned] = -np.inf
+        shaped = apply_repetition_penalty(allowed, previous, self.params.repetition_penalty)
         if self.params.greedy:
             token = int(np.argmax(shaped))
         else:
@@ -123,11 +147,13 @@ class Sampler:
                 shaped = shaped / self.params.temperature
             shaped = filter_top_k(shaped, self.params.top_k)
             shaped = filter_top_p(shaped, self.params.top_p)
-            # nothing reshaped the logits: their log-softmax is the model's, already computed
-            shaped_logprobs = model_logprobs if shaped is logits else log_softmax(shaped)
-            token = draw(self.rng, np.exp(shaped_logprobs))
-        top = top_logprobs(model_logprobs, self.top_logprobs)
-        return Choice(token, float(model_logprobs[token]), top)
+            if shaped is allowed:  # nothing reshaped: the model's probabilities, banned ones 0
+                probs = np.exp(model_logprobs)
+                probs[self.banned] = 0.0  # `draw` renormalises
+            else:
+                probs = np.exp(log_softmax(shaped))
+            token = draw(self.rng, probs)
+        return Choice.scored(model_logprobs, token, self.top_logprobs, self.banned)
 
 
 def draw(rng: np.random.Generator, probs: np.ndarray) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.tasks.sampling import Sampler, SamplingParams, log_softmax, top_logprobs
+from service.tasks.sampling import Choice, Sampler, SamplingParams, log_softmax, top_logprobs
 from service.tasks.tokenizer import PARAGRAPH, Detokenizer, Token, WordTokenizer
 
 # the runtime's calling convention: run(feeds, output_names) -> outputs in that order
@@ -211,12 +211,14 @@ class Context:
     text: str = ""  # the prompt
     # log P(prompt token i | the tokens before it), when asked for; None beyond the graph's window
     prompt_logprobs: list[float | None] = field(default_factory=list)
+    # the most likely words at each prompt token's position, as `GeneratedToken.top`
+    prompt_top: list[tuple[tuple[str, float], ...] | None] = field(default_factory=list)
 
     def copy(self) -> Context:
         """An independent continuation of the same text (state arrays are never written in place)."""
         return Context(
             list(self.ids), list(self.state), self.logits, self.tokens, self.text,
-            self.prompt_logprobs,
+            self.prompt_logprobs, self.prompt_top,
         )  # fmt: skip
 
 
@@ -239,6 +241,9 @@ class GeneratedToken:
     text: str
     finish_reason: str | None = None  # "length" or "stop" on the last token, else None
     top: tuple[tuple[str, float], ...] = ()  # the most likely words and their log-probabilities
+    # where `word` starts in the completion's text (after the space before it, if any); a word
+    # cut out with a stop string points where it would have been
+    offset: int = 0
 
 
 class Decoder:
@@ -252,7 +257,7 @@ class Decoder:
     ) -> None:
         self.model = StepModel(step, config)
         self.tokenizer = tokenizer
-        self.banned = {tokenizer.unk_id}  # never write <unk>
+        self.banned = np.array([tokenizer.unk_id], dtype=np.int64)  # never write <unk>
 
     @classmethod
     def from_version(cls, model_dir: Path, version: int | None = None) -> Decoder:
@@ -267,21 +272,31 @@ class Decoder:
         return cls(session, config, tokenizer)
 
     # -- reading ---------------------------------------------------------------------------------
-    def read(self, text: str, prompt_logprobs: bool = False) -> Context:
-        """Prefill: the start token and the prompt's tokens in one step call."""
+    def read(self, text: str, prompt_logprobs: int | None = None) -> Context:
+        """Prefill: the start token and the prompt's tokens in one step call. With
+        `prompt_logprobs` k (vLLM's parameter), each prompt token is scored as a generated one
+        is (`Choice.scored`): its log-probability and the k most likely words at its position."""
         tokens = self.tokenizer.tokenize(text)
         ids = [self.tokenizer.bos_id, *(t.id for t in tokens)]
         context, logits = self._restart(ids)
         context.tokens, context.text = tokens, text
-        if prompt_logprobs:
+        if prompt_logprobs is not None:
             # logits[j] scores window token j + 1; the window is the last len(logits) ids
             logprobs = log_softmax(logits)
             skipped = len(ids) - len(logits)
-            context.prompt_logprobs = [
-                None if k < skipped else float(logprobs[k - skipped, ids[k + 1]])
+            scores = [
+                None
+                if k < skipped
+                else Choice.scored(logprobs[k - skipped], ids[k + 1], prompt_logprobs, self.banned)
                 for k in range(len(tokens))
             ]
+            context.prompt_logprobs = [None if c is None else c.logprob for c in scores]
+            context.prompt_top = [None if c is None else self.named(c.top) for c in scores]
         return context
+
+    def named(self, top: Sequence[tuple[int, float]]) -> tuple[tuple[str, float], ...]:
+        """(id, log-probability) pairs as (word, log-probability)."""
+        return tuple((self.tokenizer.word(i), lp) for i, lp in top)
 
     def restart(self, ids: list[int]) -> Context:
         """A fresh state that has read `ids` (the most recent ones if the graph has a limit)."""
@@ -316,12 +331,11 @@ class Decoder:
         return self.top_words(self.read(text).logits, k)
 
     def top_words(self, logits: np.ndarray, k: int) -> list[WordProbability]:
-        """The k most likely words of one position's logits (V,), never <unk>."""
-        scores = logits.astype(np.float64)
-        scores[list(self.banned)] = -np.inf
+        """The k most likely words of one position's logits (V,), never <unk>; their
+        probabilities are the model's, as completions report them (sampling.py's docstring)."""
         return [
             WordProbability(self.tokenizer.word(i), i, float(np.exp(logprob)), logprob)
-            for i, logprob in top_logprobs(log_softmax(scores), k)
+            for i, logprob in top_logprobs(log_softmax(logits), k, self.banned)
         ]
 
     def window(self, ids: list[int]) -> list[int]:
@@ -462,6 +476,7 @@ class Continuation:
         top_logprobs: int = 0,
     ) -> None:
         self.context = context
+        self.decoder = decoder
         self.tokenizer = decoder.tokenizer
         self.sampler = Sampler(params, decoder.banned, top_logprobs)
         self.writer = TextWriter(context.tokens, context.text, stop)
@@ -477,13 +492,14 @@ class Continuation:
         choice = self.sampler.choose(self.context.logits, self.context.ids[1:])
         word = self.tokenizer.word(choice.token_id)
         text, stopped = self.writer.push(word)
+        offset = self.writer.word_start
         self.left = 0 if stopped else self.left - 1
         if self.done and not stopped:
             text += self.writer.flush()
         reason = "stop" if stopped else "length" if self.done else None
-        top = tuple((self.tokenizer.word(t), lp) for t, lp in choice.top)
+        top = self.decoder.named(choice.top)
         self.chosen = choice.token_id
-        return GeneratedToken(choice.token_id, word, choice.logprob, text, reason, top)
+        return GeneratedToken(choice.token_id, word, choice.logprob, text, reason, top, offset)
 
 
 class TextWriter:
@@ -496,6 +512,8 @@ class TextWriter:
         self.glued = not prompt or prompt[-1].isspace()  # the user already typed the space
         self.stop = [s for s in stop if s]
         self.pending = ""  # written but not yet released (may be the start of a stop string)
+        self.written = 0  # characters written so far, released or pending
+        self.word_start = 0  # where the last word pushed starts in the text written
 
     def push(self, word: str) -> tuple[str, bool]:
         """Text to release now, and whether a stop string was reached."""
@@ -503,6 +521,9 @@ class TextWriter:
         if self.glued and word != PARAGRAPH:
             piece = piece.lstrip(" ")
         self.glued = False
+        # the piece is the word after a space or none; a paragraph break ("\n\n") starts at once
+        self.word_start = self.written + (0 if word == PARAGRAPH else len(piece) - len(word))
+        self.written += len(piece)
         self.pending += piece
         for s in self.stop:
             at = self.pending.find(s)

@@ -67,17 +67,17 @@ def test_an_unexpected_failure_is_a_json_500_and_the_server_goes_on(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dataplane = client.app.state.dataplane  # type: ignore[attr-defined]
-    original = dataplane.infer
+    original = dataplane.infer_request
 
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(dataplane, "infer", broken)
+    monkeypatch.setattr(dataplane, "infer_request", broken)
     answer = client.post("/v2/models/linear-test/infer", json=BODY)
     assert answer.status_code == 500
     assert answer.json() == {"error": "internal server error"}
     assert "injected" not in answer.text  # internals stay in the log
-    monkeypatch.setattr(dataplane, "infer", original)
+    monkeypatch.setattr(dataplane, "infer_request", original)
     assert client.post("/v2/models/linear-test/infer", json=BODY).status_code == 200
 
 

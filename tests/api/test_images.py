@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import openai
 import pytest
 from fastapi.testclient import TestClient
 from onnx_builders import write_classifier, write_decoder_generator, write_diffusion_generator
@@ -148,7 +149,7 @@ def test_vae_reconstruction(gen: TestClient) -> None:
         ({"model": "nope"}, 404, "nope"),
         ({"model": "linear-test"}, 400, "not an image generator"),
         ({"model": "gan-test", "n": 129}, 400, "at most 128"),
-        ({"model": "gan-test", "n": 0}, 422, "n"),
+        ({"model": "gan-test", "n": 0}, 400, "n"),
         ({"model": "gan-test", "label": 10}, 400, "[0, 9]"),
         ({"model": "gan-test", "label": "cat"}, 400, "not a class"),
         ({"model": "gan-test", "prompt": "a cat"}, 400, "prompt"),
@@ -156,27 +157,63 @@ def test_vae_reconstruction(gen: TestClient) -> None:
         ({"model": "gan-test", "labels": [1, 2], "n": 3}, 400, "n = 3"),
         ({"model": "gan-test", "labels": [1], "label": 1}, 400, "not both"),
         ({"model": "gan-test", "size": "1024x1024"}, 400, "28x28"),
-        ({"model": "gan-test", "response_format": "url"}, 422, "response_format"),
-        ({"model": "gan-test", "colour": "red"}, 422, "colour"),
-        ({"model": "gan-test", "seed": -1}, 422, "seed"),
+        ({"model": "gan-test", "response_format": "url"}, 400, "response_format"),
+        ({"model": "gan-test", "colour": "red"}, 400, "colour"),
+        ({"model": "gan-test", "seed": -1}, 400, "seed"),
+        ({"model": "gan-test", "steps": 5}, 400, "steps"),
+        ({"model": "gan-test", "guidance": 1.0}, 400, "guidance"),
+        ({"model": "vae-test", "sampler": "ddim"}, 400, "sampler"),
         ({"model": "diffusion-test", "steps": 101}, 400, "steps"),
         ({"model": "diffusion-test", "steps": 100, "n": 20}, 400, "image-steps"),
-        ({"model": "diffusion-test", "sampler": "euler"}, 422, "sampler"),
-        ({"model": "diffusion-test", "guidance": 51}, 422, "guidance"),
+        ({"model": "diffusion-test", "sampler": "euler"}, 400, "sampler"),
+        ({"model": "diffusion-test", "guidance": 51}, 400, "guidance"),
     ],
 )
 def test_bad_generation_requests(gen: TestClient, body: dict, status: int, words: str) -> None:
     response = gen.post(GEN, json=body)
     assert response.status_code == status, response.text
-    assert words in response.json()["error"]
+    error = response.json()["error"]  # OpenAI's shape, as the openai client reads it
+    assert words in error["message"]
+    assert error["type"] == ("invalid_request_error" if status == 400 else "not_found_error")
 
 
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
 def test_non_finite_numbers_are_refused(gen: TestClient, literal: bytes) -> None:
     body = b'{"model": "diffusion-test", "guidance": ' + literal + b"}"
     response = gen.post(GEN, content=body, headers={"Content-Type": "application/json"})
-    assert response.status_code == 422, response.text
-    assert "guidance" in response.json()["error"]
+    assert response.status_code == 400, response.text
+    assert "guidance" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("query", ["steps=5", "guidance=2", "sampler=ddim"])
+def test_decoders_refuse_diffusion_options(gen: TestClient, query: str) -> None:
+    """A GAN or VAE draws in one call: steps, guidance and sampler would be ignored, so they are
+    refused, naming the parameter."""
+    name = query.split("=")[0]
+    response = gen.get(f"/v1/models/gan-test/generate-image?{query}")
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith(f"{name} applies to diffusion models only")
+    assert gen.get(f"/v1/models/diffusion-test/generate-image?{query}").status_code == 200
+
+
+def test_openai_client_reads_our_errors(gen: TestClient) -> None:
+    """The official client over the real app: our message and field reach its exceptions."""
+    client = openai.OpenAI(
+        base_url=f"{gen.base_url}/v1", api_key="unused", http_client=gen, max_retries=0
+    )
+    done = client.images.generate(model="gan-test", prompt="a 7", extra_body={"seed": 1})
+    assert done.data and done.data[0].b64_json and done.data[0].revised_prompt == "7"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.images.generate(model="gan-test", prompt="7", n=1, extra_body={"steps": 5})
+    assert refused.value.param == "steps" and refused.value.type == "invalid_request_error"
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["message"].startswith("steps applies to diffusion models only")
+    with pytest.raises(openai.BadRequestError) as too_many:
+        client.images.generate(model="gan-test", prompt="7", n=0)
+    assert too_many.value.param == "n"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.images.generate(model="no-such-model", prompt="7")
+    assert "no-such-model" in str(missing.value)
 
 
 def test_generation_metrics(gen: TestClient) -> None:

@@ -333,11 +333,13 @@ def test_tritonclient_health_and_raw_http(server: Server) -> None:
     assert client.is_model_ready("linear-test") and not client.is_model_ready("nope")
 
 
-def test_kserve_rest_client(server: Server) -> None:
-    """KServe's own SDK (run in a process of its own: see tests/kserve_sdk.py)."""
-    batch = images(2, seed=7)
+def kserve_sdk(
+    server: Server, address: str, batch: np.ndarray
+) -> tuple[dict[str, Any], np.ndarray]:
+    """What KServe's SDK saw at `address` (run in a process of its own: see tests/kserve_sdk.py),
+    with its health answers checked, and the probabilities onnxruntime gives for `batch`."""
     run = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "kserve_sdk.py"), server.url, "linear-test"],
+        [sys.executable, str(ROOT / "tests" / "kserve_sdk.py"), address, "linear-test"],
         input=json.dumps(batch.tolist()),
         capture_output=True,
         text=True,
@@ -348,7 +350,12 @@ def test_kserve_rest_client(server: Server) -> None:
     assert seen["live"] is True and seen["ready"] is True
     assert seen["model_ready"] is True and seen["missing_model_ready"] is False
     session = ort.InferenceSession(str(server.models_dir / "linear-test" / "1" / "model.onnx"))  # type: ignore[attr-defined]
-    want = session.run(["probabilities"], {"image": batch})[0]
+    return seen, session.run(["probabilities"], {"image": batch})[0]
+
+
+def test_kserve_rest_client(server: Server) -> None:
+    """KServe's InferenceRESTClient: health, model ready, JSON and binary tensors, errors."""
+    seen, want = kserve_sdk(server, server.url, images(2, seed=7))
     answer = seen["json"]
     assert (answer["model_name"], answer["id"]) == ("linear-test", "k1")
     assert sorted(answer["outputs"]) == ["logits", "probabilities"]
@@ -358,3 +365,14 @@ def test_kserve_rest_client(server: Server) -> None:
     refused = seen["mismatch"]
     assert refused["status"] == 400
     assert "'other'" in refused["message"] and "'linear-test'" in refused["message"]
+
+
+def test_kserve_grpc_client(server: Server) -> None:
+    """KServe's InferenceGRPCClient: health, model ready, typed and raw tensors, errors."""
+    seen, want = kserve_sdk(server, f"grpc://{server.grpc}", images(2, seed=8))
+    for form in ("typed", "raw"):
+        answer = seen[form]
+        assert answer["model_name"] == "linear-test"
+        np.testing.assert_allclose(np.array(answer["outputs"]["probabilities"]), want, rtol=1e-6)
+    assert seen["typed"]["id"] == "g1"
+    assert "no-such-model" in seen["missing"]["error"] and "not found" in seen["missing"]["error"]

@@ -5,7 +5,6 @@ client that disconnects mid-stream. Tiny real ONNX bigram models (tests/onnx_bui
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from completion_answers import check_logprobs, events, merged_choice
 from fastapi.testclient import TestClient
 from live_server import Server, live_server
 from onnx_builders import write_classifier, write_language_model
@@ -45,12 +45,6 @@ def complete(client: TestClient, **body: Any) -> dict[str, Any]:
     response = client.post("/v1/completions", json={"model": "lm-test", **body})
     assert response.status_code == 200, response.text
     return dict(response.json())
-
-
-def events(text: str) -> list[Any]:
-    """The data of every server-sent event ("[DONE]" stays a string)."""
-    found = re.findall(r"^data: (.*)$", text, flags=re.M)
-    return [d if d == "[DONE]" else json.loads(d) for d in found]
 
 
 # -- next word ---------------------------------------------------------------------------------
@@ -100,11 +94,13 @@ def test_echo_and_logprobs(lm_client: TestClient) -> None:
     body = complete(lm_client, prompt=prompt, max_tokens=3, temperature=0, echo=True, logprobs=2)
     choice = body["choices"][0]
     assert choice["text"] == prompt + " sat on the"
+    check_logprobs(choice, 2)
     logprobs = choice["logprobs"]
     assert logprobs["tokens"] == ["The", "cat", "sat", "on", "the"]
-    assert logprobs["text_offset"][:2] == [0, 5]
-    assert logprobs["top_logprobs"][:2] == [None, None]  # prompt tokens: the model's score only
-    assert all(lp is not None and lp < 0 for lp in logprobs["token_logprobs"])
+    assert logprobs["text_offset"] == [0, 5, 9, 13, 16]
+    # a prompt token has its alternatives too; an unknown word is scored as <unk>, never listed
+    unknown = logprobs["top_logprobs"][0]
+    assert unknown.keys() == {"The", "the", "\n"} and "<unk>" not in str(logprobs["top_logprobs"])
     for top, token, lp in zip(
         logprobs["top_logprobs"][2:],
         logprobs["tokens"][2:],
@@ -218,6 +214,25 @@ def test_stream_with_echo_and_no_usage(lm_client: TestClient) -> None:
     assert chunks[-1] == "[DONE]" and all("usage" not in c for c in chunks[:-1])
     assert [c["choices"][0]["text"] for c in chunks[:-1]] == ["a", " dog", " ran"]
     assert chunks[1]["choices"][0]["logprobs"]["tokens"] == ["dog"]
+    check_logprobs(merged_choice(chunks), 1)
+
+
+def test_offsets_of_text_held_back_for_a_stop_string(lm_client: TestClient) -> None:
+    """The words "on the" might begin the stop string: their chunks carry no text until "cat"
+    shows they do not, yet every token's offset is where it ends up in the text."""
+    body = {"prompt": "the", "max_tokens": 5, "temperature": 0, "stop": ["on the mat"],
+            "logprobs": 0}  # fmt: skip
+    for echo in (False, True):
+        streamed = events(
+            lm_client.post(
+                "/v1/completions", json={"model": "lm-test", **body, "echo": echo, "stream": True}
+            ).text
+        )
+        texts = [c["choices"][0]["text"] for c in streamed[:-1]]
+        assert texts == ["the"] * echo + [" cat", " sat", " ", "", "on the cat"]
+        choice = merged_choice(streamed)
+        check_logprobs(choice, 0)
+        assert choice == {**complete(lm_client, **body, echo=echo)["choices"][0], "index": 0}
 
 
 # -- the Open Inference Protocol generate extension --------------------------------------------
@@ -363,17 +378,17 @@ def test_completion_errors_in_openai_shape(lm_client: TestClient) -> None:
 # (path, body, status, words the error must contain) for the other text endpoints
 BAD_TEXT: list[tuple[str, dict[str, Any], int, str]] = [
     ("/v1/models/lm-test/next-word", {"text": "a", "top_k": 101}, 400, "top_k"),
-    ("/v1/models/lm-test/next-word", {"text": "a", "top_k": 0}, 422, "top_k"),
+    ("/v1/models/lm-test/next-word", {"text": "a", "top_k": 0}, 400, "top_k"),
     ("/v1/models/lm-test/next-word", {"text": LONG}, 400, "text"),
-    ("/v1/models/lm-test/next-word", {"txt": "a"}, 422, "txt"),
+    ("/v1/models/lm-test/next-word", {"txt": "a"}, 400, "txt"),
     ("/v1/models/linear-test/next-word", {"text": "a"}, 400, "not a language model"),
     ("/v1/models/nope/next-word", {"text": "a"}, 404, "nope"),
-    ("/v2/models/lm-test/generate", {}, 422, "text_input"),
+    ("/v2/models/lm-test/generate", {}, 400, "text_input"),
     ("/v2/models/lm-test/generate", {"text_input": LONG}, 400, "text_input"),
     ("/v2/models/lm-test/generate", {"text_input": "a", "parameters": {"max_tokens": 600}}, 400,
      "max_tokens"),
-    ("/v2/models/lm-test/generate", {"text_input": "a", "parameters": {"top_p": 2}}, 422, "top_p"),
-    ("/v2/models/lm-test/generate", {"text_input": "a", "parameters": {"beam": 2}}, 422, "beam"),
+    ("/v2/models/lm-test/generate", {"text_input": "a", "parameters": {"top_p": 2}}, 400, "top_p"),
+    ("/v2/models/lm-test/generate", {"text_input": "a", "parameters": {"beam": 2}}, 400, "beam"),
     ("/v2/models/lm-test/generate_stream", {"text_input": "a", "parameters": {"stop": [""]}}, 400,
      "stop"),
     ("/v2/models/lm-test/versions/9/generate", {"text_input": "a"}, 404, "version"),

@@ -148,10 +148,10 @@ def test_infer_binary_in_mixed_out(client: TestClient, models_dir: Path) -> None
 
 
 def test_bytes_codec_round_trip() -> None:
-    from service.protocol.v2 import _from_binary, _to_bytes
+    from service.protocol.v2 import from_binary, to_bytes
 
     array = np.array([b"a", b"hello", b""], dtype=object)
-    raw = _to_bytes(array, "BYTES")
+    raw = to_bytes(array, "BYTES")
     assert raw[:4] == struct.pack("<I", 1)
-    back = _from_binary(memoryview(raw), "BYTES", 3, "x")
+    back = from_binary(memoryview(raw), "BYTES", 3, "x")
     assert back.tolist() == [b"a", b"hello", b""]

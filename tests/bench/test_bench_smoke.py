@@ -28,10 +28,13 @@ def test_smoke_run_writes_results_report_and_plot(tmp_path: Path) -> None:
         ("seedserve", "classify-png"),
         ("seedserve", "v2-json-b16"),
         ("seedserve", "v2-binary-b16"),
+        ("seedserve", "grpc"),  # h2load (make example-deps) sends raw-tensor ModelInfer calls
+        ("seedserve", "grpc-b16"),
         ("naive-fastapi", "v2-json"),
     }
-    for row in rows.values():
-        assert row["concurrency"] == 2 and row["generator"] == "python"
+    for (_, workload), row in rows.items():
+        generator = "h2load" if workload.startswith("grpc") else "python"
+        assert row["concurrency"] == 2 and row["generator"] == generator
         assert row["requests"] > 0 and row["errors"] == 0
         assert row["rps"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
         assert row["server_cpu_s"] >= 0 and row["rss_mb"] > 10
@@ -43,5 +46,6 @@ def test_smoke_run_writes_results_report_and_plot(tmp_path: Path) -> None:
     report = (out / "report.md").read_text()
     for heading in ("## In process (the ceiling)", "## At concurrency 2", "## Targets (issue #5)"):
         assert heading in report
+    assert "| seedserve | v2-binary |" in report and "| seedserve | grpc |" in report
     assert "| seedserve | v2-binary |" in report and "| naive-fastapi | v2-json |" in report
     assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"

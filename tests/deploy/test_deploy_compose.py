@@ -4,6 +4,7 @@ images, and `docker compose config` accepts it (with CI's override too)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from typing import Any
 
@@ -32,6 +33,17 @@ def test_ports_are_published_on_loopback_only() -> None:
     for name, service in services().items():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond this machine"
+
+
+def test_seedserve_publishes_the_image_rest_and_grpc_ports() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    environment = services()["seedserve"]["environment"]
+    listening = [
+        environment.get(name) or re.findall(rf"\b{name}=(\d+)", dockerfile)[-1]
+        for name in ("SEEDSERVE_PORT", "SEEDSERVE_GRPC_PORT")
+    ]
+    published = [port.rsplit(":", 1)[1] for port in services()["seedserve"]["ports"]]
+    assert published == listening, f"publishes {published}, the server listens on {listening}"
 
 
 def test_seedserve_is_locked_down_like_the_pod() -> None:
@@ -82,6 +94,8 @@ def test_ci_override_changes_only_networking_and_the_prometheus_image() -> None:
         assert service["network_mode"] == "host"
     environment = override["services"]["seedserve"]["environment"]
     assert environment["SEEDSERVE_HOST"] == "127.0.0.1", "CI listens on loopback only"
+    # on the host's network, the image's fixed ports would collide with whatever holds them
+    assert {"SEEDSERVE_PORT", "SEEDSERVE_GRPC_PORT"} <= set(environment)
 
 
 def test_docker_compose_config_accepts_it() -> None:
@@ -89,6 +103,7 @@ def test_docker_compose_config_accepts_it() -> None:
     env = {
         **os.environ,
         "SEEDSERVE_CI_PORT": "1",
+        "SEEDSERVE_GRPC_CI_PORT": "3",
         "PROMETHEUS_CI_PORT": "2",
         "DEPLOY_CI_CONFIG": "/tmp",
     }

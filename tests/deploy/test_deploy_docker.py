@@ -94,7 +94,9 @@ def test_runtime_stage_is_configured_by_real_settings(name: str) -> None:
     settings = {k: v for k, v in env.items() if k.startswith("SEEDSERVE_")}
     unknown = [k for k in settings if k[len("SEEDSERVE_") :].lower() not in Settings.model_fields]
     assert not unknown, f"not settings of service/settings.py: {unknown}"
-    assert instruction(stage, "EXPOSE") == [settings["SEEDSERVE_PORT"]]
+    exposed = " ".join(instruction(stage, "EXPOSE")).split()
+    assert exposed == [settings["SEEDSERVE_PORT"], settings["SEEDSERVE_GRPC_PORT"]], "REST, gRPC"
+    assert int(settings["SEEDSERVE_GRPC_PORT"]) != 0, "gRPC on (0 would turn it off)"
     assert settings["SEEDSERVE_HOST"] == "0.0.0.0", "reachable through a published port"
     assert settings["SEEDSERVE_PROVIDER"] == ("cuda" if name == "gpu" else "cpu")
     assert any(

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from deploy_support import CACHE, K8S, ROOT, Manifest, RouteTable, missing, one, pod_spec, rendered
 
+from service.grpcapi.server import READINESS_SERVICES
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -71,36 +72,65 @@ def test_selectors_select_the_pods(manifests: list[Manifest]) -> None:
     )
 
 
-def test_probes_hit_real_routes(manifests: list[Manifest], get_routes: RouteTable) -> None:
+def container_ports(server: dict[str, Any]) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in server["ports"]}
+
+
+def probe_target(probe: dict[str, Any], ports: dict[str, int]) -> tuple[str, int, str]:
+    """What a probe asks: ("http", port, path) or ("grpc", port, health service)."""
+    if "grpc" in probe:
+        return "grpc", probe["grpc"]["port"], probe["grpc"].get("service", "")
+    port = probe["httpGet"]["port"]
+    assert isinstance(port, int) or port in ports, f"{port} is no container port"
+    return "http", ports[port] if isinstance(port, str) else port, probe["httpGet"]["path"]
+
+
+def test_probes_hit_real_endpoints(
+    manifests: list[Manifest], get_routes: RouteTable, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = container(manifests)
-    port_names = {p["name"] for p in server["ports"]}
-    paths = {}
+    settings = settings_from(config_map(manifests), monkeypatch)
+    listening = {"http": settings.port, "grpc": settings.grpc_port}
+    asked = {}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert probe in server, f"no {probe}"
-        http = server[probe]["httpGet"]
-        assert http["path"] in get_routes, f"{probe} asks {http['path']}, which the app lacks"
-        assert http["port"] in port_names, f"{probe} port {http['port']} is no container port"
-        paths[probe] = http["path"]
-    # Open Inference Protocol health: ready for traffic (and for start-up), live for restarts.
-    assert paths == {
-        "startupProbe": "/v2/health/ready",
-        "readinessProbe": "/v2/health/ready",
-        "livenessProbe": "/v2/health/live",
+        kind, port, what = probe_target(server[probe], container_ports(server))
+        assert port == listening[kind], (
+            f"{probe}: {kind} on {port}, the server on {listening[kind]}"
+        )
+        if kind == "http":
+            assert what in get_routes, f"{probe} asks {what}, which the app lacks"
+        else:  # the live answer: tests/deploy/test_deploy_grpc.py
+            assert what in READINESS_SERVICES, f"{probe} asks {what!r}, no readiness service"
+        asked[probe] = (kind, what)
+    # Open Inference Protocol health: start-up (models loaded, REST up) and liveness over REST,
+    # readiness over gRPC, so each listener is proven (k8s/base/deployment.yaml says why).
+    assert asked == {
+        "startupProbe": ("http", "/v2/health/ready"),
+        "readinessProbe": ("grpc", ""),
+        "livenessProbe": ("http", "/v2/health/live"),
     }
 
 
-def test_ports_line_up(manifests: list[Manifest], get_routes: RouteTable) -> None:
+def test_ports_line_up(
+    manifests: list[Manifest], get_routes: RouteTable, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = container(manifests)
-    (port,) = server["ports"]
-    assert port["containerPort"] == int(config_map(manifests)[f"{PREFIX}PORT"]), (
-        "the server listens on SEEDSERVE_PORT, which is not the container port"
+    data = config_map(manifests)
+    assert f"{PREFIX}GRPC_PORT" in data, "stated, not left to the default: probes depend on it"
+    settings = settings_from(data, monkeypatch)
+    assert container_ports(server) == {"http": settings.port, "grpc": settings.grpc_port}, (
+        "the container ports are not where the server listens (SEEDSERVE_PORT, _GRPC_PORT)"
     )
-    assert config_map(manifests)[f"{PREFIX}HOST"] == "0.0.0.0", "reachable from the kubelet"
-    service = one(manifests, "Service")
-    (service_port,) = service["spec"]["ports"]
-    assert service_port["targetPort"] in (port["name"], port["containerPort"])
+    assert settings.host == "0.0.0.0", "reachable from the kubelet"
+    service_ports = {p["name"]: p for p in one(manifests, "Service")["spec"]["ports"]}
+    assert set(service_ports) == {"http", "grpc"}
+    for name, service_port in service_ports.items():
+        assert service_port["targetPort"] in (name, container_ports(server)[name])
+    # gateways and meshes speak HTTP/2 to it only when told (gRPC refuses HTTP/1.1)
+    assert service_ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
     (endpoint,) = one(manifests, "ServiceMonitor")["spec"]["endpoints"]
-    assert endpoint["port"] == service_port["name"], "the ServiceMonitor names no Service port"
+    assert endpoint["port"] == "http", "/metrics is served over REST"
     assert endpoint["path"] in get_routes, f"{endpoint['path']} is not a route of the app"
 
 
@@ -224,7 +254,13 @@ def test_kserve_runtime_runs_this_server(
     env = {e["name"]: e["value"] for e in server["env"]}
     settings = settings_from(env, monkeypatch)
     assert str(settings.models_dir) == "/mnt/models", "where KServe puts the storageUri"
-    assert [p["containerPort"] for p in server["ports"]] == [settings.port]
+    # KServe's own model server listens there; the first port becomes the Service's port 80
+    assert (settings.port, settings.grpc_port) == (8080, 8081)
+    assert [(p["name"], p["containerPort"]) for p in server["ports"]] == [
+        ("http1", settings.port),
+        ("h2c", settings.grpc_port),  # the name KServe (and Knative) take for HTTP/2, gRPC
+    ]
+    assert {"v2", "grpc-v2"} <= set(runtime["spec"]["protocolVersions"])
     for probe in ("readinessProbe", "livenessProbe"):
         assert server[probe]["httpGet"]["path"] in get_routes
         assert server[probe]["httpGet"]["port"] == settings.port

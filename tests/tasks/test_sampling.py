@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from service.tasks.sampling import (
+    Choice,
     Sampler,
     SamplingParams,
     apply_repetition_penalty,
@@ -74,11 +75,14 @@ def test_repetition_penalty_discourages_seen_tokens() -> None:
 
 
 def test_banned_tokens_are_never_drawn_and_logprob_is_the_models() -> None:
-    sampler = Sampler(SamplingParams(seed=0), banned=[1])
+    sampler = Sampler(SamplingParams(seed=0, top_p=0.9), banned=[1], top_logprobs=2)
     choices = [sampler.choose(LOGITS) for _ in range(300)]
     assert 1 not in {c.token_id for c in choices}
-    expected = log_softmax(np.where(np.arange(5) == 1, -np.inf, LOGITS))
+    # the model's own distribution, banned token included: not renormalised, not reshaped
+    expected = log_softmax(LOGITS)
     assert all(abs(c.logprob - expected[c.token_id]) < 1e-12 for c in choices)
+    assert choices[0].top == ((2, expected[2]), (3, expected[3]))  # banned 1 is not listed
+    assert Choice.scored(expected, 1, 2, np.array([1])) == Choice(1, expected[1], choices[0].top)
 
 
 def test_invalid_parameters_are_refused() -> None:

@@ -166,14 +166,43 @@ def test_state_description_is_validated() -> None:
 
 def test_prompt_logprobs_score_every_prompt_token() -> None:
     decoder, _ = make_decoder()
-    context = decoder.read("the cat", prompt_logprobs=True)
+    context = decoder.read("the cat", prompt_logprobs=1)
     table = successor_table(TOKENIZER, PAIRS).astype(np.float64)
     previous, read = [TOKENIZER.bos_id, TOKENIZER.token_id("the")], TOKENIZER.encode("the cat")
+    # the whole vocabulary's softmax, <unk> (the likeliest here) included
     expected = [
         row[t] - np.log(np.exp(row).sum()) for row, t in zip(table[previous], read, strict=True)
     ]
     np.testing.assert_allclose(context.prompt_logprobs, expected, rtol=1e-6)
+    # the best word at each position is the one read; <unk> is never listed
+    assert [[w for w, _ in top or ()] for top in context.prompt_top] == [["the"], ["cat"]]
     assert decoder.read("the cat").prompt_logprobs == []  # only when asked
+
+
+def test_a_text_scores_the_same_written_or_read() -> None:
+    """Sampled words, then the same text read as a prompt: the same scores and alternatives, and
+    each word where its offset says in the completion's text."""
+    decoder, _ = make_decoder()
+    prompt = "the dog"
+    params = SamplingParams(seed=3, temperature=3.0)
+    written = [t for _, t in decoder.continue_many([decoder.read(prompt)], 12, params, [], 2)]
+    completion = "".join(t.text for t in written)
+    read = decoder.read(prompt + completion, prompt_logprobs=2)
+    assert [t.text for t in read.tokens[2:]] == [t.word for t in written]
+    assert [t.start - len(prompt) for t in read.tokens[2:]] == [t.offset for t in written]
+    assert all(completion[t.offset :].startswith(t.word) for t in written)
+    np.testing.assert_allclose(read.prompt_logprobs[2:], [t.logprob for t in written], rtol=1e-9)
+    assert [[w for w, _ in top or ()] for top in read.prompt_top[2:]] == [
+        [w for w, _ in t.top] for t in written
+    ]
+
+
+def test_offsets_count_text_held_back_for_a_stop_string() -> None:
+    decoder, _ = make_decoder()
+    out = list(decoder.generate("the dog", 4, SamplingParams(temperature=0), ["on the mat"]))
+    assert [t.text for t in out] == [" sat", " ", "", "on the cat"]  # "on the" might be a stop
+    assert [t.offset for t in out] == [1, 5, 8, 12]
+    assert all(" sat on the cat"[t.offset :].startswith(t.word) for t in out)
 
 
 def test_continuations_share_a_prefill_and_report_alternatives() -> None:

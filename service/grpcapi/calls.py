@@ -1,0 +1,220 @@
+"""What every gRPC call gets, as every REST request does in service/middleware.py and
+service/app.py: a request id (metadata `x-request-id`, else a fresh one, sent back in the
+trailing metadata), the API-key check (metadata `authorization: Bearer <key>`), metrics by
+method and status code, one JSON access-log line, and domain errors turned into status codes.
+
+Status codes, from the service's errors (service/errors.py):
+400 invalid input, 415 -> INVALID_ARGUMENT · 404 -> NOT_FOUND · 401 -> UNAUTHENTICATED ·
+403 -> PERMISSION_DENIED · 413 -> RESOURCE_EXHAUSTED (as gRPC itself answers a message over
+the limit) · 503 not ready or overloaded -> UNAVAILABLE (as Triton answers a full queue; an
+overload carries `retry-after` seconds and a google.rpc.RetryInfo in `grpc-status-details-bin`,
+which gRPC retry policies and grpc-status readers understand) · 499 -> CANCELLED ·
+anything else -> INTERNAL. A client's deadline that passes cancels the call (DEADLINE_EXCEEDED,
+answered by gRPC itself), and the request stops wherever it is: queued, or between decode steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
+from enum import Enum
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from opentelemetry.trace import Span
+
+from service import tracing
+from service.auth import check_admin_key, check_inference_key
+from service.errors import Overloaded, ServiceError
+from service.metrics import Metrics
+from service.middleware import request_id_from
+from service.settings import Settings
+
+log = logging.getLogger("seedserve.access")
+errors_log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STATUS_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    499: grpc.StatusCode.CANCELLED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+SERVICE = "inference.GRPCInferenceService"
+# The codes that make a server span an error (OpenTelemetry's rule for gRPC servers).
+SERVER_FAULTS = frozenset({
+    grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
+})  # fmt: skip
+
+
+class Access(Enum):
+    OPEN = "open"  # health and server metadata, as REST
+    INFERENCE = "inference"  # models: the inference key when one is set
+    ADMIN = "admin"  # the repository: the admin key, and off without one
+
+
+class Aborted(Exception):
+    """The call ended with `code` and `message` (a domain error, rendered)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, metadata: tuple[Any, ...]) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.metadata = metadata
+
+
+def status_of(exc: ServiceError) -> tuple[grpc.StatusCode, tuple[tuple[str, Any], ...]]:
+    """A domain error's gRPC status code and the trailing metadata that goes with it."""
+    code = STATUS_CODES.get(exc.status_code, grpc.StatusCode.INTERNAL)
+    if not isinstance(exc, Overloaded):
+        return code, ()
+    seconds = max(1, round(exc.retry_after_s))
+    retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds))
+    status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=exc.message)
+    status.details.add().Pack(retry)
+    return code, (
+        ("retry-after", str(seconds)),
+        ("grpc-status-details-bin", status.SerializeToString()),
+    )
+
+
+class Calls:
+    """Runs each gRPC call's work with the request id, auth, metrics, logging and error mapping."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+
+    def authorize(self, access: Access, metadata: dict[str, str]) -> None:
+        if access is Access.INFERENCE:
+            check_inference_key(self.settings, metadata.get("authorization"))
+        elif access is Access.ADMIN:
+            check_admin_key(self.settings, metadata.get("authorization"))
+
+    async def unary(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        access: Access,
+        work: Callable[[], Awaitable[T]],
+    ) -> T:
+        """One unary call: `work`'s answer, or the call aborted with the error's status."""
+        metadata = _metadata(context)
+        request_id = request_id_from(metadata.get("x-request-id"))
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        self.metrics.grpc_in_flight.inc()
+        with _request_span(method, metadata, request_id) as span:
+            try:
+                self.authorize(access, metadata)
+                answer = await work()
+                context.set_trailing_metadata((("x-request-id", request_id),))
+                return answer
+            except Exception as exc:
+                code, message, trailing = self._failure(exc, method)
+                code_metadata = (("x-request-id", request_id), *trailing)
+                await context.abort(code, message, trailing_metadata=code_metadata)
+                raise  # abort raises; this is never reached
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                self._finished(method, code, request_id, start, span)
+
+    async def stream(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        access: Access,
+        responses: Callable[[str], AsyncIterator[T]],
+    ) -> AsyncIterator[T]:
+        """One streaming call: what `responses(request_id)` yields, then the call's status."""
+        metadata = _metadata(context)
+        request_id = request_id_from(metadata.get("x-request-id"))
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        self.metrics.grpc_in_flight.inc()
+        with _request_span(method, metadata, request_id) as span:
+            try:
+                self.authorize(access, metadata)
+                async for response in responses(request_id):
+                    yield response
+                context.set_trailing_metadata((("x-request-id", request_id),))
+            except Exception as exc:
+                code, message, trailing = self._failure(exc, method)
+                await context.abort(
+                    code, message, trailing_metadata=(("x-request-id", request_id), *trailing)
+                )
+            except (asyncio.CancelledError, GeneratorExit):
+                code = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                self._finished(method, code, request_id, start, span)
+
+    def _failure(
+        self, exc: Exception, method: str
+    ) -> tuple[grpc.StatusCode, str, tuple[tuple[str, Any], ...]]:
+        if isinstance(exc, ServiceError):
+            code, trailing = status_of(exc)
+            return code, exc.message, trailing
+        if isinstance(exc, grpc.aio.AbortError):
+            raise exc
+        errors_log.exception("grpc call failed", extra={"grpc_method": method})
+        return grpc.StatusCode.INTERNAL, "internal server error", ()
+
+    def _finished(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        request_id: str,
+        start: float,
+        span: Span | None,
+    ) -> None:
+        elapsed = time.perf_counter() - start
+        if span is not None:
+            failed = code in SERVER_FAULTS
+            tracing.finish_call(span, {"rpc.grpc.status_code": code.value[0]}, failed=failed)
+        self.metrics.grpc_in_flight.dec()
+        self.metrics.grpc_requests.labels(method, code.name).inc()
+        self.metrics.grpc_duration.labels(method).observe(elapsed)
+        if self.settings.access_log:
+            log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "grpc_method": method,
+                    "code": code.name,
+                    "duration_ms": round(elapsed * 1e3, 3),
+                },
+            )
+
+
+def _request_span(
+    method: str, metadata: dict[str, str], request_id: str
+) -> AbstractContextManager[Span | None]:
+    """The call's SERVER span (its parent the metadata's W3C traceparent), when tracing is on."""
+    if not tracing.on():
+        return tracing.OFF
+    attributes = {
+        "rpc.system": "grpc",
+        "rpc.service": SERVICE,
+        "rpc.method": method,
+        "seedserve.request_id": request_id,
+    }
+    return tracing.request_span(f"{SERVICE}/{method}", metadata, attributes)
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {m.key: m.value for m in context.invocation_metadata() or () if isinstance(m.value, str)}
