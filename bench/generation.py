@@ -33,6 +33,7 @@ import numpy as np
 import orjson
 
 from bench import cli
+from bench.decoding import generate_batch
 from bench.inprocess import time_calls
 from bench.loadgen import Request, run_load
 from bench.procs import Server, free_port, start_server, stop_server
@@ -177,7 +178,7 @@ def completion_work(plan: Plan, repository: Path, settings: Settings, name: str)
 
     def completions(c: int) -> float:
         return _units_per_s(
-            lambda: decoder.generate_batch([PROMPT] * c, NEW_TOKENS, params),
+            lambda: generate_batch(decoder, [PROMPT] * c, NEW_TOKENS, params),
             NEW_TOKENS * c,
             plan.point_s * 2,
         )

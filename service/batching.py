@@ -87,10 +87,6 @@ class Batcher:
         self._running: set[asyncio.Task[None]] = set()
         self._depth = metrics.queue_depth.labels(*labels)
 
-    @property
-    def depth(self) -> int:
-        return len(self._queue)
-
     async def submit(
         self, feeds: Mapping[str, np.ndarray], deadline: float | None = None
     ) -> list[np.ndarray]:

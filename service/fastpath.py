@@ -1,13 +1,13 @@
-"""The inference hot path as plain ASGI, beside the framework.
+"""The V2 infer request over HTTP, answered as plain ASGI beside the framework.
 
 `POST /v2/models/{name}[/versions/{v}]/infer` is the request that carries the load. Through
-FastAPI it passes the server-error and exception middlewares, the router's match over every
+FastAPI it would pass the server-error and exception middlewares, the router's match over every
 route, dependency solving and a Request/Response pair, which together cost more CPU than the
 inference of a small model (py-spy at concurrency 32 on cnn-mnist: dependency solving alone 6%
-of the process). `App` answers that one route itself, with the same request middleware (request
-id, body limit, HTTP metrics, access log), the same API-key check, the same data-plane call
-(`run_infer`) and the same error bodies; everything else, including the route's OpenAPI entry,
-stays with FastAPI.
+of the process). So `App` answers every POST to that path itself, and this is its only
+implementation: the same request middleware as every route (request id, body limit, HTTP
+metrics, access log, tracing), the API-key check, the data-plane call and the error bodies every
+route uses. routers/v2.py declares the route for the OpenAPI schema and method matching only.
 """
 
 from __future__ import annotations
@@ -19,8 +19,18 @@ import orjson
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service import tracing
 from service.auth import check_inference_key
-from service.errors import Overloaded, ServiceError
+from service.dataplane import DataPlane
+from service.errors import ModelNotReady, Overloaded, ServiceError
+from service.protocol.v2 import (
+    check_model,
+    encode_infer_response,
+    parse_header_length,
+    parse_infer_request,
+    parse_raw_request,
+)
+from service.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +70,6 @@ class App(FastAPI):
             self.fast_path is not None
             and scope["type"] == "http"
             and scope["method"] == "POST"
-            and getattr(self.state, "started", False)
             and (match := INFER_PATH.fullmatch(scope["path"]))
         ):
             scope["app"] = self
@@ -70,16 +79,17 @@ class App(FastAPI):
         await super().__call__(scope, receive, send)
 
     async def infer(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from service.routers.v2 import run_infer  # the routers import this module's helpers
-
         name, version = scope["path_params"]["model_name"], scope["path_params"]["model_version"]
         scope["route"] = RouteName(INFER_ROUTES[version is not None])
         headers = dict(scope["headers"])
         try:
             check_inference_key(self.state.settings, _text(headers.get(b"authorization")))
             body = await _read_body(receive)
+            registry = getattr(self.state, "registry", None)
+            if registry is None:  # the lifespan has not made it yet
+                raise ModelNotReady("the server is starting: no model is loaded yet")
             content, answer = await run_infer(
-                self.state.registry,
+                registry,
                 self.state.dataplane,
                 name,
                 version,
@@ -96,6 +106,36 @@ class App(FastAPI):
             status, content = 500, orjson.dumps({"error": "internal server error"})
             answer = {"content-type": "application/json"}
         await _respond(send, status, content, answer)
+
+
+async def run_infer(
+    registry: Registry,
+    dataplane: DataPlane,
+    model_name: str,
+    model_version: str | None,
+    body: bytes,
+    header_length: str | None,
+) -> tuple[bytes, dict[str, str]]:
+    """One V2 infer request: the response body and its headers (content type, binary header)."""
+    model = registry.get(model_name, model_version)
+    async with dataplane.track(model):
+        length = parse_header_length(header_length, len(body))
+        if length == 0:  # Triton's raw binary request: the body is the one input's bytes
+            parsed = parse_raw_request(body, model.config.inputs, model.config.batches)
+        else:
+            parsed = parse_infer_request(body, length)
+            check_model(parsed, model.name, model.version, model_version)
+        outputs = await dataplane.infer_request(model, parsed)
+        with tracing.span("response"):
+            content, json_length = encode_infer_response(
+                model.name, str(model.version), parsed.id, outputs
+            )
+    if json_length is None:
+        return content, {"content-type": "application/json"}
+    return content, {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(json_length),
+    }
 
 
 async def _read_body(receive: Receive) -> bytes:

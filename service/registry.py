@@ -76,10 +76,6 @@ class Registry:
         self.models: dict[str, ModelState] = {}
         self._lock = threading.Lock()  # loads run in threads; swaps are atomic under it
 
-    def load_all(self) -> None:
-        for name in self.repository.model_names():
-            self.load(name)
-
     def load(self, name: str) -> list[TensorModel]:
         """Load the newest version(s) of `name` fully (warm-up included), then swap them in.
 

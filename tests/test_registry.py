@@ -45,7 +45,7 @@ def test_highest_version_is_default_and_load_versions_respected(tmp_path: Path) 
     write_classifier(tmp_path, "m", version=1, seed=1)
     write_classifier(tmp_path, "m", version=3, seed=3)
     registry = registry_for(tmp_path)
-    registry.load_all()
+    registry.load("m")
     assert registry.get("m").version == 3
     with pytest.raises(ModelNotFound):
         registry.get("m", "1")  # only the newest is loaded by default

@@ -27,7 +27,7 @@ from service.protocol.openai import (
     Usage,
 )
 from service.routers.http_errors import OPENAI_ERRORS, OpenAIRoute, openai_error_body
-from service.routers.text import SSE_HEADERS, sse
+from service.sse import SSE_HEADERS, sse
 from service.tasks.language_model import (
     GenerationJob,
     SequenceToken,

@@ -3,7 +3,6 @@ Protocol generate extension (`/v2/models/{name}/generate`, `/generate_stream`)."
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -26,6 +25,7 @@ from service.protocol.text import (
 from service.protocol.types import ErrorResponse
 from service.runtimes import LanguageModel
 from service.settings import Settings
+from service.sse import SSE_HEADERS, sse
 from service.tasks.language_model import (
     Event,
     SequenceToken,
@@ -50,13 +50,6 @@ EVENT_STREAM: dict[int | str, dict[str, Any]] = {
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
 }
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def sse(payload: Any) -> bytes:
-    """One server-sent event carrying `payload` as JSON (or a bare string such as `[DONE]`)."""
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    return f"data: {data}\n\n".encode()
 
 
 @router.post("/v1/models/{model_name}/next-word", response_model=NextWordResponse, responses=ERRORS)

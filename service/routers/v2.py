@@ -9,22 +9,11 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from service import tracing
 from service.auth import InferenceAuth
-from service.dataplane import DataPlane
 from service.deps import RegistryDep
 from service.errors import ModelNotReady
 from service.pbtxt import triton_config_dict
 from service.protocol.types import ErrorResponse, ModelMetadata
-from service.protocol.v2 import (
-    HEADER,
-    check_model,
-    encode_infer_response,
-    parse_header_length,
-    parse_infer_request,
-    parse_raw_request,
-)
-from service.registry import Registry
 from service.runtimes import TensorModel
 
 router = APIRouter(
@@ -211,48 +200,9 @@ INFER_BODY = {
 )
 async def infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
     """Run inference on JSON tensors or binary tensors (binary tensor data extension)."""
-    # Served by service/fastpath.py in the running app; this route documents the endpoint and
-    # answers should the fast path ever decline a request.
-    body = await request.body()
-    content, headers = await run_infer(
-        request.app.state.registry,
-        request.app.state.dataplane,
-        model_name,
-        model_version,
-        body,
-        request.headers.get(HEADER),
-    )
-    return Response(content, headers=headers)
-
-
-async def run_infer(
-    registry: Registry,
-    dataplane: DataPlane,
-    model_name: str,
-    model_version: str | None,
-    body: bytes,
-    header_length: str | None,
-) -> tuple[bytes, dict[str, str]]:
-    """One V2 infer request: the response body and its headers (content type, binary header)."""
-    model = registry.get(model_name, model_version)
-    async with dataplane.track(model):
-        length = parse_header_length(header_length, len(body))
-        if length == 0:  # Triton's raw binary request: the body is the one input's bytes
-            parsed = parse_raw_request(body, model.config.inputs, model.config.batches)
-        else:
-            parsed = parse_infer_request(body, length)
-            check_model(parsed, model.name, model.version, model_version)
-        outputs = await dataplane.infer_request(model, parsed)
-        with tracing.span("response"):
-            content, json_length = encode_infer_response(
-                model.name, str(model.version), parsed.id, outputs
-            )
-    if json_length is None:
-        return content, {"content-type": "application/json"}
-    return content, {
-        "content-type": "application/octet-stream",
-        "inference-header-content-length": str(json_length),
-    }
+    # Declared for the OpenAPI schema and method matching only: `App` (service/fastpath.py)
+    # answers every POST to this path itself, before the router is consulted.
+    raise ModelNotReady("the V2 infer route is served by the application itself")
 
 
 # Before the metadata routes: `/v2/models/stats` is not a model named "stats".

@@ -173,10 +173,6 @@ class DecodeEngine:
         if thread is not None:
             await asyncio.to_thread(thread.join)
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
     # -- the scheduler thread ----------------------------------------------------------------------
     def _run(self) -> None:
         running: list[_Running] = []

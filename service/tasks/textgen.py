@@ -18,10 +18,8 @@ onnxruntime.InferenceSession, or any `run(feeds, output_names) -> list of arrays
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -259,18 +257,6 @@ class Decoder:
         self.tokenizer = tokenizer
         self.banned = np.array([tokenizer.unk_id], dtype=np.int64)  # never write <unk>
 
-    @classmethod
-    def from_version(cls, model_dir: Path, version: int | None = None) -> Decoder:
-        """Convenience for tests and scripts: sessions made here with default options."""
-        config = json.loads((model_dir / "config.json").read_text())
-        versions = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
-        folder = model_dir / str(version or versions[-1])
-        session = ort.InferenceSession(
-            str(folder / config["graphs"]["step"]), providers=["CPUExecutionProvider"]
-        )
-        tokenizer = WordTokenizer.load(folder / config["tokenizer"]["vocab"])
-        return cls(session, config, tokenizer)
-
     # -- reading ---------------------------------------------------------------------------------
     def read(self, text: str, prompt_logprobs: int | None = None) -> Context:
         """Prefill: the start token and the prompt's tokens in one step call. With
@@ -372,61 +358,6 @@ class Decoder:
             feeds[self.model.attention_mask] = np.ones((1, width), dtype=np.int64)
         return feeds
 
-    # -- generation ------------------------------------------------------------------------------
-    def generate(
-        self,
-        prompt: str,
-        max_tokens: int = 50,
-        params: SamplingParams | None = None,
-        stop: Sequence[str] = (),
-    ) -> Iterator[GeneratedToken]:
-        """Continue `prompt` token by token. Stop after max_tokens or when a stop string appears
-        (it is not included). Closing the iterator stops the work (a client went away)."""
-        for _, token in self.continue_many([self.read(prompt)], max_tokens, params, stop):
-            yield token
-
-    def generate_batch(
-        self,
-        prompts: Sequence[str],
-        max_tokens: int = 50,
-        params: Sequence[SamplingParams] | SamplingParams | None = None,
-        stop: Sequence[str] = (),
-    ) -> list[list[GeneratedToken]]:
-        """Several prompts at once: each step runs the sequences whose states fit together
-        (all, for recurrent state; equal cache lengths for a key/value cache) in one call."""
-        results: list[list[GeneratedToken]] = [[] for _ in prompts]
-        contexts = [self.read(p) for p in prompts]
-        for i, token in self.continue_many(contexts, max_tokens, params, stop):
-            results[i].append(token)
-        return results
-
-    def continue_many(
-        self,
-        contexts: Sequence[Context],
-        max_tokens: int,
-        params: Sequence[SamplingParams] | SamplingParams | None = None,
-        stop: Sequence[str] = (),
-        top_logprobs: int = 0,
-    ) -> Generator[tuple[int, GeneratedToken], None, None]:
-        """(sequence index, token) as each sequence gets its next token, one step for all at a
-        time; the contexts are advanced in place. `top_logprobs` alternatives come with each."""
-        if params is None or isinstance(params, SamplingParams):
-            params = [params or SamplingParams()] * len(contexts)
-        sequences = [
-            Continuation(self, c, max_tokens, p, stop, top_logprobs)
-            for c, p in zip(contexts, params, strict=True)
-        ]
-        while True:
-            running = []
-            for i, sequence in enumerate(sequences):
-                if not sequence.done:
-                    yield i, sequence.next_token()
-                    if not sequence.done:
-                        running.append(sequence)
-            if not running:
-                return
-            self.feed_many([s.context for s in running], [s.chosen for s in running])
-
     def feed_many(self, contexts: Sequence[Context], token_ids: Sequence[int]) -> None:
         """`feed` for several contexts, batching those whose states can be joined: all of them
         for recurrent state or a cache graph with an attention mask, else equal cache lengths."""
@@ -464,7 +395,8 @@ class Continuation:
 
     `next_token` picks the next token and the text it releases; unless the sequence is then
     `done`, the caller feeds `chosen` to the model (alone or batched with other sequences)
-    before asking again. `Decoder.continue_many` and the service's decode engine both use it."""
+    before asking again. The service's decode engine uses it (and the in-process reference loop,
+    bench/decoding.py)."""
 
     def __init__(
         self,

@@ -1,5 +1,5 @@
-"""The V2 infer route as the running app serves it (service/fastpath.py): same answers, errors,
-keys and metrics as the FastAPI route it stands in for."""
+"""The V2 infer route as the running app serves it (service/fastpath.py, its one implementation):
+answers, errors, keys and metrics as every other route gives them."""
 
 from __future__ import annotations
 

@@ -94,15 +94,9 @@ def app_client(repo: Path) -> Iterator[TestClient]:
         yield client
 
 
-@pytest.fixture(params=["fast path", "FastAPI route"])
-def client(app_client: TestClient, request: pytest.FixtureRequest) -> Iterator[TestClient]:
-    """Both ways the running app answers POST .../infer (service/fastpath.py and the route)."""
-    app = app_client.app
-    fast_path = app.fast_path  # type: ignore[attr-defined]
-    if request.param == "FastAPI route":
-        app.fast_path = None  # type: ignore[attr-defined]
-    yield app_client
-    app.fast_path = fast_path  # type: ignore[attr-defined]
+@pytest.fixture
+def client(app_client: TestClient) -> TestClient:
+    return app_client
 
 
 # -- health bodies -------------------------------------------------------------------------------

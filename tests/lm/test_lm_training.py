@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from padded_batching_check import counted_decoder, prompts_of, step_together_and_alone
 
+from bench.decoding import decoder_of, generate
 from service.tasks.sampling import SamplingParams
-from service.tasks.textgen import Decoder
 from training.lm import TrainConfig, learning_rate, main
 
 SMALL_TEXT = "\n\n".join(
@@ -57,9 +57,9 @@ def test_smoke_run_publishes_a_working_version(tmp_path: Path, family: str) -> N
     assert card["export"]["step_vs_full_max_abs_diff"] <= 1e-4
     # the text repeats: 300 steps are enough to learn most of it (a unigram model scores ~40)
     assert card["metrics"]["test_perplexity"] < 5
-    decoder = Decoder.from_version(model_dir)
+    decoder = decoder_of(model_dir)
     written = "".join(
-        t.text for t in decoder.generate("Emma Woodhouse,", 6, SamplingParams(temperature=0))
+        t.text for t in generate(decoder, "Emma Woodhouse,", 6, SamplingParams(temperature=0))
     )
     assert written.startswith(" handsome")
     if family == "transformer":  # caches of different lengths share a step call (padding mask)

@@ -14,8 +14,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from bench.decoding import decoder_of, generate
 from service.tasks.sampling import SamplingParams
-from service.tasks.textgen import Decoder, StepModel
+from service.tasks.textgen import StepModel
 from service.tasks.tokenizer import WordTokenizer
 from training.data.corpus import AUSTEN_DIR, Corpus, load_corpus
 from training.lm_eval import evaluate_stream, onnx_logits_fn
@@ -115,12 +116,12 @@ def test_quality_against_the_kneser_ney_baseline() -> None:
 @pytest.mark.parametrize("family", ["lstm", "transformer"])
 def test_generation_reads_like_austen(family: str) -> None:
     folder, _, _ = shipped(family)
-    decoder = Decoder.from_version(folder.parent)
+    decoder = decoder_of(folder.parent)
     expected = {"Lady Catherine de": "Bourgh", '"My dear Mr': ".", "I do not": "know"}
     for prompt, word in expected.items():
         best = decoder.next_word_distribution(prompt, k=3)
         assert best[0].word == word, (prompt, best)
-    text = "".join(t.text for t in decoder.generate("Elizabeth", 30, SamplingParams(seed=0)))
+    text = "".join(t.text for t in generate(decoder, "Elizabeth", 30, SamplingParams(seed=0)))
     assert len(text.split()) >= 15 and "<unk>" not in text
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from onnx_builders import write_language_model
 
+from bench.decoding import decoder_of, generate
 from service.errors import Cancelled
 from service.tasks.engine import DecodeEngine, DecodeRequest
 from service.tasks.sampling import SamplingParams
@@ -44,7 +45,7 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture
 def decoders(model_dirs: dict[str, Path]) -> dict[str, Decoder]:
     """A fresh decoder of each kind per test (StepLog wraps one in place)."""
-    return {kind: Decoder.from_version(path) for kind, path in model_dirs.items()}
+    return {kind: decoder_of(path) for kind, path in model_dirs.items()}
 
 
 def params(seed: int) -> SamplingParams:
@@ -85,7 +86,7 @@ async def collect(request: DecodeRequest) -> dict[int, list[GeneratedToken]]:
 
 
 def alone(decoder: Decoder, prompt: str, budget: int, seed: int) -> list[GeneratedToken]:
-    return list(decoder.generate(prompt, budget, params(seed), stop=(" home",)))
+    return list(generate(decoder, prompt, budget, params(seed), stop=(" home",)))
 
 
 def same(got: list[GeneratedToken], want: list[GeneratedToken]) -> None:
@@ -203,7 +204,7 @@ def test_cancelled_requests_leave_at_the_next_step(decoders: dict[str, Decoder])
         with pytest.raises(Cancelled):
             while await running.next_tokens():
                 pass
-        assert left == ["waiting", "running"] and engine.waiting == 0
+        assert left == ["waiting", "running"] and not engine._waiting
         tokens = engine.tokens
         await asyncio.sleep(0.05)
         assert engine.tokens == tokens  # nothing is written for anybody any more
@@ -281,7 +282,7 @@ def test_nothing_to_write_ends_at_once(decoders: dict[str, Decoder]) -> None:
 
 
 def test_shipped_lstm_batched_greedy_equals_alone() -> None:
-    decoder = Decoder.from_version(ROOT / "models" / "lstm-austen")
+    decoder = decoder_of(ROOT / "models" / "lstm-austen")
     engine = DecodeEngine(decoder, max_batch=8)
     prompts = ["It is a truth universally acknowledged, that", "Mr. Darcy", "She"]
     greedy = SamplingParams(temperature=0)
@@ -293,7 +294,7 @@ def test_shipped_lstm_batched_greedy_equals_alone() -> None:
         return list(await asyncio.gather(*(collect(r) for r in requests)))
 
     for prompt, got in zip(prompts, closing(engine, main), strict=True):
-        want = list(decoder.generate(prompt, 24, greedy))
+        want = list(generate(decoder, prompt, 24, greedy))
         assert [t.token_id for t in got[0]] == [t.token_id for t in want]
         np.testing.assert_allclose(
             [t.logprob for t in got[0]], [t.logprob for t in want], atol=1e-4

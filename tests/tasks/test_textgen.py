@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bench.decoding import continue_many, generate, generate_batch
 from service.tasks.sampling import SamplingParams
 from service.tasks.textgen import Decoder, StepModel
 from service.tasks.tokenizer import WordTokenizer
@@ -75,7 +76,7 @@ def make_decoder(max_length: int | None = None) -> tuple[Decoder, CacheModel]:
 
 def test_prefill_is_one_call_then_one_call_per_token() -> None:
     decoder, model = make_decoder()
-    out = list(decoder.generate("the dog", max_tokens=4, params=SamplingParams(temperature=0)))
+    out = list(generate(decoder, "the dog", max_tokens=4, params=SamplingParams(temperature=0)))
     assert [t.word for t in out] == ["sat", "on", "the", "cat"]
     assert "".join(t.text for t in out) == " sat on the cat"
     assert out[-1].finish_reason == "length" and all(t.finish_reason is None for t in out[:-1])
@@ -85,7 +86,7 @@ def test_prefill_is_one_call_then_one_call_per_token() -> None:
 
 def test_unk_is_never_generated_and_logprobs_are_the_models() -> None:
     decoder, _ = make_decoder()
-    out = list(decoder.generate("", max_tokens=6, params=SamplingParams(seed=0)))
+    out = list(generate(decoder, "", max_tokens=6, params=SamplingParams(seed=0)))
     assert all(t.token_id != TOKENIZER.unk_id for t in out)
     assert all(t.logprob <= 0 for t in out)
 
@@ -93,24 +94,26 @@ def test_unk_is_never_generated_and_logprobs_are_the_models() -> None:
 def test_prompt_spacing_is_respected() -> None:
     decoder, _ = make_decoder()
     greedy = SamplingParams(temperature=0)
-    assert "".join(t.text for t in decoder.generate("", 3, greedy)) == "the cat sat"
-    assert "".join(t.text for t in decoder.generate("the dog ", 1, greedy)) == "sat"  # no 2nd space
-    assert "".join(t.text for t in decoder.generate("the dog", 1, greedy)) == " sat"
+    assert "".join(t.text for t in generate(decoder, "", 3, greedy)) == "the cat sat"
+    assert (
+        "".join(t.text for t in generate(decoder, "the dog ", 1, greedy)) == "sat"
+    )  # no 2nd space
+    assert "".join(t.text for t in generate(decoder, "the dog", 1, greedy)) == " sat"
 
 
 def test_stop_string_ends_generation_and_is_not_included() -> None:
     decoder, _ = make_decoder()
-    out = list(decoder.generate("the dog", 20, SamplingParams(temperature=0), stop=["the c"]))
+    out = list(generate(decoder, "the dog", 20, SamplingParams(temperature=0), stop=["the c"]))
     assert "".join(t.text for t in out) == " sat on "
     assert out[-1].finish_reason == "stop" and len(out) == 4  # sat, on, the, cat
     # a text that only starts like the stop string is released once it cannot match
-    out = list(decoder.generate("the dog", 3, SamplingParams(temperature=0), stop=["the dog"]))
+    out = list(generate(decoder, "the dog", 3, SamplingParams(temperature=0), stop=["the dog"]))
     assert "".join(t.text for t in out) == " sat on the"
 
 
 def test_closing_the_stream_stops_the_work() -> None:
     decoder, model = make_decoder()
-    stream = decoder.generate("the", 1000, SamplingParams(seed=1))
+    stream = generate(decoder, "the", 1000, SamplingParams(seed=1))
     next(stream), next(stream)
     stream.close()  # what a server does when the client disconnects
     assert len(model.calls) == 2
@@ -119,15 +122,15 @@ def test_closing_the_stream_stops_the_work() -> None:
 def test_same_seed_same_text() -> None:
     decoder, _ = make_decoder()
     params = SamplingParams(temperature=3.0, top_p=0.95, seed=7)
-    first = [t.token_id for t in decoder.generate("the", 30, params)]
-    assert first == [t.token_id for t in decoder.generate("the", 30, params)]
+    first = [t.token_id for t in generate(decoder, "the", 30, params)]
+    assert first == [t.token_id for t in generate(decoder, "the", 30, params)]
     other = SamplingParams(temperature=3.0, top_p=0.95, seed=8)
-    assert first != [t.token_id for t in decoder.generate("the", 30, other)]
+    assert first != [t.token_id for t in generate(decoder, "the", 30, other)]
 
 
 def test_length_limit_restarts_on_the_recent_tokens() -> None:
     decoder, model = make_decoder(max_length=8)
-    out = list(decoder.generate("the dog", 12, SamplingParams(temperature=0)))
+    out = list(generate(decoder, "the dog", 12, SamplingParams(temperature=0)))
     assert [t.word for t in out[:4]] == ["sat", "on", "the", "cat"]
     assert len(out) == 12  # CacheModel asserts the cache never exceeded 8
     assert any(past == 0 and new == 4 for _, past, new in model.calls[1:]), "no restart seen"
@@ -147,11 +150,11 @@ def test_batched_generation_equals_one_at_a_time() -> None:
     prompts = ["the dog", "the cat", "on the", "the"]
     params = [SamplingParams(seed=s, temperature=1.2) for s in range(4)]
     alone = [
-        [t.token_id for t in decoder.generate(p, 5, q)]
+        [t.token_id for t in generate(decoder, p, 5, q)]
         for p, q in zip(prompts, params, strict=True)
     ]
     model.calls.clear()
-    together = decoder.generate_batch(prompts, 5, params)
+    together = generate_batch(decoder, prompts, 5, params)
     assert [[t.token_id for t in seq] for seq in together] == alone
     # caches of equal length share a call: the three 3-token prompts step together
     assert (3, 3, 1) in model.calls and (1, 2, 1) in model.calls
@@ -185,7 +188,7 @@ def test_a_text_scores_the_same_written_or_read() -> None:
     decoder, _ = make_decoder()
     prompt = "the dog"
     params = SamplingParams(seed=3, temperature=3.0)
-    written = [t for _, t in decoder.continue_many([decoder.read(prompt)], 12, params, [], 2)]
+    written = [t for _, t in continue_many(decoder, [decoder.read(prompt)], 12, params, [], 2)]
     completion = "".join(t.text for t in written)
     read = decoder.read(prompt + completion, prompt_logprobs=2)
     assert [t.text for t in read.tokens[2:]] == [t.word for t in written]
@@ -199,7 +202,7 @@ def test_a_text_scores_the_same_written_or_read() -> None:
 
 def test_offsets_count_text_held_back_for_a_stop_string() -> None:
     decoder, _ = make_decoder()
-    out = list(decoder.generate("the dog", 4, SamplingParams(temperature=0), ["on the mat"]))
+    out = list(generate(decoder, "the dog", 4, SamplingParams(temperature=0), ["on the mat"]))
     assert [t.text for t in out] == [" sat", " ", "", "on the cat"]  # "on the" might be a stop
     assert [t.offset for t in out] == [1, 5, 8, 12]
     assert all(" sat on the cat"[t.offset :].startswith(t.word) for t in out)
@@ -210,7 +213,7 @@ def test_continuations_share_a_prefill_and_report_alternatives() -> None:
     first = decoder.read("the dog")
     contexts = [first, first.copy()]
     params = [SamplingParams(seed=1, temperature=2.0), SamplingParams(seed=2, temperature=2.0)]
-    out = list(decoder.continue_many(contexts, 3, params, top_logprobs=2))
+    out = list(continue_many(decoder, contexts, 3, params, top_logprobs=2))
     assert [i for i, _ in out] == [0, 1, 0, 1, 0, 1]
     assert len(model.calls) == 3  # one prefill, then both sequences in one call per step
     for _, token in out:
