@@ -18,7 +18,6 @@ import uvicorn
 from service.logs import configure_logging
 from service.settings import Settings
 
-
 GRPC_EXPERIMENTS = "-event_engine_listener,-event_engine_for_all_other_endpoints"
 
 
@@ -42,10 +41,9 @@ def main() -> None:
             os.environ[f"SEEDSERVE_{name.upper()}"] = str(value)
     settings = Settings()  # validates every variable before anything starts
     # gRPC core's EventEngine listener hands every connection's reads and writes to its own
-    # threads, which then wake the Python poller thread and the event loop: on 2 cores at
-    # concurrency 32 (cnn-mnist, raw-tensor ModelInfer) turning it off cut context switches from
-    # 15 to 13 per call and CPU per call from ~1080 to ~900 us (a no-op servicer: 149k -> 59k
-    # switches in 5 s, 278 -> 236 us). A GRPC_EXPERIMENTS of the user's own is left alone.
+    # threads, which then wake the Python poller thread and the event loop: off, a call costs
+    # fewer context switches and less CPU (measured in bench/results/grpc.md). A GRPC_EXPERIMENTS
+    # of the user's own is left alone.
     os.environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
     configure_logging(settings.log_level)
     run_dirs = []

@@ -34,7 +34,7 @@ from service.routers import (
     classify,
     completions,
     health,
-    images,
+    image_generation,
     models,
     playground,
     repository,
@@ -121,7 +121,9 @@ def create_app(
     )
     _add_error_handlers(app)
     add_docs(app)
-    for module in (health, v2, repository, models, classify, images, playground, text, completions):
+    for module in (
+        health, v2, repository, models, classify, image_generation, playground, text, completions,
+    ):  # fmt: skip
         app.include_router(module.router)
 
     @app.get("/metrics", tags=["metrics"], response_class=Response)

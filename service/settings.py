@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     gc_freeze: bool = True
     """After start-up, move every object alive then (models, routes, libraries) out of the
     garbage collector's sight (`gc.freeze`): full collections then scan only what requests made
-    (`python -m bench` on cnn-mnist, JSON V2 at concurrency 32: p99 46 ms without, 13 ms with)."""
+    (its effect on p99 latency: README, "Performance and the benchmark")."""
     optimized_model_cache: Path | None = None
     """Folder where onnxruntime's optimised graphs are saved at first load and loaded from later
     (keyed by the ONNX file's sha256, the optimisation level and the onnxruntime version); unset =
@@ -117,9 +117,9 @@ class Settings(BaseSettings):
     """Most image-steps per request: n x steps (x 2 with classifier-free guidance)."""
     step_batching: bool = True
     """Denoising steps of image generations running at once on one model version share one
-    onnxruntime call (rows stacked, results split back; same images as run alone). On a 2-core
-    CPU it kept p99 down at concurrency 32 (392 vs 638 ms) but cost throughput at 8 (99 vs 113
-    images/s): the U-Net costs the same per row at any batch size there (bench/results/compute.md)."""
+    onnxruntime call (rows stacked, results split back; same images as run alone). What it
+    gains and costs on a CPU, measured: README, "Generation" under "Performance and the
+    benchmark", and bench/results/compute.md."""
     max_step_delay_ms: float = Field(0.0, ge=0, le=1000)
     """How long a denoising step may wait for the model's other running generations to submit
     theirs, in milliseconds (it runs at once when all of them have); 0 = no waiting (steps that
