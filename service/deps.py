@@ -21,23 +21,28 @@ JSON = "application/json"
 
 
 async def get_registry(request: Request) -> Registry:
-    return request.app.state.registry
+    registry: Registry = request.app.state.registry
+    return registry
 
 
 async def get_dataplane(request: Request) -> DataPlane:
-    return request.app.state.dataplane
+    dataplane: DataPlane = request.app.state.dataplane
+    return dataplane
 
 
 async def get_cluster(request: Request) -> Cluster:
-    return request.app.state.cluster
+    cluster: Cluster = request.app.state.cluster
+    return cluster
 
 
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 async def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics
+    metrics: Metrics = request.app.state.metrics
+    return metrics
 
 
 def media_type(request: Request) -> str:

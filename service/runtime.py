@@ -180,7 +180,8 @@ class Graph:
                 if self.bf16:
                     return self._run_bf16(feeds, names)
                 if not self.io_binding:
-                    return self.session.run(names, dict(feeds))
+                    results: list[np.ndarray] = self.session.run(names, dict(feeds))
+                    return results
                 return self._run_bound(feeds, names)
             except RUN_ERRORS as exc:
                 raise InferenceFailed(

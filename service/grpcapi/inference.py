@@ -67,7 +67,7 @@ class Backend:
         return self.started() and self.registry.ready()
 
 
-class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def __init__(self, backend: Backend, calls: Calls) -> None:
         self.backend = backend
         self.calls = calls

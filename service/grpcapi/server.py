@@ -32,7 +32,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 READINESS_SERVICES = ("", SERVICE)
 
 
-class Health(health.aio.HealthServicer):
+class Health(health.aio.HealthServicer):  # type: ignore[misc]
     """grpc.health.v1 whose readiness services follow the server's readiness."""
 
     def __init__(self, backend: Backend) -> None:

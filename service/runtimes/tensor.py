@@ -216,7 +216,7 @@ class TensorModel:
 
     @property
     def provider(self) -> str:
-        return self.primary.provider
+        return str(self.primary.provider)
 
     def effective_config(self) -> ModelConfig:
         """The config with what the server decided where it said nothing: the versions it

@@ -77,8 +77,9 @@ def to_gray(image: Image.Image) -> np.ndarray:
         opaque = alpha > 0.5
         ink = float(gray[opaque].mean()) if opaque.any() else 0.0
         background = 0.0 if ink > 0.5 else 1.0  # light strokes go on black, dark ones on white
-        return gray * alpha + background * (1.0 - alpha)
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        composed: np.ndarray = gray * alpha + background * (1.0 - alpha)
+        return composed
+    return np.asarray(image.convert("L"), dtype=np.float32) / np.float32(255.0)
 
 
 def pixels_to_array(pixels: Any, where: str = "pixels") -> np.ndarray:

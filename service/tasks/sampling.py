@@ -47,7 +47,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Along the last axis, in float64 so tiny probabilities keep their digits."""
     x = logits.astype(np.float64)
     x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    result: np.ndarray = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return result
 
 
 def apply_repetition_penalty(
