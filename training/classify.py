@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from service.tasks.graphs import Graph, GraphSpec
+from service.tasks.graphs import GraphSample, GraphSpec
 from training.data.graphs import graph_batch, images_to_graphs
 from training.data.images import IMAGE_SIZE, ImageDataset, load_dataset
 from training.distributed import Distributed, run_on_ranks
@@ -148,7 +148,7 @@ class Split:
 
     labels: torch.Tensor
     images: torch.Tensor | None = None
-    graphs: list[Graph] | None = None
+    graphs: list[GraphSample] | None = None
 
     def inputs(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.graphs is not None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.tasks.graphs import Graph, GraphSpec, batch_graphs, image_to_graph
+from service.tasks.graphs import GraphSample, GraphSpec, batch_graphs, image_to_graph
 from training.data.images import load_test_split, normalise
 
 BATCH_SIZE = 500  # fixed: the same batches give bit-identical logits on every re-measurement
@@ -38,7 +38,7 @@ def onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:
     return np.concatenate(batches)
 
 
-def onnx_graph_logits(path: Path, graphs: Sequence[Graph]) -> np.ndarray:
+def onnx_graph_logits(path: Path, graphs: Sequence[GraphSample]) -> np.ndarray:
     """Run graphs through a graph classifier's (x, edge_index, batch) inputs: logits (N, classes)."""
     session = onnx_session(path)
     batches = [
@@ -102,7 +102,7 @@ def evaluate_onnx(
 
 
 def evaluate_onnx_graphs(
-    path: Path, graphs: Sequence[Graph], labels: np.ndarray, class_names: list[str]
+    path: Path, graphs: Sequence[GraphSample], labels: np.ndarray, class_names: list[str]
 ) -> dict[str, Any]:
     return classification_metrics(onnx_graph_logits(path, graphs), labels, class_names)
 

@@ -63,12 +63,12 @@ class GraphSpec:
 
 
 @dataclass(frozen=True)
-class Graph:
+class GraphSample:
     x: np.ndarray  # (N, F) float32 node features
     edge_index: np.ndarray  # (2, E) int64: sources, targets
 
 
-def image_to_graph(gray: np.ndarray, spec: GraphSpec) -> Graph:
+def image_to_graph(gray: np.ndarray, spec: GraphSpec) -> GraphSample:
     """A (image_size, image_size) picture in [0, 1] -> its graph (see the module docstring)."""
     size, cell = spec.image_size, spec.cell
     assert gray.shape == (size, size), f"expected ({size}, {size}), got {gray.shape}"
@@ -84,7 +84,7 @@ def image_to_graph(gray: np.ndarray, spec: GraphSpec) -> Graph:
     rows, cols = np.divmod(nodes, side)
     scale = (side - 1) / 2 if side > 1 else 1.0
     x = np.stack([flat[nodes], rows / scale - 1.0, cols / scale - 1.0], axis=1).astype(np.float32)
-    return Graph(x, knn_edges(np.stack([rows, cols], axis=1).astype(np.float64), spec.k))
+    return GraphSample(x, knn_edges(np.stack([rows, cols], axis=1).astype(np.float64), spec.k))
 
 
 def knn_edges(positions: np.ndarray, k: int) -> np.ndarray:
@@ -100,7 +100,7 @@ def knn_edges(positions: np.ndarray, k: int) -> np.ndarray:
     return np.stack([neighbours.reshape(-1), targets]).astype(np.int64)
 
 
-def batch_graphs(graphs: Sequence[Graph]) -> dict[str, np.ndarray]:
+def batch_graphs(graphs: Sequence[GraphSample]) -> dict[str, np.ndarray]:
     """Graphs -> the model's inputs (x, edge_index, batch) for their disjoint union."""
     offsets = np.cumsum([0] + [len(g.x) for g in graphs])
     return {
@@ -142,7 +142,7 @@ def table(value: Any, columns: int, where: str, rows_of: str) -> np.ndarray:
     return array
 
 
-def graph_from_json(obj: Any, spec: GraphSpec, where: str) -> Graph:
+def graph_from_json(obj: Any, spec: GraphSpec, where: str) -> GraphSample:
     if not isinstance(obj, dict):
         raise InvalidInput(f"{where} must be an object with nodes and edges", param=where)
     unknown = set(obj) - {"nodes", "edges"}
@@ -158,7 +158,7 @@ def graph_from_json(obj: Any, spec: GraphSpec, where: str) -> Graph:
         raise InvalidInput(
             f"{where}.edges refers to a node outside 0..{len(x) - 1}", param=f"{where}.edges"
         )
-    return Graph(x.astype(np.float32), edges.T.astype(np.int64))
+    return GraphSample(x.astype(np.float32), edges.T.astype(np.int64))
 
 
 def graphs_from_json(

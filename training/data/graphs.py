@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from service.tasks.graphs import Graph, GraphSpec, batch_graphs, image_to_graph
+from service.tasks.graphs import GraphSample, GraphSpec, batch_graphs, image_to_graph
 
 
 def unit_intensities(images: torch.Tensor, mean: float, std: float) -> np.ndarray:
@@ -19,11 +19,13 @@ def unit_intensities(images: torch.Tensor, mean: float, std: float) -> np.ndarra
     return raw.astype(np.uint8).astype(np.float32) / np.float32(255)
 
 
-def images_to_graphs(images: torch.Tensor, mean: float, std: float, spec: GraphSpec) -> list[Graph]:
+def images_to_graphs(
+    images: torch.Tensor, mean: float, std: float, spec: GraphSpec
+) -> list[GraphSample]:
     return [image_to_graph(image, spec) for image in unit_intensities(images, mean, std)]
 
 
-def graph_batch(graphs: list[Graph]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def graph_batch(graphs: list[GraphSample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x, edge_index, batch) tensors for the disjoint union of `graphs`."""
     inputs = batch_graphs(graphs)
     return tuple(torch.from_numpy(inputs[k]) for k in ("x", "edge_index", "batch"))  # type: ignore[return-value]
