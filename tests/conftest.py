@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,9 +10,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/onnx_builders.py
 # In-process apps serve no gRPC unless a test asks (port 8001 may be a running server's);
-# tests/live_server.py gives each server it starts a free gRPC port.
+# tests/helpers/live_server.py gives each server it starts a free gRPC port.
 os.environ.setdefault("SEEDSERVE_GRPC_PORT", "0")
 
 from onnx_builders import write_classifier

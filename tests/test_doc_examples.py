@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from doc_blocks import Block, blocks_of, markdown_files
-from live_server import Server, live_server
+from helpers.doc_blocks import Block, blocks_of, markdown_files
+from helpers.live_server import Server, live_server
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 

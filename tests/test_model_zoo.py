@@ -7,12 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-import model_zoo
 import numpy as np
 import onnxruntime as ort
 import pytest
-import thirdparty
-from model_zoo import IDENTITY_TYPES, TOPIC_SENTENCES
+from helpers import model_zoo, thirdparty
+from helpers.model_zoo import IDENTITY_TYPES, TOPIC_SENTENCES
 from numpy.lib.stride_tricks import sliding_window_view
 from onnx import TensorProto
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument

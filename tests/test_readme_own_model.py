@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
-from doc_blocks import fenced_blocks, section
-from live_server import Server, live_server
+from helpers.doc_blocks import fenced_blocks, section
+from helpers.live_server import Server, live_server
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

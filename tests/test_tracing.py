@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from live_server import live_server
+from helpers.live_server import live_server
 from onnx_builders import write_classifier, write_diffusion_generator, write_language_model
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
@@ -453,7 +453,7 @@ def test_grpc_infer_continues_the_callers_trace(
     """The same spans over gRPC: the metadata's traceparent is the server span's parent."""
     import numpy as np
     import tritonclient.grpc as grpcclient
-    from live_server import free_port
+    from helpers.live_server import free_port
 
     port = free_port()
     with (

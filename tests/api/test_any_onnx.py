@@ -10,14 +10,14 @@ from pathlib import Path
 
 import httpx
 import ml_dtypes
-import model_zoo as zoo
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
-from live_server import Server, live_server
+from helpers import model_zoo as zoo
+from helpers.live_server import Server, live_server
+from helpers.thirdparty import install_model, thirdparty_model
 from shipped_models import copy_models
-from thirdparty import install_model, thirdparty_model
 from tritonclient.utils import InferenceServerException
 
 ADMIN = "admin-key-for-the-tests-0123456789"

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import base64
-import io
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from fastapi.testclient import TestClient
-from PIL import Image
+from helpers.pictures import png_of
 
 from service.tasks.images import ImageSpec, preprocess
 
 SPEC = ImageSpec(mean=0.1307, std=0.3081)
-
-
-def png_of(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray((pixels * 255).astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def expected_top1(models_dir: Path, pixels: np.ndarray) -> int:

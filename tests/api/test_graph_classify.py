@@ -3,7 +3,6 @@ server, JSON graphs through the classification endpoint, and tensors through /v2
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from helpers.pictures import png_of
 
 from service.app import create_app
 from service.settings import Settings
@@ -47,12 +46,6 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
 def session() -> ort.InferenceSession:
     versions = sorted((p for p in SHIPPED.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     return ort.InferenceSession(str(versions[-1] / "model.onnx"))
-
-
-def png_of(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.rint(pixels * 255).astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def json_graph(pixels: np.ndarray) -> dict[str, object]:

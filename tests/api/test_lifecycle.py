@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from live_server import live_server
+from helpers.live_server import live_server
 from onnx_builders import write_classifier
 
 from service.app import create_app

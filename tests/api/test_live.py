@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from live_server import ROOT, live_server
+from helpers.live_server import ROOT, live_server
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import model_zoo as zoo
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers import model_zoo as zoo
 from onnx_builders import write_classifier
 
 from service.app import create_app

@@ -14,14 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import model_zoo as zoo
 import numpy as np
 import onnxruntime as ort
 import orjson
 import pytest
 import tritonclient.http as httpclient
 from fastapi.testclient import TestClient
-from live_server import ROOT, Server, live_server
+from helpers import model_zoo as zoo
+from helpers.live_server import ROOT, Server, live_server
 from onnx import TensorProto, helper
 from onnx_builders import write_classifier
 from tritonclient.utils import InferenceServerException
@@ -330,10 +330,10 @@ def test_tritonclient_health_and_raw_http(server: Server) -> None:
 def kserve_sdk(
     server: Server, address: str, batch: np.ndarray
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """What KServe's SDK saw at `address` (run in a process of its own: see tests/kserve_sdk.py),
+    """What KServe's SDK saw at `address` (run in a process of its own: see tests/helpers/kserve_sdk.py),
     with its health answers checked, and the probabilities onnxruntime gives for `batch`."""
     run = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "kserve_sdk.py"), address, "linear-test"],
+        [sys.executable, str(ROOT / "tests" / "helpers" / "kserve_sdk.py"), address, "linear-test"],
         input=json.dumps(batch.tolist()),
         capture_output=True,
         text=True,

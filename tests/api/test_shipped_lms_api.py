@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from completion_answers import check_logprobs, events, merged_choice
 from fastapi.testclient import TestClient
+from helpers.completion_answers import check_logprobs, events, merged_choice
 from shipped_models import AUSTEN_LMS, copy_models
 
 from service.app import create_app

@@ -3,14 +3,12 @@ answer exactly what each would answer alone; the metrics say how many shared eac
 
 from __future__ import annotations
 
-import base64
-import re
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from helpers.metrics import model_metric
 from onnx_builders import write_diffusion_generator
 
 from service.app import create_app
@@ -37,36 +35,4 @@ def gen(tmp_path: Path) -> Iterator[TestClient]:
 
 
 def metric(text: str, name: str) -> float:
-    found = re.search(rf"^{name}{{{re.escape(LABELS)}}} (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
-
-
-def pngs(client: TestClient, body: dict) -> list[bytes]:
-    response = client.post(GEN, json=body)
-    assert response.status_code == 200, response.text
-    return [base64.b64decode(item["b64_json"]) for item in response.json()["data"]]
-
-
-def test_concurrent_generations_share_steps_and_match_running_alone(gen: TestClient) -> None:
-    alone = [pngs(gen, body) for body in BODIES]
-    before = gen.get("/metrics").text
-    with ThreadPoolExecutor(len(BODIES)) as pool:
-        together = list(pool.map(lambda body: pngs(gen, body), BODIES))
-    assert together == alone  # same PNG bytes: same pixels
-
-    text = gen.get("/metrics").text
-    name = "seedserve_step_batch_generations"
-    calls = metric(text, f"{name}_count") - metric(before, f"{name}_count")
-    generations = metric(text, f"{name}_sum") - metric(before, f"{name}_sum")
-    assert generations == 4 * 100  # every step of every generation went through the batcher
-    assert calls < generations  # and some calls carried several generations' steps
-    assert metric(text, "seedserve_denoising_steps_total") == 8 * 100
-    assert metric(text, "seedserve_generation_tasks_in_flight") == 0
-
-
-def test_step_batching_off_runs_each_generation_alone(tmp_path: Path) -> None:
-    with client_for(tmp_path, step_batching=False) as client:
-        assert len(pngs(client, BODIES[0])) == 2
-        text = client.get("/metrics").text
-    assert metric(text, "seedserve_step_batch_generations_count") == 0
-    assert metric(text, "seedserve_denoising_steps_total") == 100
+    return model_metric(text, name, "diffusion-test")

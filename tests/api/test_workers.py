@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_server import live_server
+from helpers.live_server import live_server
 from shipped_models import copy_models
 
 pytestmark = pytest.mark.slow  # two servers of two worker processes each
@@ -161,7 +161,7 @@ def test_a_sequence_continues_on_whichever_worker_answers(tmp_path: Path) -> Non
     """Sequences keep their state in files of the workers' shared folder: every step of one
     sequence, each on a fresh connection (either worker), adds to the same running sum, and
     two interleaved sequences do not mix."""
-    import model_zoo
+    from helpers import model_zoo
 
     root = tmp_path / "models"
     (model_zoo.stateful_accumulator(root) / "config.pbtxt").write_text(ACCUMULATOR_PBTXT)

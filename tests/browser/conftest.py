@@ -21,7 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # lm_contract
 
-from live_server import ROOT, Server, live_server
+from helpers.live_server import ROOT, Server, live_server
 from onnx_builders import (
     write_decoder_generator,
     write_diffusion_generator,

@@ -166,7 +166,7 @@ def test_healthcheck_path_is_the_readiness_route(get_routes: RouteTable) -> None
 def test_healthcheck_against_a_live_server(
     models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from live_server import free_port, live_server
+    from helpers.live_server import free_port, live_server
 
     with live_server(models_dir) as server:
         monkeypatch.setenv("SEEDSERVE_HOST", "127.0.0.1")

@@ -97,7 +97,7 @@ def test_promtool(args: tuple[str, ...], monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_promtool_check_metrics_on_live_metrics(models_dir: Path) -> None:
-    from live_server import live_server
+    from helpers.live_server import live_server
 
     promtool_path = tool("promtool")
     with (

@@ -168,14 +168,3 @@ def raw_request(
     )
     sock.sendall(head.encode() + body)
     return sock
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    """One sample from a Prometheus exposition, or None when it is absent."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        sample, _, value = line.rpartition(" ")
-        if all(f'{k}="{v}"' in sample for k, v in labels.items()):
-            return float(value)
-    return None

@@ -24,13 +24,13 @@ from fault_tools import (
     ADMIN_HEADERS,
     PICTURE,
     failing_classifier_onnx,
-    metric,
     probabilities,
     traffic,
     truncate,
     v2_body,
 )
-from live_server import live_server
+from helpers.live_server import live_server
+from helpers.metrics import metric
 from onnx_builders import write_classifier
 
 from service.app import create_app

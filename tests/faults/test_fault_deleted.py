@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from fault_tools import ADMIN, ADMIN_HEADERS, probabilities, traffic, v2_body, wait_until
-from live_server import live_server
+from helpers.live_server import live_server
 from onnx_builders import write_classifier
 
 INFER = "/v2/models/linear-test/infer"

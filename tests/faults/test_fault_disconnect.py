@@ -20,14 +20,14 @@ from fault_tools import (
     LONG_GENERATION,
     LONG_STEPS,
     SLOW_GENERATION_ENV,
-    metric,
     probabilities,
     raw_request,
     v2_body,
     wait_until,
     write_slow_diffusion,
 )
-from live_server import Server, live_server
+from helpers.live_server import Server, live_server
+from helpers.metrics import metric
 from onnx_builders import write_classifier, write_language_model
 
 LABELS = {"model": "diffusion-test", "version": "1"}

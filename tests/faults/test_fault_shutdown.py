@@ -24,7 +24,7 @@ from fault_tools import (
     v2_body,
     write_slow_diffusion,
 )
-from live_server import Server, live_server
+from helpers.live_server import Server, live_server
 from onnx_builders import write_classifier
 
 GENERATION = {**LONG_GENERATION, "steps": 2000}  # with n=128: seconds, so the queued requests

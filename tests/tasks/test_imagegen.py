@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import io
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/generator_builders.py
-
-from generator_builders import (
+from helpers.generator_builders import (
     diffusion_config,
     diffusion_sessions,
     latent_diffusion_config,
@@ -20,6 +14,7 @@ from generator_builders import (
     vae_config,
     vae_sessions,
 )
+from PIL import Image
 
 from service.errors import InvalidInput
 from service.tasks.imagegen import (

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers.live_server import free_port
 from onnx import numpy_helper
 
 from training import classify
@@ -23,12 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # a model without dropout or batch norm: the two runs differ only by floating-point summation order
 ARGV = ["--dataset", "digits", "--epochs", "2", "--hidden", "32", "--dropout", "0"]
 ARGV += ["--batch-size", "64", "--lr", "3e-3", "--verify-images", "100"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def weights(version: Path) -> dict[str, np.ndarray]:

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_distributed import free_port, weights
+from helpers.live_server import free_port
+from test_distributed import weights
 
 from training import lm
 from training.generate import main as generate_main

@@ -50,7 +50,7 @@ from pathlib import Path
 
 from training.repository import sha256_of
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "build" / "thirdparty"  # git-ignored
 PIP_TIMEOUT_S = 600
 

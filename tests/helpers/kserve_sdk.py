@@ -3,8 +3,8 @@ running server, in a process of its own: kserve's generated protos and tritoncli
 service imports) both define the `inference.*` messages, and protobuf refuses the second set in
 one process.
 
-    python tests/kserve_sdk.py URL MODEL < batch.json        # prints what the SDK saw, as JSON
-    python tests/kserve_sdk.py grpc://HOST:PORT MODEL < batch.json   # InferenceGRPCClient
+    python tests/helpers/kserve_sdk.py URL MODEL < batch.json        # prints what the SDK saw, as JSON
+    python tests/helpers/kserve_sdk.py grpc://HOST:PORT MODEL < batch.json   # InferenceGRPCClient
 
 (No --flags: kserve parses the command line when imported.)
 
