@@ -23,9 +23,10 @@ from service.cluster import Cluster
 from service.dataplane import DataPlane
 from service.docs import add_docs
 from service.errors import ServiceError
-from service.fastpath import App, error_parts
+from service.fastpath import App
 from service.grpcapi.inference import Backend
 from service.grpcapi.server import GrpcServer
+from service.http_errors import error_parts, validation_message
 from service.metrics import Metrics
 from service.middleware import RequestMiddleware
 from service.registry import Registry
@@ -41,7 +42,6 @@ from service.routers import (
     text,
     v2,
 )
-from service.routers.http_errors import validation_message
 from service.settings import Settings
 from service.tracing import configure_tracing, shutdown_tracing
 

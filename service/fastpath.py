@@ -22,7 +22,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service import tracing
 from service.auth import check_inference_key
 from service.dataplane import DataPlane
-from service.errors import ModelNotReady, Overloaded, ServiceError
+from service.errors import ModelNotReady, ServiceError
+from service.http_errors import error_parts
 from service.protocol.v2 import (
     check_model,
     encode_infer_response,
@@ -50,14 +51,6 @@ class RouteName:
 
     def __init__(self, path: str) -> None:
         self.path = path
-
-
-def error_parts(exc: ServiceError) -> tuple[int, bytes, dict[str, str]]:
-    """Status, JSON body and headers of the answer to a ServiceError (every route's shape)."""
-    headers = {"content-type": "application/json"}
-    if isinstance(exc, Overloaded):
-        headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
-    return exc.status_code, orjson.dumps({"error": exc.message}), headers
 
 
 class App(FastAPI):

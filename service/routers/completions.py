@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from service.auth import InferenceAuth
 from service.deps import DataPlaneDep, JsonBody, RegistryDep, SettingsDep
 from service.errors import Cancelled, InvalidInput, ServiceError
+from service.http_errors import OPENAI_ERRORS, OpenAIRoute, openai_error_body
 from service.protocol.openai import (
     CompletionChoice,
     CompletionLogprobs,
@@ -26,7 +27,6 @@ from service.protocol.openai import (
     FinishReason,
     Usage,
 )
-from service.routers.http_errors import OPENAI_ERRORS, OpenAIRoute, openai_error_body
 from service.sse import SSE_HEADERS, sse
 from service.tasks.language_model import (
     GenerationJob,

@@ -17,10 +17,10 @@ from service.auth import InferenceAuth
 from service.dataplane import DataPlane
 from service.deps import DataPlaneDep, JsonBody, RegistryDep, SettingsDep
 from service.errors import Cancelled, InvalidInput
+from service.http_errors import OPENAI_ERRORS, OpenAIRoute
 from service.protocol.types import MAX_SEED, ErrorResponse
 from service.registry import Registry
 from service.routers.classify import pictures_body, read_images
-from service.routers.http_errors import OPENAI_ERRORS, OpenAIRoute
 from service.runtimes import ImageGenerator
 from service.settings import Settings
 from service.tasks import imagegen

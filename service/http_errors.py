@@ -1,7 +1,9 @@
-"""How the HTTP layer words the errors it did not raise itself. A request that does not validate
-is one 400 message naming every field at fault, whichever parser found it; the OpenAI-compatible
-routes answer in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, so that the
-official `openai` client raises the matching exception (BadRequestError...) with our message.
+"""How the HTTP layer renders errors, in its two styles: plain `{"error": "..."}` on every route
+(`error_parts`), and OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, on the
+OpenAI-compatible routes (`OpenAIRoute`), so that the official `openai` client raises the
+matching exception (BadRequestError...) with our message. It also words the errors the service
+did not raise itself: a request that does not validate is one 400 message naming every field at
+fault, whichever parser found it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+import orjson
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -51,6 +54,14 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
             problems.append(problem)
             params.append(where)
     return "; ".join(problems), next((p for p in params if p), None)
+
+
+def error_parts(exc: ServiceError) -> tuple[int, bytes, dict[str, str]]:
+    """Status, JSON body and headers of the answer to a ServiceError (every route's shape)."""
+    headers = {"content-type": "application/json"}
+    if isinstance(exc, Overloaded):
+        headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
+    return exc.status_code, orjson.dumps({"error": exc.message}), headers
 
 
 def openai_error_body(status: int, message: str, param: str | None) -> dict[str, Any]:
