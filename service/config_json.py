@@ -19,12 +19,12 @@ from service.modelconfig import (
     VersionPolicy,
 )
 
-TASK_SECTIONS = {"preprocessing", "graph", "tokenizer", "step", "generation", "max_length"}
+TASK_SECTIONS = {"preprocessing", "graph", "tokenizer", "step", "generation", "max_length", "ood"}
 KNOWN_FIELDS = {
     "name", "task", "family", "dataset", "platform", "max_batch_size", "inputs", "outputs",
     "labels", "preprocessing", "graphs", "batching", "onnxruntime", "version_policy",
     # task sections, read by the task runtimes
-    "graph", "tokenizer", "step", "generation", "max_length",
+    "graph", "tokenizer", "step", "generation", "max_length", "ood",
 }  # fmt: skip
 
 
@@ -49,6 +49,10 @@ def read_config_json(data: Any, name: str) -> ModelConfig:
     if stray:
         raise ModelLoadError(
             f"config.json: {stray} belong to a task model; give `task` or remove them"
+        )
+    if "ood" in data and task not in {None, "classification"}:
+        raise ModelLoadError(
+            f"config.json: ood (the out-of-distribution flag) is a classifier's, not a {task}'s"
         )
     platform = data.get("platform", "onnxruntime_onnx")
     if platform != "onnxruntime_onnx":

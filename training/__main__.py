@@ -4,6 +4,7 @@
     python -m training evaluate cnn --dataset mnist   # re-measure the shipped ONNX file
     python -m training train-all [--models-dir DIR]   # reproduce every shipped model
     python -m training quantize mlp-mnist [...]       # int8 file beside model.onnx, if accurate
+    python -m training ood [cnn-mnist ...]            # fit and measure the out-of-distribution flag
 
 Each family module exposes `main(command, family, argv) -> int` and `train_all(models_dir)`.
 """
@@ -58,6 +59,8 @@ def main(argv: list[str]) -> int:
         return train_all(argv[1:])
     if argv[:1] == ["quantize"]:
         return int(importlib.import_module("training.quantize").main(argv[1:]))
+    if argv[:1] == ["ood"]:
+        return int(importlib.import_module("training.ood").main(argv[1:]))
     if len(argv) < 2 or argv[0] not in {"train", "evaluate"}:
         print(__doc__)
         return 2

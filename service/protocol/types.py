@@ -54,10 +54,29 @@ class Timing(BaseModel):
     total_ms: float
 
 
+class OodCheck(BaseModel):
+    """Whether one picture looks like the classifier's training pictures."""
+
+    score: float = Field(
+        description="Out-of-distribution score of the logits (config.json's ood.score, e.g. "
+        "energy = -logsumexp(logits)); higher = less like the training pictures."
+    )
+    threshold: float = Field(
+        description="Scores above it are out of distribution (95% of held-out training "
+        "pictures score at or below it)."
+    )
+    in_distribution: bool = Field(description="score <= threshold.")
+
+
 class ClassifyResponse(BaseModel):
     model_name: str
     model_version: str
     predictions: list[list[Prediction]] = Field(description="One top-k list per image, in order.")
+    ood: list[OodCheck] | None = Field(
+        None,
+        description="One out-of-distribution check per image, in order; null for a model "
+        "without a fitted `ood` section in its config.json.",
+    )
     timing: Timing
 
 

@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 from service.auth import InferenceAuth
 from service.deps import JSON, DataPlaneDep, RegistryDep, SettingsDep, require_media_type
 from service.errors import InvalidInput
-from service.protocol.types import ClassifyResponse, ErrorResponse, Prediction, Timing
+from service.protocol.types import ClassifyResponse, ErrorResponse, OodCheck, Prediction, Timing
 from service.runtimes import Classifier
 from service.settings import Settings
 from service.tasks.classify import top_k
@@ -109,10 +109,12 @@ async def classify(
         outputs = await dataplane.infer(model, feeds, None)
         done = time.perf_counter()
         predictions = top_k(model.probabilities(outputs), model.config.labels, top_k_)
+        checks = model.ood_checks(outputs, feeds)
     return ClassifyResponse(
         model_name=model.name,
         model_version=str(model.version),
         predictions=[[Prediction(**p) for p in row] for row in predictions],
+        ood=None if checks is None else [OodCheck(**c) for c in checks],
         timing=Timing(
             preprocess_ms=(prepared - start) * 1e3,
             inference_ms=(done - prepared) * 1e3,

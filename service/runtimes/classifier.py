@@ -9,7 +9,7 @@ import numpy as np
 from service.errors import ModelLoadError
 from service.repository import Repository
 from service.runtimes.tensor import TensorModel
-from service.tasks.classify import softmax
+from service.tasks.classify import OodSpec, softmax
 from service.tasks.graphs import GRAPH_INPUTS, GraphSpec, check_inputs
 from service.tasks.images import ImageSpec
 
@@ -23,6 +23,7 @@ class Classifier(TensorModel):
     finite_inputs = True
     graph: GraphSpec | None = None  # how pictures become graphs, for a graph classifier
     image: ImageSpec  # how pictures are prepared, as in training
+    ood: OodSpec | None = None  # the out-of-distribution flag, when fitted for this version
 
     def prepare(self, repository: Repository) -> None:
         if not self.config.preprocessing:
@@ -37,7 +38,27 @@ class Classifier(TensorModel):
         section = self.config.raw.get("graph")
         if section is not None:
             self.graph = self._graph_spec(section)
+        if "ood" in self.config.raw:
+            self.ood = self._ood_spec(self.config.raw["ood"])
         super().prepare(repository)
+
+    def _ood_spec(self, section: object) -> OodSpec | None:
+        """config.json's `ood` section, or None for a version it was not fitted on (a threshold
+        says nothing about another version's logits)."""
+        try:
+            spec = OodSpec.from_config(section)
+        except ValueError as exc:
+            raise ModelLoadError(f"model {self.name!r}: config.json {exc}") from None
+        if self.config.output(spec.output) is None:
+            raise ModelLoadError(
+                f"model {self.name!r}: config.json ood.output {spec.output!r} is not an output"
+            )
+        if spec.needs_pictures and self.graph is not None:
+            raise ModelLoadError(
+                f"model {self.name!r}: config.json ood.score {spec.score!r} needs pictures; a "
+                "graph classifier may be sent graphs"
+            )
+        return spec if spec.version == self.version else None
 
     def _graph_spec(self, section: object) -> GraphSpec:
         inputs = tuple(spec.name for spec in self.config.inputs)
@@ -69,3 +90,15 @@ class Classifier(TensorModel):
         if "probabilities" in outputs:
             return outputs["probabilities"]
         return softmax(outputs[self.config.outputs[0].name])
+
+    def ood_checks(
+        self, outputs: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]
+    ) -> list[dict[str, object]] | None:
+        """Per row: the out-of-distribution score, the threshold and the verdict; None for a
+        model (or version) without a fitted `ood` section. `feeds`: the prepared pictures."""
+        if self.ood is None:
+            return None
+        pictures = None
+        if self.ood.needs_pictures:  # back to intensities in [0, 1]
+            pictures = feeds[self.config.inputs[0].name] * self.image.std + self.image.mean
+        return self.ood.check(outputs[self.ood.output], pictures)

@@ -103,6 +103,8 @@ def test_drawn_digits_are_classified_by_every_mnist_model(
         draw(page, strokes)
         expect(classifier_card(page, "cnn-mnist")).to_have_attribute("data-top", digit)
         expect(classifier_card(page, "cnn-mnist").locator("li.top .label")).to_have_text(digit)
+        expect(classifier_card(page, "cnn-mnist")).to_have_attribute("data-in-distribution", "true")
+        expect(classifier_card(page, "cnn-mnist").locator(".ood")).to_be_hidden()
         screenshot(page.locator("#classify"), f"classify-{digit}")
     # every ready MNIST classifier answered side by side, with its probabilities
     cards = page.locator("#classify-results .classifier")
@@ -129,6 +131,25 @@ def test_an_uploaded_picture_is_classified(pages: Pages, service: Service) -> No
         "document.querySelector('#pad').getContext('2d').getImageData(2, 140, 1, 1).data[0]"
     )
     assert corner > 200
+
+
+def test_a_photo_is_not_a_digit(pages: Pages, service: Service, screenshot: Shot) -> None:
+    """A colour photo (scikit-learn's china.jpg) is classified, and flagged out of distribution."""
+    from sklearn.datasets import load_sample_image
+
+    jpeg = io.BytesIO()
+    Image.fromarray(load_sample_image("china.jpg")).save(jpeg, format="JPEG")
+    page = open_playground(pages, service)
+    page.set_input_files(
+        "#pad-upload",
+        files=[{"name": "china.jpg", "mimeType": "image/jpeg", "buffer": jpeg.getvalue()}],
+    )
+    card = classifier_card(page, "cnn-mnist")
+    expect(card).to_have_attribute("data-in-distribution", "false")
+    expect(card.locator(".ood")).to_be_visible()
+    expect(card.locator(".ood")).to_have_text("not a digit?")
+    expect(card.locator("li.top")).to_have_count(1)  # still answered, with its top classes
+    screenshot(page.locator("#classify"), "classify-photo")
 
 
 def test_each_dataset_has_its_own_classifiers(pages: Pages, service: Service) -> None:
@@ -187,6 +208,37 @@ def test_images_are_generated_by_every_generator(
     before = page.locator("#classify-results").get_attribute("data-done")
     cards.first.locator(".tile-button").first.click()
     expect(page.locator("#classify-results")).not_to_have_attribute("data-done", before or "")
+
+
+def test_each_dataset_has_its_own_generators(pages: Pages, service: Service) -> None:
+    """Choosing Fashion-MNIST (or any second dataset) lists its generators and its class names."""
+    page = open_playground(pages, service)
+    radios = page.locator("#generate-datasets input[type=radio]")
+    if radios.count() < 2:
+        pytest.skip("only one dataset has a ready generator in models/")
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    listing = httpx.get(f"{service.url}/v1/models", headers=headers).json()["data"]
+    dataset = radios.nth(1).get_attribute("value")
+    expected = sorted(
+        m["id"]
+        for m in listing
+        if m["task"] == "image-generation" and m["ready"] and m["dataset"] == dataset
+    )
+    page.locator("#generate-datasets label").nth(1).click()
+    cards = page.locator("#gen-results .generator")
+    expect(cards).to_have_count(len(expected))
+    assert sorted(cards.evaluate_all("cards => cards.map(c => c.dataset.model)")) == expected
+    details = httpx.get(f"{service.url}/v1/models/{expected[0]}", headers=headers).json()
+    names = details["config"]["labels"]  # the dataset's class names (Fashion: "T-shirt/top", ...)
+    options = page.locator("#gen-label option")
+    expect(options).to_have_count(len(names) + 1)  # and "Every class"
+    assert options.nth(0).text_content() == names[0]
+    page.select_option("#gen-label", index=0)
+    page.fill("#gen-n", "2")
+    page.click("#generate-button")
+    for i in range(cards.count()):
+        expect(cards.nth(i)).to_have_attribute("data-state", "done", timeout=120_000)
+        expect(cards.nth(i).locator("figcaption").first).to_have_text(names[0])
 
 
 def test_model_cards_show_metrics_curves_and_card(

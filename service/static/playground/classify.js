@@ -3,7 +3,7 @@
 
 import { postJSON } from "./api.js";
 import { $, clear, debounce, h, percent, segmented } from "./dom.js";
-import { datasetTitle, drawingHint, groupByDataset } from "./models.js";
+import { datasetNoun, datasetTitle, drawingHint, groupByDataset } from "./models.js";
 
 const TOP_K = 3;
 
@@ -42,6 +42,7 @@ export function setupClassify(models) {
           "article.result.classifier",
           { dataset: { model: m.id } },
           h("header", h("h3", m.id), h("span.tag", m.family || "model")),
+          h("p.ood", { hidden: true }, `not a ${datasetNoun(m.dataset)}?`),
           h("ol.bars", { "aria-label": `${m.id} predictions` }),
           h("p.meta", pad.blank && !source ? "Waiting for a drawing" : "…"),
         ),
@@ -68,6 +69,7 @@ export function setupClassify(models) {
         } catch (error) {
           if (mine !== generation) return;
           clear(card.querySelector(".bars"));
+          card.querySelector(".ood").hidden = true;
           clear(card.querySelector(".meta"), h("span.error", error.message));
         } finally {
           card.classList.remove("busy");
@@ -134,6 +136,12 @@ function showPrediction(card, answer) {
   );
   const top = predictions[0];
   card.dataset.top = top ? top.label : "";
+  // the out-of-distribution check (absent for a model without a fitted threshold)
+  const check = (answer.ood || [])[0];
+  card.dataset.inDistribution = check ? String(check.in_distribution) : "";
+  const flag = card.querySelector(".ood");
+  flag.hidden = !check || check.in_distribution;
+  flag.title = check ? `score ${check.score.toFixed(2)} > threshold ${check.threshold.toFixed(2)}` : "";
   clear(
     card.querySelector(".meta"),
     `v${answer.model_version} · ${answer.timing.inference_ms.toFixed(1)} ms inference, ${answer.timing.total_ms.toFixed(1)} ms total`,

@@ -3,10 +3,11 @@
 import { getJSON } from "./api.js";
 
 const DATASETS = {
-  mnist: { title: "Digits · MNIST", hint: "Draw a digit (0–9) with the mouse, a pen or a finger." },
+  mnist: { title: "Digits · MNIST", hint: "Draw a digit (0–9) with the mouse, a pen or a finger.", noun: "digit" },
   "fashion-mnist": {
     title: "Garments · Fashion-MNIST",
     hint: "Draw a garment (a shirt, trousers, a shoe, a bag…) as a white outline or silhouette, or upload a picture.",
+    noun: "garment",
   },
 };
 
@@ -16,6 +17,11 @@ export function datasetTitle(dataset) {
 
 export function drawingHint(dataset) {
   return (DATASETS[dataset] || {}).hint || "Draw something, or upload a picture.";
+}
+
+/** What a classifier of the dataset recognises ("digit"), for "not a digit?". */
+export function datasetNoun(dataset) {
+  return (DATASETS[dataset] || {}).noun || "picture like its training pictures";
 }
 
 /** Models grouped by dataset (MNIST first, then Fashion-MNIST, then the others by name). */
