@@ -6,7 +6,7 @@ score of the classifier's own logits (service/tasks/classify.py: energy, max-log
 max-softmax), so the service computes it on onnxruntime's outputs with no other model.
 
 For each model (the latest version) this measures, on pictures sent through the service's own
-preprocessing (service/tasks/images.py: inversion, reframing, normalisation, and the conversion
+preprocessing (service/tasks/image_preprocessing.py: inversion, reframing, normalisation, and the conversion
 to graphs for a graph classifier):
 
 - in distribution: the validation split (the 5,000 training pictures held out from training by
@@ -44,7 +44,7 @@ from service.tasks.classify import (
     pixel_statistics,
 )
 from service.tasks.graphs import GraphSpec, image_to_graph
-from service.tasks.images import ImageSpec, preprocess, to_gray
+from service.tasks.image_preprocessing import ImageSpec, preprocess, to_gray
 from training.data.images import (
     MAX_VALIDATION,
     carve,
@@ -71,7 +71,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 # ---------------------------------------------------------------------------------------------
 # Pictures: grayscale (H, W) arrays in [0, 1], as the service holds an uploaded picture once
-# decoded (service/tasks/images.py: decode_image -> to_gray).
+# decoded (service/tasks/image_preprocessing.py: decode_image -> to_gray).
 
 
 def photos() -> list[Image.Image]:
@@ -364,7 +364,7 @@ def card_section(model: ShippedClassifier, m: Measurement) -> dict[str, Any]:
             },
         },
         "scores_compared": m.compared,
-        "preprocessing": "the service's (service/tasks/images.py), as for an upload",
+        "preprocessing": "the service's (service/tasks/image_preprocessing.py), as for an upload",
     }
 
 

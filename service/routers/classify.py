@@ -20,7 +20,7 @@ from service.runtimes import Classifier
 from service.settings import Settings
 from service.tasks.classify import top_k
 from service.tasks.graphs import GraphSpec, graphs_from_json, images_to_inputs
-from service.tasks.images import Reframe, decode_image, pixels_to_array, preprocess
+from service.tasks.image_preprocessing import Reframe, decode_image, pixels_to_array, preprocess
 
 router = APIRouter(prefix="/v1/models", tags=["classification"], dependencies=[InferenceAuth])
 

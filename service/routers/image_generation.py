@@ -24,7 +24,7 @@ from service.routers.classify import pictures_body, read_images
 from service.runtimes import ImageGenerator
 from service.settings import Settings
 from service.tasks import imagegen
-from service.tasks.images import ImageSpec, preprocess
+from service.tasks.image_preprocessing import ImageSpec, preprocess
 from service.tasks.labels import label_from_prompt, resolve_label
 
 router = APIRouter(tags=["image generation"], dependencies=[InferenceAuth])

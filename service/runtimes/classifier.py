@@ -11,7 +11,7 @@ from service.repository import Repository
 from service.runtimes.tensor import TensorModel
 from service.tasks.classify import OodSpec, softmax
 from service.tasks.graphs import GRAPH_INPUTS, GraphSpec, check_inputs
-from service.tasks.images import ImageSpec
+from service.tasks.image_preprocessing import ImageSpec
 
 
 class Classifier(TensorModel):

@@ -10,7 +10,7 @@ import onnxruntime as ort
 from fastapi.testclient import TestClient
 from helpers.pictures import png_of
 
-from service.tasks.images import ImageSpec, preprocess
+from service.tasks.image_preprocessing import ImageSpec, preprocess
 
 SPEC = ImageSpec(mean=0.1307, std=0.3081)
 

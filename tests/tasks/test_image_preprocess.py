@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from service.errors import InvalidInput
-from service.tasks.images import ImageSpec, decode_image, preprocess, to_gray
+from service.tasks.image_preprocessing import ImageSpec, decode_image, preprocess, to_gray
 
 MNIST = ImageSpec(mean=0.0, std=1.0, center="mass")
 FASHION = ImageSpec(mean=0.0, std=1.0, center="box")

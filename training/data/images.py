@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from service.tasks.images import ImageSpec, preprocess, to_gray
+from service.tasks.image_preprocessing import ImageSpec, preprocess, to_gray
 from training.repository import sha256_of
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
