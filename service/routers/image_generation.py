@@ -20,12 +20,12 @@ from service.errors import Cancelled, InvalidInput
 from service.http_errors import OPENAI_ERRORS, OpenAIRoute
 from service.protocol.types import MAX_SEED, ErrorResponse
 from service.registry import Registry
-from service.routers.classify import pictures_body, read_images
 from service.runtimes import ImageGenerator
 from service.settings import Settings
 from service.tasks import imagegen
 from service.tasks.image_preprocessing import ImageSpec, preprocess
 from service.tasks.labels import label_from_prompt, resolve_label
+from service.uploads import pictures_body, read_images
 
 router = APIRouter(tags=["image generation"], dependencies=[InferenceAuth])
 
