@@ -27,7 +27,7 @@ import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from service.tasks.images import ImageSpec, decode_image, preprocess
+from service.tasks.image_preprocessing import ImageSpec, decode_image, preprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 10.0
