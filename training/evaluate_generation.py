@@ -293,6 +293,7 @@ def write_card_markdown(version_dir: Path, card: Mapping[str, Any]) -> None:
         f"Data: {card['dataset']['name']} ({card['dataset']['source']}), "
         f"{card['dataset']['splits']['train']:,} training images.",
         "",
+        *monitor_lines(training.get("monitor") or {}),
         "![training curves](curves.png)",
         "",
         "```json",
@@ -313,6 +314,23 @@ def write_card_markdown(version_dir: Path, card: Mapping[str, Any]) -> None:
     ]
     lines += [f"| {name} | `{f['sha256']}` | {f['bytes']:,} |" for name, f in card["files"].items()]
     (version_dir / "card.md").write_text("\n".join(lines) + "\n")
+
+
+def monitor_lines(monitor: Mapping[str, Any]) -> list[str]:
+    """The GAN monitor's readings while training (training/train_gan.py), if it ran."""
+    if not monitor.get("iterations"):
+        return []
+    readings = ", ".join(
+        f"{i}: {fcd:.2f} ({consistency:.3f})"
+        for i, fcd, consistency in zip(
+            monitor["iterations"], monitor["fcd_train"], monitor["class_consistency"], strict=True
+        )
+    )
+    return [
+        "While training, FCD of 2,000 samples of the EMA generator against 10,000 training images "
+        f"(class consistency), by iteration: {readings}.",
+        "",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,14 +8,19 @@ tell real (image, label) pairs from generated ones, then the generator learns to
 one-sided label smoothing (real targets 0.9), Adam with beta1 = 0.5 (DCGAN's setting). Against
 mode collapse (one picture per class whatever z is, seen without them on MNIST):
 a minibatch standard deviation channel in the discriminator and the mode-seeking term below.
-The exported generator is the exponential moving average of its weights.
+The exported generator is the exponential moving average of its weights. With --monitor-every N
+the EMA generator is scored every N iterations (FCD against training images, by cnn-<dataset>)
+and checkpointed, so a run stopped early still leaves its latest weights to export.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,6 +37,7 @@ from training.generative import (
     check_batch,
     export_decoder_family,
     export_graph,
+    latest_version,
     load_checkpoint,
     model_name,
     parameter_count,
@@ -58,6 +64,12 @@ class GANTrainConfig:
     ema_decay: float = 0.999  # the exported generator is this average of its weights
     mode_seeking_weight: float = 0.1  # weight of 1 / diversity in G's loss (0 = off); 1.0 drew
     # varied digits of the wrong class (class consistency 0.74 against 0.97 at 0.1)
+    lr_decay: bool = False  # cosine decay of both learning rates to 10% over the budget (Clock)
+    monitor_every: int = 0  # every N iterations (0 = never): FCD of the EMA generator against
+    # training images (never the test set, which the card scores) logged, checkpoint saved
+    resume: Path | None = None  # a checkpoint of this script (runs/gan-<dataset>/ckpt.pt) to go
+    # on from: its EMA generator and its discriminator, fresh optimisers and a new budget; the
+    # card counts the iterations and seconds of both runs
     log_every: int = 10
 
 
@@ -74,6 +86,54 @@ def mode_seeking_ratio(fake: torch.Tensor, latent: torch.Tensor) -> torch.Tensor
     latent_a, latent_b = latent.chunk(2)  # (B/2, latent_dim) each
     images = (image_a - image_b).abs().mean(dim=(1, 2, 3))
     return (images / (latent_a - latent_b).abs().mean(dim=1)).mean()
+
+
+class Monitor:
+    """FCD of a generator's samples against training images, scored by cnn-<dataset>: a progress
+    signal while training that leaves the test set to the card."""
+
+    SAMPLES = 2000  # generated images per reading
+    REFERENCE = 10000  # training images in the reference
+
+    def __init__(self, run: RunConfig, data: ImageData) -> None:
+        from training.evaluate_generation import ClassifierProbe
+
+        classifier = run.classifier or latest_version(run.models_dir, f"cnn-{data.name}")
+        self.probe = ClassifierProbe(classifier, run.threads)
+        order = np.random.default_rng(run.seed).permutation(len(data.train_images))
+        self.reference, _ = self.probe(data.train_images[order[: self.REFERENCE]])
+        self.num_classes = len(data.labels)
+        self.seed = run.seed
+
+    @torch.no_grad()
+    def __call__(self, generator: Generator) -> tuple[float, float]:
+        """(FCD against the training images, class consistency) of SAMPLES balanced samples."""
+        from service.tasks.imagegen import to_uint8
+        from training.evaluate_generation import class_consistency, frechet_distance
+
+        rng = torch.Generator().manual_seed(self.seed + 1)
+        labels = torch.arange(self.SAMPLES) % self.num_classes
+        latent = torch.randn(self.SAMPLES, generator.config.latent_dim, generator=rng)
+        images = to_uint8(generator(latent, labels).numpy(), (0.0, 1.0))  # as the service does
+        features, logits = self.probe(images)
+        fcd = frechet_distance(features, self.reference)
+        return fcd, class_consistency(logits, labels.numpy())
+
+
+def continued(earlier: dict[str, Any] | None, key: str) -> History:
+    """The series of the checkpoint resumed (empty without one), for this run to extend."""
+    if earlier is None or not earlier.get(key):
+        return History()
+    series = {k: list(v) for k, v in earlier[key].items() if k != "iterations"}
+    return History(list(earlier[key]["iterations"]), series)
+
+
+def averaged_generator(ema_generator: nn.Module, seed: int) -> Generator:
+    """A CPU copy of the EMA generator with its own batchnorm statistics: what is exported."""
+    averaged = copy.deepcopy(ema_generator).cpu()
+    assert isinstance(averaged, Generator), "the EMA of a Generator"
+    standing_statistics(averaged, batches=20, batch_size=256, seed=seed)
+    return averaged
 
 
 @torch.no_grad()
@@ -128,14 +188,44 @@ def train_model(
     betas = (config.beta1, 0.999)
     g_optimizer = torch.optim.Adam(generator.parameters(), lr=config.learning_rate, betas=betas)
     d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.learning_rate, betas=betas)
+    earlier = load_checkpoint(config.resume) if config.resume else None
+    if earlier is not None:
+        generator.load_state_dict(earlier["state_dict"])
+        discriminator.load_state_dict(earlier["discriminator_state_dict"])
     ema = EMA(generator, config.ema_decay)  # smooths the oscillation adversarial training has
-    history, clock = History(), Clock(config.iterations, run.max_minutes, context)
+    monitor = Monitor(run, data) if config.monitor_every and context.is_main else None
+    clock = Clock(config.iterations, run.max_minutes, context)
+    history = continued(earlier, "history")  # losses, and the monitor's readings
+    monitored = continued(earlier, "monitor")
+    done = earlier["iterations"] if earlier else 0  # by the run resumed
+    seconds, wall_seconds = (earlier["seconds"], earlier["wall_seconds"]) if earlier else (0.0, 0.0)
+
+    def save(averaged: Generator, iteration: int) -> Path:
+        return save_checkpoint(
+            run.runs_dir / model_name("gan", data.name) / "ckpt.pt",
+            model_config=asdict(model_config),
+            state_dict=averaged.state_dict(),
+            discriminator_state_dict=discriminator.state_dict(),
+            discriminator_parameters=parameter_count(discriminator),
+            train_config={**asdict(config), "resume": config.resume and str(config.resume)},
+            history={"iterations": history.iterations, **history.series},
+            monitor={"iterations": monitored.iterations, **monitored.series},
+            iterations=done + iteration,
+            seconds=seconds + clock.elapsed(),
+            wall_seconds=wall_seconds + clock.wall(),
+            resumed_from=str(config.resume) if config.resume else None,
+        )
+
     rng = torch.Generator().manual_seed(run.seed)
     batches = random_batches(len(x), config.batch_size, rng)
     num_classes = model_config.num_classes
     iteration = 0
     bar = tqdm(total=config.iterations, desc="gan", mininterval=5, disable=not context.is_main)
     while iteration < config.iterations and clock.progress(iteration) < 1.0:
+        if config.lr_decay:
+            rate = clock.learning_rate(iteration, config.learning_rate, warmup=0)
+            for group in [*g_optimizer.param_groups, *d_optimizer.param_groups]:
+                group["lr"] = rate
         index = next(batches)  # the global batch; every random draw below is global too
         b = len(index)
         index = context.shard(index)  # then each rank takes its share
@@ -177,7 +267,7 @@ def train_model(
         iteration += 1
         if iteration % config.log_every == 0 or iteration == 1:
             history.log(
-                iteration,
+                done + iteration,
                 **ranks_mean(
                     context,
                     discriminator_loss=d_loss.item(),
@@ -191,24 +281,20 @@ def train_model(
                 d=f"{history.last_mean('discriminator_loss'):.3f}",
                 g=f"{history.last_mean('generator_loss'):.3f}",
             )
+        if monitor is not None and iteration % config.monitor_every == 0:
+            averaged = averaged_generator(ema.model, run.seed)
+            fcd, consistency = monitor(averaged)
+            monitored.log(done + iteration, fcd_train=fcd, class_consistency=consistency)
+            bar.write(
+                f"iteration {done + iteration}: EMA generator FCD against training images {fcd:.2f}, "
+                f"class consistency {consistency:.4f}"
+            )
+            save(averaged, iteration)  # what a stop at the deadline still leaves to export
         bar.update(1)
     bar.close()
     if not context.is_main:
         return None
-    ema.model.cpu()
-    standing_statistics(ema.model, batches=20, batch_size=256, seed=run.seed)
-    return save_checkpoint(
-        run.runs_dir / model_name("gan", data.name) / "ckpt.pt",
-        model_config=asdict(model_config),
-        state_dict=ema.model.state_dict(),
-        discriminator_state_dict=discriminator.state_dict(),
-        discriminator_parameters=parameter_count(discriminator),
-        train_config=asdict(config),
-        history={"iterations": history.iterations, **history.series},
-        iterations=iteration,
-        seconds=clock.elapsed(),
-        wall_seconds=clock.wall(),
-    )
+    return save(averaged_generator(ema.model, run.seed), iteration)
 
 
 def export_version(run: RunConfig, data: ImageData, checkpoint: Path) -> Path:
@@ -286,6 +372,10 @@ def export_version(run: RunConfig, data: ImageData, checkpoint: Path) -> Path:
                 "discriminator": history.last_mean("discriminator_loss"),
                 "generator": history.last_mean("generator_loss"),
             },
+            # FCD against 10,000 training images and class consistency of 2,000 samples of the
+            # EMA generator while it trained (the monitor; empty when monitor_every was 0)
+            "monitor": saved.get("monitor", {}),
+            "resumed_from": saved.get("resumed_from"),  # counted in iterations and seconds
         },
         "export": {"max_abs_diff": {"model.onnx": diff}, "verified_on": "64 random latents"},
     }

@@ -10,9 +10,11 @@ import math
 import re
 import shutil
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -20,15 +22,18 @@ from PIL import Image
 from service.app import create_app
 from service.settings import Settings
 from service.tasks.imagegen import generate
+from training.data.images import DatasetMissing
 from training.evaluate_generation import (
     SAMPLE_SEED,
     ClassifierProbe,
     balanced_labels,
     class_consistency,
+    frechet_distance,
     latest_version,
     load_sessions,
     readme_quality_table,
 )
+from training.generative import load_image_data
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 GENERATORS = sorted(
@@ -62,9 +67,20 @@ def card_row(config: dict[str, Any], card: dict[str, Any], setting: dict[str, An
     raise AssertionError(f"the card of {card['name']} has no row for {wanted}")
 
 
-@pytest.fixture(scope="module")
-def probe() -> ClassifierProbe:
-    return ClassifierProbe(latest_version(MODELS, "cnn-mnist"))
+@cache
+def judge(dataset: str) -> ClassifierProbe:
+    """The classifier that scores a dataset's generators, as in their cards: cnn-<dataset>."""
+    return ClassifierProbe(latest_version(MODELS, f"cnn-{dataset}"))
+
+
+@cache
+def reference_features(dataset: str) -> np.ndarray:
+    """The judge's features of the test set: the reference of every FCD."""
+    try:
+        images = load_image_data(dataset).test_images
+    except DatasetMissing:
+        pytest.skip(f"{dataset} is not in data/ (make data)")
+    return judge(dataset)(images)[0]
 
 
 @pytest.mark.parametrize("name", GENERATORS)
@@ -82,8 +98,10 @@ def test_version_is_complete_and_checksummed(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", GENERATORS)
-def test_class_consistency_matches_the_card(name: str, probe: ClassifierProbe) -> None:
+def test_class_consistency_matches_the_card(name: str) -> None:
     version, config, card = load(name)
+    probe = judge(config["dataset"])
+    assert card["metrics"]["classifier"]["name"] == probe.name, "the card's judge is cnn-<dataset>"
     setting = FAST_SETTING if "defaults" in config["generation"] else {}
     expected = float(card_row(config, card, setting)["class_consistency"])
     labels = balanced_labels(CHECK_SAMPLES, int(config["generation"]["num_classes"]))
@@ -102,7 +120,103 @@ def test_mnist_diffusion_meets_the_issue_bar() -> None:
     _, config, card = load("diffusion-mnist")
     defaults = config["generation"]["defaults"]
     row = card_row(config, card, {"sampler": defaults["sampler"], "steps": defaults["steps"]})
-    assert row["samples"] >= 2000 and row["class_consistency"] >= 0.9
+    assert row["samples"] >= 2000 and row["class_consistency"] >= 0.99
+
+
+DIFFUSION_FCD_SAMPLES = 500  # ~20 s for the U-Net at 10 steps with guidance (two rows per image)
+# the spread of FCD over draws of 500 real training images was 1.3 (8 draws); a sample of the
+# generator's own spreads alike, and a stale card or a broken sampler moves it far more
+DIFFUSION_FCD_MARGIN = 3.0
+
+
+def test_mnist_diffusion_fcd_holds_on_fewer_samples() -> None:
+    """The card's DDIM 10-step row (default guidance, 2,000 samples) re-measured on 500 samples
+    drawn the card's way. FCD grows as samples shrink, so the allowance is what it grows by for
+    real training images scored alike at the same two counts, plus DIFFUSION_FCD_MARGIN."""
+    if "diffusion-mnist" not in GENERATORS:
+        pytest.skip("diffusion-mnist is not shipped")
+    version, config, card = load("diffusion-mnist")
+    row = card_row(config, card, FAST_SETTING)
+    reference, probe = reference_features("mnist"), judge("mnist")
+    labels = balanced_labels(DIFFUSION_FCD_SAMPLES, int(config["generation"]["num_classes"]))
+    images = generate(
+        config, load_sessions(version, config), labels.tolist(), seed=SAMPLE_SEED, **FAST_SETTING
+    )
+    fcd = frechet_distance(probe(images)[0], reference)
+    train = load_image_data("mnist").train_images
+    order = np.random.default_rng(SAMPLE_SEED).permutation(len(train))  # the cards' real rows
+    real_few, real_card = (
+        frechet_distance(probe(train[order[:count]])[0], reference)
+        for count in (DIFFUSION_FCD_SAMPLES, int(row["samples"]))
+    )
+    allowance = real_few - real_card + DIFFUSION_FCD_MARGIN
+    assert fcd <= row["fcd"] + allowance, (
+        f"FCD {fcd:.2f} on {DIFFUSION_FCD_SAMPLES} samples; the card's {row['fcd']:.2f} on "
+        f"{row['samples']} allows up to {row['fcd'] + allowance:.2f}"
+    )
+
+
+# issue #15: (least class consistency, largest FCD or None) of the headline (first) setting
+FLOORS: dict[str, tuple[float, float | None]] = {
+    **{name: (0.85, None) for name in GENERATORS if name.endswith("-fashion-mnist")},
+    "gan-mnist": (0.97, 10.0),
+    # the card's row; test_mnist_diffusion_fcd_holds_on_fewer_samples re-measures its FCD
+    "diffusion-mnist": (0.99, 6.0),
+}
+REMEASURED_KINDS = {"decoder", "latent-diffusion"}  # a headline row in about a second
+# shipped below their floor (the measured shortfall): strict, so a version that meets its floor
+# fails here until its entry goes
+BELOW_FLOOR = {
+    "gan-mnist": "version 1: FCD 16.88 > 10, class consistency 0.9675 < 0.97",
+    "vae-fashion-mnist": "version 1: class consistency 0.7195 < 0.85 (blurry coats, sandals, shirts)",
+    "latent-diffusion-fashion-mnist": "version 1: class consistency 0.7950 < 0.85 (its VAE's decoder)",
+    "gan-fashion-mnist": "version 1: class consistency 0.8280 < 0.85 (undertrained: 7,066 steps)",
+}
+
+
+def floor_case(name: str) -> Any:
+    if name in BELOW_FLOOR:
+        return pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=BELOW_FLOOR[name]))
+    return name
+
+
+@cache
+def headline(name: str) -> tuple[dict[str, Any], dict[str, float] | None]:
+    """The card's headline (first) row, and the same setting re-measured the card's way (same
+    seed, same sample count) where that takes a second or two; None for the pixel U-Net, whose
+    2,000 samples take minutes (test_class_consistency_matches_the_card re-measures it on fewer)."""
+    version, config, card = load(name)
+    row = dict(card["metrics"]["settings"][0])
+    if config["generation"]["kind"] not in REMEASURED_KINDS:
+        return row, None
+    setting = {k: row[k] for k in ("sampler", "steps", "guidance") if k in row}
+    labels = balanced_labels(int(row["samples"]), int(config["generation"]["num_classes"]))
+    images = generate(
+        config, load_sessions(version, config), labels.tolist(), seed=SAMPLE_SEED, **setting
+    )
+    features, logits = judge(config["dataset"])(images)
+    return row, {
+        "class_consistency": class_consistency(logits, labels),
+        "fcd": frechet_distance(features, reference_features(config["dataset"])),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(FLOORS.keys() & set(GENERATORS)))
+def test_headline_row_is_remeasured(name: str) -> None:
+    row, measured = headline(name)
+    if measured is None:
+        pytest.skip("the pixel U-Net's 2,000 samples take minutes")
+    assert measured["class_consistency"] == pytest.approx(row["class_consistency"], abs=0.002)
+    assert measured["fcd"] == pytest.approx(row["fcd"], rel=0.01), "the card is stale"
+
+
+@pytest.mark.parametrize("name", [floor_case(n) for n in sorted(FLOORS.keys() & set(GENERATORS))])
+def test_meets_the_issue_floor(name: str) -> None:
+    row, measured = headline(name)
+    least_consistency, largest_fcd = FLOORS[name]
+    scored = measured or row
+    assert scored["class_consistency"] >= least_consistency, f"{name}: {scored}"
+    assert largest_fcd is None or scored["fcd"] <= largest_fcd, f"{name}: {scored}"
 
 
 @pytest.fixture(scope="module")
@@ -137,12 +251,14 @@ def test_service_is_deterministic_by_seed(name: str, service: TestClient) -> Non
     assert picture.format == "PNG" and picture.size == (28, 28)
 
 
-def test_readme_quality_table_is_the_cards() -> None:
+@pytest.mark.parametrize(("marker", "dataset"), [("", "mnist"), ("fashion-", "fashion-mnist")])
+def test_readme_quality_table_is_the_cards(marker: str, dataset: str) -> None:
     readme = (MODELS.parent / "README.md").read_text()
-    block = re.search(r"<!-- generators:start -->\n(.*?)\n<!-- generators:end -->", readme, re.S)
-    assert block, "README lost its generators markers"
-    assert block.group(1).strip() == readme_quality_table(MODELS).strip(), (
+    pattern = rf"<!-- {marker}generators:start -->\n(.*?)\n<!-- {marker}generators:end -->"
+    block = re.search(pattern, readme, re.S)
+    assert block, f"README lost its {marker}generators markers"
+    assert block.group(1).strip() == readme_quality_table(MODELS, dataset).strip(), (
         "README quality table is stale: regenerate it with python -c 'from pathlib import Path; "
         "from training.evaluate_generation import readme_quality_table; "
-        'print(readme_quality_table(Path("models")))\''
+        f'print(readme_quality_table(Path("models"), "{dataset}"))\''
     )

@@ -66,14 +66,28 @@ def test_vae_trains_exports_and_reconstructs(vae_version: Path) -> None:
 
 
 def test_gan_trains_and_exports(tmp_path: Path) -> None:
-    version = train("gan", tmp_path)
-    config, _ = check_version(version)
+    judge = Path(__file__).resolve().parents[2] / "models" / "cnn-mnist" / "1"  # digits: no cnn
+    version = train(
+        "gan", tmp_path, "--lr-decay", "true", "--monitor-every", "2", "--classifier", str(judge)
+    )
+    config, card = check_version(version)
     assert generate(config, load_sessions(version, config), 4, n=2, seed=0).shape == (2, 28, 28)
+    monitor = card["training"]["monitor"]  # one reading, at iteration 2 of 3
+    assert monitor["iterations"] == [2] and monitor["fcd_train"][0] > 0
+    assert 0.0 <= monitor["class_consistency"][0] <= 1.0
 
 
-def test_diffusion_trains_and_exports(tmp_path: Path) -> None:
-    version = train("diffusion", tmp_path, "--channels", "16,16,16", "--groups", "4")
-    config, _ = check_version(version)
+@pytest.mark.parametrize(
+    "extra",
+    [("--prediction", "epsilon", "--attention-heads", "0"), ("--prediction", "v")],
+    ids=["epsilon", "v"],
+)
+def test_diffusion_trains_and_exports(tmp_path: Path, extra: tuple[str, ...]) -> None:
+    argv = ("--channels", "16,16,16", "--groups", "4", "--attention-heads", "2", *extra)
+    version = train("diffusion", tmp_path, *argv)
+    config, card = check_version(version)
+    assert config["generation"]["prediction"] == "epsilon", "the graph outputs eps either way"
+    assert card["training"]["config"]["prediction"] == extra[1]
     sessions = load_sessions(version, config)
     for sampler in ("ddim", "ddpm"):
         images = generate(config, sessions, [3, 4], seed=0, steps=3, sampler=sampler)

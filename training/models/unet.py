@@ -2,7 +2,9 @@
 
 28x28 -> 14x14 -> 7x7 and back, one residual block per level on the way down and up. The
 timestep (sinusoidal) and class embeddings are added together and injected into every block.
-Class index `num_classes` is the null label used for classifier-free guidance.
+Optionally, self-attention over the 49 positions at 7x7 lets the middle see the whole digit
+(cheap there; it would cost 256x more at 28x28). Class index `num_classes` is the null label used
+for classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class UNetConfig:
     embedding_dim: int = 64  # timestep + class embedding width
     num_classes: int = 10  # the null label is index num_classes
     groups: int = 8  # GroupNorm groups
+    attention_heads: int = 0  # self-attention heads between the two 7x7 blocks (0 = none)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -51,6 +54,26 @@ class ResBlock(nn.Module):
         return h + self.skip(x)
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the positions of a feature map, with a residual."""
+
+    def __init__(self, channels: int, heads: int, groups: int) -> None:
+        super().__init__()
+        assert channels % heads == 0, f"{channels} channels do not split into {heads} heads"
+        self.heads = heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, height, width = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, height * width)
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # (B, heads, d, HW) each
+        weights = torch.softmax(q.transpose(-1, -2) @ k / math.sqrt(c // self.heads), dim=-1)
+        h = (v @ weights.transpose(-1, -2)).reshape(b, c, height, width)  # (B, C, H, W)
+        return x + self.proj(h)
+
+
 class UNet(nn.Module):
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
@@ -65,6 +88,8 @@ class UNet(nn.Module):
         self.down2 = ResBlock(c1, c2, e, g)
         self.pool2 = nn.Conv2d(c2, c2, 3, stride=2, padding=1)  # -> 7x7
         self.mid1 = ResBlock(c2, c3, e, g)
+        heads = config.attention_heads
+        self.attention = SelfAttention(c3, heads, g) if heads > 0 else nn.Identity()
         self.mid2 = ResBlock(c3, c3, e, g)
         self.up2 = ResBlock(c3 + c2, c2, e, g)  # 14x14, after upsampling and the skip
         self.up1 = ResBlock(c2 + c1, c1, e, g)  # 28x28
@@ -80,7 +105,8 @@ class UNet(nn.Module):
         emb = emb + self.label_embedding(label)  # (B, E)
         h1 = self.down1(self.conv_in(x), emb)  # (B, c1, 28, 28)
         h2 = self.down2(self.pool1(h1), emb)  # (B, c2, 14, 14)
-        h = self.mid2(self.mid1(self.pool2(h2), emb), emb)  # (B, c3, 7, 7)
+        h = self.attention(self.mid1(self.pool2(h2), emb))  # (B, c3, 7, 7)
+        h = self.mid2(h, emb)
         h = F.interpolate(h, scale_factor=2.0, mode="nearest")  # (B, c3, 14, 14)
         h = self.up2(torch.cat([h, h2], dim=1), emb)  # (B, c2, 14, 14)
         h = F.interpolate(h, scale_factor=2.0, mode="nearest")  # (B, c2, 28, 28)
