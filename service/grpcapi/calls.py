@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, asynccontextmanager
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -111,27 +111,8 @@ class Calls:
         work: Callable[[], Awaitable[T]],
     ) -> T:
         """One unary call: `work`'s answer, or the call aborted with the error's status."""
-        metadata = _metadata(context)
-        request_id = request_id_from(metadata.get("x-request-id"))
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
-        self.metrics.grpc_in_flight.inc()
-        with _request_span(method, metadata, request_id) as span:
-            try:
-                self.authorize(access, metadata)
-                answer = await work()
-                context.set_trailing_metadata((("x-request-id", request_id),))
-                return answer
-            except Exception as exc:
-                code, message, trailing = self._failure(exc, method)
-                code_metadata = (("x-request-id", request_id), *trailing)
-                await context.abort(code, message, trailing_metadata=code_metadata)
-                raise  # abort raises; this is never reached
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            finally:
-                self._finished(method, code, request_id, start, span)
+        async with self._call(method, context, access):
+            return await work()
 
     async def stream(
         self,
@@ -141,6 +122,16 @@ class Calls:
         responses: Callable[[str], AsyncIterator[T]],
     ) -> AsyncIterator[T]:
         """One streaming call: what `responses(request_id)` yields, then the call's status."""
+        async with self._call(method, context, access) as request_id:
+            async for response in responses(request_id):
+                yield response
+
+    @asynccontextmanager
+    async def _call(
+        self, method: str, context: grpc.aio.ServicerContext, access: Access
+    ) -> AsyncIterator[str]:
+        """Around one call's work (given its request id): the key check, then the status code
+        (an error aborts the call with its status), the metrics, the access log and the span."""
         metadata = _metadata(context)
         request_id = request_id_from(metadata.get("x-request-id"))
         start = time.perf_counter()
@@ -149,8 +140,7 @@ class Calls:
         with _request_span(method, metadata, request_id) as span:
             try:
                 self.authorize(access, metadata)
-                async for response in responses(request_id):
-                    yield response
+                yield request_id
                 context.set_trailing_metadata((("x-request-id", request_id),))
             except Exception as exc:
                 code, message, trailing = self._failure(exc, method)
