@@ -7,7 +7,7 @@
 # REST on 8000 (SEEDSERVE_PORT), gRPC on 8001 (SEEDSERVE_GRPC_PORT: inference.GRPCInferenceService
 # and grpc.health.v1.Health), one process serving both.
 #
-# Configured through SEEDSERVE_* environment variables only (README, "Configuration"); the server
+# Configured through SEEDSERVE_* environment variables only (docs/configuration.md); the server
 # is PID 1 (exec-form CMD, no shell), so `docker stop` (SIGTERM) shuts it down gracefully, exit 0.
 # Build with BuildKit (Docker's default builder since 23.0): it builds only the stages the target
 # needs, whereas the legacy builder would also pull the CUDA base for the CPU image.

@@ -81,7 +81,7 @@ example-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
 	    curl nghttp2-client; }
 
-# The benchmark (README, "Performance and the benchmark"): ours vs in-process onnxruntime, a naive
+# The benchmark (docs/benchmarks.md): ours vs in-process onnxruntime, a naive
 # FastAPI handler and the peers (installed into build/bench-venvs on first use), all on loopback.
 # Writes bench/results/{results.json,report.md,plot.png}. BENCH_ARGS=--smoke runs in seconds.
 BENCH_ARGS ?=

@@ -4,6 +4,7 @@ FastAPI handler and the peers (Triton, MLServer, TorchServe, BentoML) in one run
     python -m bench                                  # everything, 10 s per point (~15 min)
     python -m bench --smoke                          # seconds: ours + naive, tiny load
     python -m bench --systems seedserve,triton --concurrency 32 --duration 5 --repeats 3
+    python -m bench --repeats 3 --doc                # and its summary into docs/benchmarks.md
 
 Writes results.json, report.md and plot.png to --out (default bench/results). Peers are
 installed into build/bench-venvs/<peer> on first use (PyPI; --no-install skips missing ones).
@@ -17,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.report import markdown, plot, write_readme_summary
+from bench.report import SUMMARY_DOC, markdown, plot, write_doc_summary
 from bench.run import DEFAULT_SYSTEMS, Options, run
 from bench.systems import ROOT, SYSTEMS
 
@@ -60,7 +61,12 @@ def parse(argv: list[str]) -> tuple[Options, Path, Path | None]:
     parser.add_argument("--no-cold-start", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument(
-        "--readme", type=Path, help="also write the summary between its bench markers"
+        "--doc",
+        type=Path,
+        nargs="?",
+        const=SUMMARY_DOC,
+        help="also write the summary between the bench markers of this file "
+        "(docs/benchmarks.md when no file is given)",
     )
     parser.add_argument(
         "--smoke",
@@ -90,19 +96,19 @@ def parse(argv: list[str]) -> tuple[Options, Path, Path | None]:
         options.systems = ("seedserve", "naive-fastapi")
         options.install_peers = False
         options.cold_start = False
-    return options, args.out, args.readme
+    return options, args.out, args.doc
 
 
 def main(argv: list[str]) -> int:
-    options, out, readme = parse(argv)
+    options, out, summary_doc = parse(argv)
     doc = run(options)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
     report = markdown(doc)
     (out / "report.md").write_text(report)
     plot(doc, out / "plot.png")
-    if readme is not None:
-        write_readme_summary(doc, readme)
+    if summary_doc is not None:
+        write_doc_summary(doc, summary_doc)
     print(report)
     return 0
 

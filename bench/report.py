@@ -7,6 +7,8 @@ from typing import Any
 
 PEERS = ("triton", "mlserver", "torchserve", "bentoml")
 OURS = "seedserve"
+# where the summary goes: the doc holding the bench markers
+SUMMARY_DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -196,7 +198,7 @@ def _outcomes(doc: dict[str, Any]) -> list[str]:
 
 
 def summary(doc: dict[str, Any]) -> str:
-    """The README's excerpt: the reference concurrency and the targets."""
+    """The excerpt docs/benchmarks.md shows: the reference concurrency and the targets."""
     meta = doc["meta"]
     pairs = list(dict.fromkeys((r["system"], r["workload"]) for r in doc["http"]))
     ceiling = doc["inprocess"]["ort_best"]["items_per_s"]
@@ -214,14 +216,14 @@ def summary(doc: dict[str, Any]) -> str:
     return text.split("\n#### Not measured")[0].split("\n#### Systems")[0].rstrip() + "\n"
 
 
-def write_readme_summary(doc: dict[str, Any], readme: Path) -> None:
-    """Replace what is between the README's bench markers with `summary(doc)`."""
+def write_doc_summary(doc: dict[str, Any], path: Path = SUMMARY_DOC) -> None:
+    """Replace what is between the bench markers of `path` with `summary(doc)`."""
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-    text = readme.read_text()
+    text = path.read_text()
     if start not in text or end not in text:
-        raise ValueError(f"{readme} has no {start} ... {end} markers")
+        raise ValueError(f"{path} has no {start} ... {end} markers")
     head, rest = text.split(start, 1)
-    readme.write_text(f"{head}{start}\n{summary(doc)}{end}{rest.split(end, 1)[1]}")
+    path.write_text(f"{head}{start}\n{summary(doc)}{end}{rest.split(end, 1)[1]}")
 
 
 def plot(doc: dict[str, Any], path: Path) -> bool:

@@ -20,7 +20,7 @@ from torch import nn
 
 from service.runtime import Graph
 from service.settings import Settings
-from training.classify import FAMILIES
+from training.families import FAMILIES
 
 
 def load_classifier(
@@ -28,9 +28,10 @@ def load_classifier(
 ) -> tuple[nn.Module, float]:
     """The eval-mode model and its largest |logit difference| from onnxruntime on `tensor`."""
     family = card["family"]
-    if family not in FAMILIES:
+    if family not in FAMILIES or FAMILIES[family].group != "classifier":
         raise ValueError(f"no torch rebuild for family {family!r}")
-    config_cls, model_cls = FAMILIES[family]
+    config_cls, model_cls = FAMILIES[family].config, FAMILIES[family].model
+    assert config_cls is not None and model_cls is not None
     fields = {f.name for f in dataclasses.fields(config_cls)}
     saved = card["training"]["config"]["model"]
     config = config_cls(

@@ -36,11 +36,11 @@ from service.routers import (
     completions,
     health,
     image_generation,
+    language_models,
+    model_control,
     models,
+    open_inference,
     playground,
-    repository,
-    text,
-    v2,
 )
 from service.settings import Settings
 from service.tracing import configure_tracing, shutdown_tracing
@@ -122,7 +122,8 @@ def create_app(
     _add_error_handlers(app)
     add_docs(app)
     for module in (
-        health, v2, repository, models, classify, image_generation, playground, text, completions,
+        health, open_inference, model_control, models, classify, image_generation, playground,
+        language_models, completions,
     ):  # fmt: skip
         app.include_router(module.router)
 

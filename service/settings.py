@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     gc_freeze: bool = True
     """After start-up, move every object alive then (models, routes, libraries) out of the
     garbage collector's sight (`gc.freeze`): full collections then scan only what requests made
-    (its effect on p99 latency: README, "Performance and the benchmark")."""
+    (its effect on p99 latency: docs/benchmarks.md, "What the serving path does for speed")."""
     optimized_model_cache: Path | None = None
     """Folder where onnxruntime's optimised graphs are saved at first load and loaded from later
     (keyed by the ONNX file's sha256, the optimisation level and the onnxruntime version); unset =
@@ -118,8 +118,8 @@ class Settings(BaseSettings):
     step_batching: bool = True
     """Denoising steps of image generations running at once on one model version share one
     onnxruntime call (rows stacked, results split back; same images as run alone). What it
-    gains and costs on a CPU, measured: README, "Generation" under "Performance and the
-    benchmark", and bench/results/compute.md."""
+    gains and costs on a CPU, measured: docs/benchmarks.md, "Generation", and
+    bench/results/compute.md."""
     max_step_delay_ms: float = Field(0.0, ge=0, le=1000)
     """How long a denoising step may wait for the model's other running generations to submit
     theirs, in milliseconds (it runs at once when all of them have); 0 = no waiting (steps that
@@ -183,7 +183,8 @@ class Settings(BaseSettings):
 
 
 def settings_table() -> str:
-    """The README's configuration table, generated so the docs cannot drift from the code."""
+    """docs/configuration.md's table of every setting, generated so the docs cannot drift from
+    the code (tests/test_docs.py checks it)."""
     rows = ["| variable | default | what it does |", "|---|---|---|"]
     for name, info in Settings.model_fields.items():
         default = info.default.as_posix() if isinstance(info.default, Path) else info.default

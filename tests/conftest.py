@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 # tests/helpers/live_server.py gives each server it starts a free gRPC port.
 os.environ.setdefault("SEEDSERVE_GRPC_PORT", "0")
 
-from onnx_builders import write_classifier
+from helpers.onnx_builders import write_classifier
 
 from service.app import create_app
 from service.settings import Settings

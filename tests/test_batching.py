@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx_builders import write_classifier
+from helpers.onnx_builders import write_classifier
 
 from service.batching import Batcher, BatchPolicy
 from service.errors import Overloaded

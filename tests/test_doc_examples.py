@@ -1,7 +1,7 @@
 """Every fenced example of README.md and docs/*.md runs, as written, against a live service.
 
 Each block is one of three kinds, and a block that is none of them fails the test:
-- a service example: a `sh`/`bash` or `python` block that calls the README's address
+- a service example: a `sh`/`bash` or `python` block that calls the docs' address
   (127.0.0.1:8000, gRPC 127.0.0.1:8001). It runs against ONE live server over the shipped
   models/, with the address replaced by the server's, in a folder holding the pictures the
   examples name (`seven.png`: MNIST test digit 0, a 7, enlarged and dark on light; `a.png`,
@@ -54,16 +54,18 @@ NOT_SERVICE = {  # (file, heading, the start of the block's first line) -> why i
     ("README.md", "## Quick start (fresh machine)", "make serve"): (
         "make targets: installing and starting the server, running the test suite"
     ),
-    ("README.md", "## Behaviour under overload", "cpuslot .venv/bin/python -m bench.soak"): (
-        "a 75 s benchmark that starts its own server (bench/soak.py)"
-    ),
-    ("README.md", "## Deploy with Docker", "docker build"): DEPLOYMENT,
-    ("README.md", "## docker compose up", "docker compose up"): DEPLOYMENT,
-    ("README.md", "## Kubernetes", "# Once per cluster"): DEPLOYMENT,
-    ("README.md", "## Training", "make train"): TRAINING,
-    ("README.md", "## Training", ".venv/bin/python -m training train vit"): TRAINING,
-    ("README.md", "### Training on several processes or machines", "torchrun"): TRAINING,
-    ("README.md", "### Language models", ".venv/bin/python -m training train lstm"): TRAINING,
+    (
+        "docs/observability.md",
+        "## Behaviour under overload",
+        "cpuslot .venv/bin/python -m bench.soak",
+    ): "a 75 s benchmark that starts its own server (bench/soak.py)",
+    ("docs/deployment.md", "## The image", "docker build"): DEPLOYMENT,
+    ("docs/deployment.md", "## docker compose", "docker compose up"): DEPLOYMENT,
+    ("docs/deployment.md", "## Kubernetes", "# Once per cluster"): DEPLOYMENT,
+    ("docs/training.md", "## Classifiers", "make train"): TRAINING,
+    ("docs/training.md", "## Classifiers", ".venv/bin/python -m training train vit"): TRAINING,
+    ("docs/training.md", "## Training on several processes or machines", "torchrun"): TRAINING,
+    ("docs/training.md", "## Language models", ".venv/bin/python -m training train lstm"): TRAINING,
     ("docs/image-generation.md", "## The library the service calls", "from service.tasks"): (
         "the in-process library under the service (its sessions and callback left out), "
         "exercised by tests/generate"

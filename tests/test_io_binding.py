@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from onnx_builders import write_classifier
+from helpers.onnx_builders import write_classifier
 
 from service.app import create_app
 from service.runtime import Graph

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from onnx_builders import write_classifier
+from helpers.onnx_builders import write_classifier
 
 from service.errors import ModelLoadError
 from service.metrics import Metrics

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from onnx_builders import write_classifier
+from helpers.onnx_builders import write_classifier
 
 from service.app import create_app
 from service.errors import ModelLoadError, ModelNotFound

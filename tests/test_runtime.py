@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from onnx_builders import write_classifier
+from helpers.onnx_builders import write_classifier
 
 from service.runtime import Graph, cached_graph_path
 from service.settings import Settings

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from training.classifiers.classifier_eval import evaluate_shipped
 from training.data.images import DATA_DIR, IDX_FILES, KNOWN_DATASETS, idx_file
-from training.evaluation import evaluate_shipped
-from training.repository import sha256_of
+from training.files import sha256_of
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 # test-accuracy floors, the quality promised for each shipped model

@@ -20,13 +20,13 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from helpers.live_server import live_server
-from onnx_builders import write_classifier, write_diffusion_generator, write_language_model
+from helpers.onnx_builders import write_classifier, write_diffusion_generator, write_language_model
+from helpers.shipped_models import copy_models
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import ValidationError
-from shipped_models import copy_models
 
 from service import tracing
 from service.app import create_app

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ def export_onnx(
     output_names: Sequence[str],
     dynamic_shapes: Any,
     opset: int = OPSET,
+    translations: Mapping[Any, Any] | None = None,
 ) -> Path:
     """Export with the dynamo exporter (see shared ONNX notes) to one file, no external data."""
     module.eval()
@@ -43,8 +44,19 @@ def export_onnx(
             dynamo=True,
             external_data=False,
             verbose=False,
+            custom_translation_table=dict(translations) if translations else None,
         )
     return path
+
+
+def onnx_session(path: Path | bytes, threads: int = 1) -> ort.InferenceSession:
+    """The one way training opens an ONNX file: CPU, `threads` intra-op threads, one inter-op.
+    Every card number and re-measurement goes through it, so they agree to the last digit."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def max_abs_difference(
@@ -60,10 +72,7 @@ def max_abs_difference(
         expected = (expected,)
     # One thread: onnxruntime's ScatterND (add), which index_add exports to, races over duplicate
     # indices in its thread pool (onnxruntime issues #18048, #23396): a GNN failed here now and then.
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+    got = onnx_session(path, threads=1).run(None, {k: v.numpy() for k, v in inputs.items()})
     assert len(got) == len(expected), f"onnx has {len(got)} outputs, torch {len(expected)}"
     for g, e in zip(got, expected, strict=True):
         # without this, broadcasting would quietly compare a (1, 10) answer with a (N, 10) one

@@ -31,7 +31,7 @@ from service.cluster import Cluster
 from service.dataplane import DataPlane
 from service.errors import InvalidInput, ModelNotFound, ModelNotReady, ServiceError
 from service.grpcapi.calls import Access, Calls
-from service.grpcapi.tensors import infer_request, infer_response, parameters_dict, text_response
+from service.grpcapi.messages import infer_request, infer_response, parameters_dict, text_response
 from service.pbtxt import to_message
 from service.protocol.text import GenerateParameters
 from service.protocol.types import EXTENSIONS
@@ -40,7 +40,7 @@ from service.registry import Registry
 from service.repository import check_name
 from service.runtimes import LanguageModel, TensorModel
 from service.settings import Settings
-from service.tasks.language_model import (
+from service.tasks.generation_jobs import (
     SequenceToken,
     first_event,
     generation_job,

@@ -14,7 +14,7 @@ from service.errors import InvalidInput
 from service.protocol.types import ClassifyResponse, ErrorResponse, OodCheck, Prediction, Timing
 from service.runtimes import Classifier
 from service.settings import Settings
-from service.tasks.classify import top_k
+from service.tasks.class_scores import top_k
 from service.tasks.graphs import GraphSpec, graphs_from_json, images_to_inputs
 from service.tasks.image_preprocessing import Reframe, preprocess
 from service.uploads import PICTURE_TYPES, pictures_body, read_images

@@ -28,7 +28,7 @@ from service.protocol.openai import (
     Usage,
 )
 from service.sse import SSE_HEADERS, sse
-from service.tasks.language_model import (
+from service.tasks.generation_jobs import (
     GenerationJob,
     SequenceToken,
     check_generation,

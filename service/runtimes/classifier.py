@@ -9,7 +9,7 @@ import numpy as np
 from service.errors import ModelLoadError
 from service.repository import Repository
 from service.runtimes.tensor import TensorModel
-from service.tasks.classify import OodSpec, softmax
+from service.tasks.class_scores import OodSpec, softmax
 from service.tasks.graphs import GRAPH_INPUTS, GraphSpec, check_inputs
 from service.tasks.image_preprocessing import ImageSpec
 

@@ -25,7 +25,7 @@ class ImageGenerator(TensorModel):
 
     @property
     def generation(self) -> dict[str, Any]:
-        """The config's `generation` section (written by training/generate.py)."""
+        """The config's `generation` section (written by training/generators/generator_commands.py)."""
         section: dict[str, Any] = self.config.raw["generation"]
         return section
 

@@ -2,7 +2,7 @@
 diffusion (DDIM / DDPM with classifier-free guidance), VAE reconstruction, and PNG encoding.
 
 Everything is driven by the `generation` section of a model's config.json (written by
-training/generate.py; documented in docs/image-generation.md) and by sessions the caller owns:
+training/generators/generator_commands.py; documented in docs/image-generation.md) and by sessions the caller owns:
 `sessions` maps a graph role to an onnxruntime `InferenceSession` — "model" for model.onnx, and
 each key of config["graphs"] ("decoder", "encoder") for the other files of the version.
 

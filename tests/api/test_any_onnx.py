@@ -16,8 +16,8 @@ import pytest
 import tritonclient.http as httpclient
 from helpers import model_zoo as zoo
 from helpers.live_server import Server, live_server
+from helpers.shipped_models import copy_models
 from helpers.thirdparty import install_model, thirdparty_model
-from shipped_models import copy_models
 from tritonclient.utils import InferenceServerException
 
 ADMIN = "admin-key-for-the-tests-0123456789"

@@ -13,7 +13,11 @@ from typing import Any
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from onnx_builders import write_classifier, write_decoder_generator, write_diffusion_generator
+from helpers.onnx_builders import (
+    write_classifier,
+    write_decoder_generator,
+    write_diffusion_generator,
+)
 from PIL import Image
 
 from service.app import create_app

@@ -13,16 +13,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
-from onnx_builders import write_classifier
+from helpers.onnx_builders import write_classifier
+from helpers.shipped_models import copy_models
 from PIL import Image
-from shipped_models import copy_models
 
 from service.app import create_app
 from service.settings import Settings
-from service.tasks.classify import OodSpec, ood_scores, pixel_statistics
+from service.tasks.class_scores import OodSpec, ood_scores, pixel_statistics
+from training.classifiers.ood import photos
 from training.data.images import DATA_DIR, IDX_FILES, KNOWN_DATASETS, idx_file, load_test_split
-from training.evaluation import latest_version
-from training.ood import photos
+from training.publish import latest_version
 
 CNNS = ("cnn-mnist", "cnn-fashion-mnist")
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers.metrics import model_metric
-from onnx_builders import write_language_model
+from helpers.onnx_builders import write_language_model
+from helpers.scrape import model_metric
 
 from service.app import create_app
 from service.settings import Settings

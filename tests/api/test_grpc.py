@@ -15,9 +15,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from google.rpc import error_details_pb2, status_pb2
 from helpers.live_server import Server, live_server
-from helpers.metrics import model_metric
-from onnx_builders import write_classifier
-from shipped_models import copy_models
+from helpers.onnx_builders import write_classifier
+from helpers.scrape import model_metric
+from helpers.shipped_models import copy_models
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException

@@ -11,7 +11,11 @@ import numpy as np
 import openai
 import pytest
 from fastapi.testclient import TestClient
-from onnx_builders import write_classifier, write_decoder_generator, write_diffusion_generator
+from helpers.onnx_builders import (
+    write_classifier,
+    write_decoder_generator,
+    write_diffusion_generator,
+)
 from PIL import Image
 
 from service.app import create_app

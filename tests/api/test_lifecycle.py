@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from helpers.live_server import live_server
-from onnx_builders import write_classifier
+from helpers.onnx_builders import write_classifier
 
 from service.app import create_app
 from service.settings import Settings

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from helpers import model_zoo as zoo
-from onnx_builders import write_classifier
+from helpers.onnx_builders import write_classifier
 
 from service.app import create_app
 from service.settings import Settings

@@ -22,8 +22,8 @@ import tritonclient.http as httpclient
 from fastapi.testclient import TestClient
 from helpers import model_zoo as zoo
 from helpers.live_server import ROOT, Server, live_server
+from helpers.onnx_builders import write_classifier
 from onnx import TensorProto, helper
-from onnx_builders import write_classifier
 from tritonclient.utils import InferenceServerException
 
 from service.app import create_app

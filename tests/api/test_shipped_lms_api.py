@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from helpers.completion_answers import check_logprobs, events, merged_choice
-from shipped_models import AUSTEN_LMS, copy_models
+from helpers.shipped_models import AUSTEN_LMS, copy_models
 
 from service.app import create_app
 from service.settings import Settings

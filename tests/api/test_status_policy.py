@@ -25,8 +25,8 @@ from urllib.parse import quote, urlencode
 
 import pytest
 from fastapi.testclient import TestClient
+from helpers.shipped_models import copy_models
 from PIL import Image
-from shipped_models import copy_models
 
 from service.app import create_app
 from service.settings import Settings

@@ -1,7 +1,7 @@
 """Language models through the API: next-word, OpenAI/vLLM completions (plain and streamed, with
 the official `openai` client against a live server), the Open Inference Protocol generate
 extension, seeded reproducibility of every sampling option, limits, errors, metrics, and a
-client that disconnects mid-stream. Tiny real ONNX bigram models (tests/onnx_builders.py)."""
+client that disconnects mid-stream. Tiny real ONNX bigram models (tests/helpers/onnx_builders.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from helpers.completion_answers import check_logprobs, events, merged_choice
-from helpers.metrics import model_metric
-from onnx_builders import write_classifier, write_language_model
+from helpers.onnx_builders import write_classifier, write_language_model
+from helpers.scrape import model_metric
 
 from service.app import create_app
 from service.settings import Settings

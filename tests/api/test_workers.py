@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers.live_server import live_server
-from shipped_models import copy_models
+from helpers.shipped_models import copy_models
 
 pytestmark = pytest.mark.slow  # two servers of two worker processes each
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from onnx_builders import write_classifier
+from helpers.onnx_builders import write_classifier
 
 from bench.__main__ import main
 

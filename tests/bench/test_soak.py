@@ -1,12 +1,12 @@
 """The soak script end to end for a few seconds on a tiny model: the report has every figure the
-README quotes, and nothing failed. No speed is asserted: this machine is shared."""
+docs/observability.md quotes, and nothing failed. No speed is asserted: this machine is shared."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import orjson
-from onnx_builders import write_classifier
+from helpers.onnx_builders import write_classifier
 
 from bench import soak
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,15 +17,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # lm_contract
-
 from helpers.live_server import ROOT, Server, live_server
-from onnx_builders import (
+from helpers.onnx_builders import (
     write_decoder_generator,
     write_diffusion_generator,
     write_language_model,
 )
+from helpers.shipped_models import link_or_copy
 from playwright.sync_api import (
     BrowserContext,
     ConsoleMessage,
@@ -36,7 +33,6 @@ from playwright.sync_api import (
     Request,
     sync_playwright,
 )
-from shipped_models import link_or_copy
 
 from service.app import create_app
 from service.settings import Settings

@@ -13,7 +13,7 @@ import pytest
 from deploy_support import ROOT, base_manifests, one, pod_spec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers.live_server import Server, free_port, live_server
-from shipped_models import copy_models
+from helpers.shipped_models import copy_models
 
 PROBE = ROOT / "deploy" / "ci" / "grpc_probe.py"
 

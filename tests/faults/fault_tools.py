@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import onnx
+from helpers.onnx_builders import write_diffusion_generator
 from onnx import TensorProto, helper, numpy_helper
-from onnx_builders import write_diffusion_generator
 
 ADMIN = "admin-key-0123456789"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}

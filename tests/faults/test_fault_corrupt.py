@@ -30,8 +30,8 @@ from fault_tools import (
     v2_body,
 )
 from helpers.live_server import live_server
-from helpers.metrics import metric
-from onnx_builders import write_classifier
+from helpers.onnx_builders import write_classifier
+from helpers.scrape import metric
 
 from service.app import create_app
 from service.settings import Settings

@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from fault_tools import ADMIN, ADMIN_HEADERS, probabilities, traffic, v2_body, wait_until
 from helpers.live_server import live_server
-from onnx_builders import write_classifier
+from helpers.onnx_builders import write_classifier
 
 INFER = "/v2/models/linear-test/infer"
 

@@ -27,8 +27,8 @@ from fault_tools import (
     write_slow_diffusion,
 )
 from helpers.live_server import Server, live_server
-from helpers.metrics import metric
-from onnx_builders import write_classifier, write_language_model
+from helpers.onnx_builders import write_classifier, write_language_model
+from helpers.scrape import metric
 
 LABELS = {"model": "diffusion-test", "version": "1"}
 

@@ -25,7 +25,7 @@ from fault_tools import (
     write_slow_diffusion,
 )
 from helpers.live_server import Server, live_server
-from onnx_builders import write_classifier
+from helpers.onnx_builders import write_classifier
 
 GENERATION = {**LONG_GENERATION, "steps": 2000}  # with n=128: seconds, so the queued requests
 # below always arrive while it still runs, even on an idle fast core

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx_builders import classifier_config
+from helpers.onnx_builders import classifier_config
 
-from training.evaluate_generation import (
+from training.generators.generator_eval import (
     ClassifierProbe,
     class_consistency,
     frechet_distance,

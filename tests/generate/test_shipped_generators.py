@@ -22,20 +22,25 @@ from PIL import Image
 from service.app import create_app
 from service.settings import Settings
 from service.tasks.imagegen import generate
-from training.data.images import DatasetMissing
-from training.evaluate_generation import (
+from training.data.images import DatasetMissing, load_image_data
+from training.generators.generation_config import (
+    decoder_generation,
+    latent_diffusion_generation,
+    pixel_diffusion_generation,
+)
+from training.generators.generator_eval import (
     SAMPLE_SEED,
     ClassifierProbe,
     balanced_labels,
     class_consistency,
     frechet_distance,
+    generator_table,
     latest_version,
     load_sessions,
-    readme_quality_table,
 )
-from training.generative import load_image_data
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
+QUALITY_DOC = MODELS.parent / "docs" / "models.md"  # holds the generators tables
 GENERATORS = sorted(
     path.parent.name
     for path in MODELS.glob("*/config.json")
@@ -49,7 +54,7 @@ FAST_SETTING: dict[str, Any] = {
 
 
 def load(name: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    version = latest_version(MODELS, name)
+    version = latest_version(MODELS / name)
     config = json.loads((version.parent / "config.json").read_text())
     card = json.loads((version / "card.json").read_text())
     return version, config, card
@@ -70,7 +75,7 @@ def card_row(config: dict[str, Any], card: dict[str, Any], setting: dict[str, An
 @cache
 def judge(dataset: str) -> ClassifierProbe:
     """The classifier that scores a dataset's generators, as in their cards: cnn-<dataset>."""
-    return ClassifierProbe(latest_version(MODELS, f"cnn-{dataset}"))
+    return ClassifierProbe(latest_version(MODELS / f"cnn-{dataset}"))
 
 
 @cache
@@ -252,13 +257,42 @@ def test_service_is_deterministic_by_seed(name: str, service: TestClient) -> Non
 
 
 @pytest.mark.parametrize(("marker", "dataset"), [("", "mnist"), ("fashion-", "fashion-mnist")])
-def test_readme_quality_table_is_the_cards(marker: str, dataset: str) -> None:
-    readme = (MODELS.parent / "README.md").read_text()
+def test_docs_quality_table_is_the_cards(marker: str, dataset: str) -> None:
+    doc = QUALITY_DOC.read_text()
     pattern = rf"<!-- {marker}generators:start -->\n(.*?)\n<!-- {marker}generators:end -->"
-    block = re.search(pattern, readme, re.S)
-    assert block, f"README lost its {marker}generators markers"
-    assert block.group(1).strip() == readme_quality_table(MODELS, dataset).strip(), (
-        "README quality table is stale: regenerate it with python -c 'from pathlib import Path; "
-        "from training.evaluate_generation import readme_quality_table; "
-        f'print(readme_quality_table(Path("models"), "{dataset}"))\''
+    block = re.search(pattern, doc, re.S)
+    assert block, f"docs/models.md lost its {marker}generators markers"
+    assert block.group(1).strip() == generator_table(MODELS, dataset).strip(), (
+        "docs/models.md quality table is stale: regenerate it with python -c "
+        "'from pathlib import Path; from training.generators.generator_eval import generator_table; "
+        f'print(generator_table(Path("models"), "{dataset}"))\''
     )
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_the_shipped_generation_section_is_what_training_writes(name: str) -> None:
+    """Each shipped config.json's `generation` section equals what the training code's writer
+    (training/generators/generation_config.py) makes from the section's own numbers."""
+    section = json.loads((MODELS / name / "config.json").read_text())["generation"]
+    classes, kind = section["num_classes"], section["kind"]
+    if kind == "decoder":
+        rebuilt = decoder_generation(section["latent_shape"][0], classes, "encoder" in section)
+    else:
+        denoise = {
+            "schedule": section["schedule"],
+            "steps": section["defaults"]["steps"],
+            "guidance": section["defaults"]["guidance"],
+        }
+        if kind == "diffusion":
+            rebuilt = pixel_diffusion_generation(classes, **denoise)
+        else:
+            vae = {"output_range": section["output_range"], "decoder": section["decoder"]}
+            rebuilt = latent_diffusion_generation(
+                section["latent_shape"][0],
+                classes,
+                vae=vae,
+                clip_sample=section["clip_sample"],
+                latent_scale=section["latent_scale"],
+                **denoise,
+            )
+    assert rebuilt == section

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from service.tasks.imagegen import generate, reconstruct
-from training.evaluate_generation import load_sessions
-from training.generate import main
-from training.generative import export_graph
+from training.generators.generator_commands import main
+from training.generators.generator_eval import load_sessions
 from training.onnx_export import ExportMismatch
+from training.publish import Graph
 
 pytestmark = pytest.mark.slow  # a few seconds each: one dynamo export per graph
 
@@ -65,6 +65,21 @@ def test_vae_trains_exports_and_reconstructs(vae_version: Path) -> None:
     assert reconstruct(config, sessions, images[0], 0).shape == (28, 28)
 
 
+def test_exporting_the_checkpoint_again_gives_the_same_graphs(
+    vae_version: Path, tmp_path: Path
+) -> None:
+    """`python -m training export` re-ships the last checkpoint without training: the pipeline
+    writes the same graphs, byte for byte, and the same config.json."""
+    runs = vae_version.parents[2] / "runs"
+    argv = [*TINY, "--models-dir", str(tmp_path), "--runs-dir", str(runs)]
+    assert main("export", "vae", argv) == 0
+    again = tmp_path / "vae-digits" / "1"
+    for graph in ("model.onnx", "decoder.onnx", "encoder.onnx"):
+        assert (again / graph).read_bytes() == (vae_version / graph).read_bytes(), graph
+    config = (vae_version.parent / "config.json").read_text()
+    assert (again.parent / "config.json").read_text() == config
+
+
 def test_gan_trains_and_exports(tmp_path: Path) -> None:
     judge = Path(__file__).resolve().parents[2] / "models" / "cnn-mnist" / "1"  # digits: no cnn
     version = train(
@@ -111,6 +126,4 @@ def test_export_refuses_a_graph_that_disagrees_with_torch(tmp_path: Path) -> Non
     module = torch.nn.Linear(3, 2)
     check = {"x": torch.randn(5, 3)}
     with pytest.raises(ExportMismatch):  # no difference can be below a negative tolerance
-        export_graph(
-            module, {"x": check["x"][:2]}, check, ["y"], tmp_path / "m.onnx", tolerance=-1.0
-        )
+        Graph("m.onnx", module, {"x": check["x"][:2]}, ["y"], check).export(tmp_path, 18, -1.0)

@@ -1,5 +1,6 @@
-"""Tiny image generators as real ONNX graphs built with onnx.helper (no torch), with the
-config.json `generation` sections that training/train_*.py write for the real ones."""
+"""Tiny image generators as real ONNX graphs built with onnx.helper (no torch), with config.json
+`generation` sections written by the training code's own writer
+(training/generators/generation_config.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from training.generators.generation_config import (
+    decoder_generation,
+    latent_diffusion_generation,
+    pixel_diffusion_generation,
+    schedule_parameters,
+)
 
 CLASSES = 10
 LATENT = 4
@@ -125,52 +133,15 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-DECODER_SPEC = {
-    "graph": "model",
-    "latent_input": "latent",
-    "label_input": "label",
-    "output": "image",
-}
-ENCODER_SPEC = {
-    "graph": "encoder",
-    "image_input": "image",
-    "label_input": "label",
-    "mean_output": "mean",
-    "log_variance_output": "log_variance",
-}
-DENOISER_SPEC = {
-    "graph": "model",
-    "sample_input": "x_t",
-    "timestep_input": "t",
-    "label_input": "label",
-    "output": "noise",
-}
-
-
-def diffusion_fields(timesteps: int = 100) -> dict[str, Any]:
-    return {
-        "null_label": CLASSES,
-        "denoiser": DENOISER_SPEC,
-        "prediction": "epsilon",
-        "schedule": {"type": "cosine", "timesteps": timesteps, "s": 0.008, "max_beta": 0.999},
-        "samplers": ["ddim", "ddpm"],
-        "defaults": {"sampler": "ddim", "steps": 10, "guidance": 2.0},
-    }
+def denoise(timesteps: int = 100) -> dict[str, Any]:
+    return {"schedule": schedule_parameters("cosine", timesteps), "steps": 10, "guidance": 2.0}
 
 
 def vae_config() -> dict[str, Any]:
     return {
         "name": "vae-test",
         "graphs": {"decoder": "decoder.onnx", "encoder": "encoder.onnx"},
-        "generation": {
-            "kind": "decoder",
-            "image_shape": [1, 28, 28],
-            "latent_shape": [LATENT],
-            "output_range": [0.0, 1.0],
-            "num_classes": CLASSES,
-            "decoder": DECODER_SPEC,
-            "encoder": ENCODER_SPEC,
-        },
+        "generation": decoder_generation(LATENT, CLASSES, encoder=True),
     }
 
 
@@ -178,33 +149,19 @@ def diffusion_config() -> dict[str, Any]:
     return {
         "name": "diffusion-test",
         "graphs": {},
-        "generation": {
-            "kind": "diffusion",
-            "image_shape": [1, 28, 28],
-            "latent_shape": [1, 28, 28],
-            "output_range": [-1.0, 1.0],
-            "num_classes": CLASSES,
-            "clip_sample": 1.0,
-            **diffusion_fields(),
-        },
+        "generation": pixel_diffusion_generation(CLASSES, **denoise()),
     }
 
 
 def latent_diffusion_config() -> dict[str, Any]:
+    vae = vae_config()["generation"]
+    section = latent_diffusion_generation(
+        LATENT, CLASSES, vae=vae, clip_sample=None, latent_scale=1.5, **denoise()
+    )
     return {
         "name": "latent-diffusion-test",
         "graphs": {"decoder": "decoder.onnx"},
-        "generation": {
-            "kind": "latent-diffusion",
-            "image_shape": [1, 28, 28],
-            "latent_shape": [LATENT],
-            "output_range": [0.0, 1.0],
-            "num_classes": CLASSES,
-            "clip_sample": None,
-            **diffusion_fields(),
-            "latent_scale": 1.5,
-            "decoder": {**DECODER_SPEC, "graph": "decoder"},
-        },
+        "generation": section,
     }
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-OPSET = 18  # as tests/onnx_builders.py; onnxruntime 1.32 runs up to 23
+OPSET = 18  # as tests/helpers/onnx_builders.py; onnxruntime 1.32 runs up to 23
 IR_VERSION = 9
 
 # Open Inference Protocol datatype -> (ONNX element type, numpy dtype), for Identity per type.

@@ -48,7 +48,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.repository import sha256_of
+from training.files import sha256_of
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "build" / "thirdparty"  # git-ignored

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from service.tasks.textgen import StepModel
-from training.lm import build_model, default_model_config
-from training.lm_export import check_export, export_graphs, step_section
+from training.families import build_model, default_model_config
+from training.language_models.lm_graphs import check_export, export_graphs, step_section
 from training.onnx_export import OPSET
 
 VOCAB = 50

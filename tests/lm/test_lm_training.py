@@ -10,7 +10,7 @@ from padded_batching_check import counted_decoder, prompts_of, step_together_and
 
 from bench.decoding import decoder_of, generate
 from service.tasks.sampling import SamplingParams
-from training.lm import TrainConfig, learning_rate, main
+from training.language_models.train_lm import TrainConfig, learning_rate, main
 
 SMALL_TEXT = "\n\n".join(
     f"Chapter {i}. Emma Woodhouse, handsome, clever, and rich, with a comfortable home and happy "

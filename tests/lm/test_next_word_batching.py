@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from shipped_models import AUSTEN_LMS, copy_models
+from helpers.shipped_models import AUSTEN_LMS, copy_models
 
 from service.dataplane import DataPlane
 from service.metrics import Metrics
 from service.registry import Registry
 from service.repository import Repository
 from service.settings import Settings
-from service.tasks.language_model import PREFILL_BUCKET, language_model, next_words
+from service.tasks.generation_jobs import PREFILL_BUCKET, language_model, next_words
 
 SHIPPED = AUSTEN_LMS
 TEXTS = [

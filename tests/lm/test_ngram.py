@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from service.tasks.tokenizer import WordTokenizer
-from training.ngram import KneserNey, evaluate_ngram
+from training.language_models.ngram import KneserNey, evaluate_ngram
 
 TEXT = (
     "the cat sat on the mat . the dog sat on the log . a cat saw a dog . "

@@ -24,8 +24,8 @@ from padded_batching_check import (
 
 from service.tasks.textgen import Decoder, StepModel
 from service.tasks.tokenizer import PARAGRAPH, WordTokenizer
-from training.lm import build_model, default_model_config
-from training.lm_export import export_step_graph, step_section
+from training.families import build_model, default_model_config
+from training.language_models.lm_graphs import step_graph_export, step_section
 from training.onnx_export import OPSET
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -91,9 +91,7 @@ def test_a_graph_without_the_mask_batches_only_equal_lengths(tmp_path: Path) -> 
     model = build_model("transformer", config).eval()
     model.step_attention_mask = False  # as exported before the mask existed
     ids = np.random.default_rng(0).integers(2, 40, size=64)
-    export_step_graph(
-        model, tmp_path / "step.onnx", torch.from_numpy(ids[:16].reshape(2, 8)), OPSET
-    )
+    step_graph_export(model, torch.from_numpy(ids[:16].reshape(2, 8))).export(tmp_path, OPSET, 0.0)
     session = ort.InferenceSession(str(tmp_path / "step.onnx"), providers=["CPUExecutionProvider"])
     assert "attention_mask" not in {i.name for i in session.get_inputs()}
     section = step_section(model)

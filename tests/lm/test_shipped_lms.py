@@ -19,11 +19,12 @@ from service.tasks.sampling import SamplingParams
 from service.tasks.textgen import StepModel
 from service.tasks.tokenizer import WordTokenizer
 from training.data.corpus import AUSTEN_DIR, Corpus, load_corpus
-from training.lm_eval import evaluate_stream, onnx_logits_fn
-from training.lm_report import SHIPPED_LMS, lm_quality_table
-from training.repository import sha256_of
+from training.files import sha256_of
+from training.language_models.lm_card import SHIPPED_LMS, lm_quality_table
+from training.language_models.lm_eval import evaluate_stream, onnx_logits_fn
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
+QUALITY_DOC = MODELS.parent / "docs" / "models.md"  # holds the lm-quality table
 FAMILIES = ("rnn", "lstm", "gru", "transformer", "mamba")
 PROMPT = (
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
@@ -125,10 +126,12 @@ def test_generation_reads_like_austen(family: str) -> None:
     assert len(text.split()) >= 15 and "<unk>" not in text
 
 
-def test_readme_quality_table_is_the_cards() -> None:
+def test_docs_quality_table_is_the_cards() -> None:
     for family in FAMILIES:
         shipped(family)
-    readme = (MODELS.parent / "README.md").read_text()
+    doc = QUALITY_DOC.read_text()
     start, end = "<!-- lm-quality:start -->\n", "<!-- lm-quality:end -->"
-    table = readme[readme.index(start) + len(start) : readme.index(end)].strip()
-    assert table == lm_quality_table(MODELS, SHIPPED_LMS), "run python -m training.lm_report"
+    table = doc[doc.index(start) + len(start) : doc.index(end)].strip()
+    assert table == lm_quality_table(MODELS, SHIPPED_LMS), (
+        "run python -m training.language_models.lm_card"
+    )

@@ -3,7 +3,7 @@ still write exactly what `Decoder.generate` writes alone for the same seeds, wha
 prompt lengths, token budgets and start times; cancelled requests leave at the next step, a
 failing step ends only its own requests, and closing drains the engine.
 
-Tiny real ONNX bigram models (tests/onnx_builders.py), and the shipped LSTM for real weights.
+Tiny real ONNX bigram models (tests/helpers/onnx_builders.py), and the shipped LSTM for real weights.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 import pytest
-from onnx_builders import write_language_model
+from helpers.onnx_builders import write_language_model
 
 from bench.decoding import decoder_of, generate
 from service.errors import Cancelled

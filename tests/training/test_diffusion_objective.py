@@ -1,5 +1,5 @@
 """Training targets of the diffusion denoisers, and the eps graph a v-trained net is exported as
-(training/diffusion_objective.py)."""
+(training/generators/diffusion_objective.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ import torch
 from torch import nn
 
 from service.tasks.diffusion import alphas_cumprod
-from training.diffusion_objective import NoiseFromVelocity, noise_predictor, training_target
+from training.generators.diffusion_objective import (
+    NoiseFromVelocity,
+    noise_predictor,
+    training_target,
+)
 
 ABAR = torch.tensor(
     alphas_cumprod({"type": "cosine", "timesteps": 1000, "s": 0.008, "max_beta": 0.999})

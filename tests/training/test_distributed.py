@@ -15,8 +15,8 @@ import pytest
 from helpers.live_server import free_port
 from onnx import numpy_helper
 
-from training import classify
 from training.__main__ import main as training_main
+from training.classifiers import train_classifier as classify
 from training.distributed import Distributed, start
 
 ROOT = Path(__file__).resolve().parents[2]

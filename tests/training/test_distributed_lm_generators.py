@@ -14,9 +14,9 @@ import pytest
 from helpers.live_server import free_port
 from test_distributed import weights
 
-from training import lm
-from training.generate import main as generate_main
-from training.generative import load_checkpoint
+from training.generators.common import load_checkpoint
+from training.generators.generator_commands import main as generate_main
+from training.language_models import train_lm as lm
 
 pytestmark = pytest.mark.slow  # two tiny trainings each, plus their ONNX exports
 

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from training.classify import WithProbabilities
+from training.classifiers.train_classifier import WithProbabilities
 from training.models.cnn import CNN, CNNConfig
 from training.models.logreg import LogisticRegression, LogRegConfig
 from training.onnx_export import ExportMismatch, export_onnx, verify

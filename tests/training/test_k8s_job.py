@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from service.settings import Settings
-from training import classify
-from training.__main__ import MODULES
+from training.classifiers import train_classifier as classify
+from training.families import FAMILIES
 from training.overrides import apply_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ def test_the_job_runs_a_training_entry_point_into_the_shared_volume() -> None:
     module_at = command.index("-m")
     assert command[module_at + 1 : module_at + 3] == ["training", "train"]
     family, argv = command[module_at + 3], command[module_at + 4 :]
-    assert MODULES[family] == "training.classify"
+    assert FAMILIES[family].group == "classifier"
     cfg, *_ = apply_overrides(argv, *classify.option_configs(family), fixed=classify.DATA_FIELDS)
     volume = {v: k for k, v in mounts(container).items()}[str(cfg.models_dir)]
     assert claims(pod)[volume] == load("pvc.yaml")["metadata"]["name"]

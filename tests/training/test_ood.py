@@ -1,4 +1,4 @@
-"""The out-of-distribution flag of every shipped classifier (training/ood.py): the config's
+"""The out-of-distribution flag of every shipped classifier (training/classifiers/ood.py): the config's
 section matches the card and the latest version, and the CNNs keep AUROC >= 0.95 against every
 out-of-distribution set, re-measured here on a few hundred pictures with the service's code."""
 
@@ -9,20 +9,24 @@ import json
 import numpy as np
 import pytest
 
-from service.tasks.classify import OodSpec
-from training.data.images import DATA_DIR, IDX_FILES, KNOWN_DATASETS, idx_file
-from training.ood import (
+from service.tasks.class_scores import OodSpec
+from training.cards import replace_block
+from training.classifiers.ood import (
     FLOORS,
     OOD_SETS,
     OTHER_DATASET,
+    QUALITY_DOC,
+    TABLE_END,
+    TABLE_START,
     ShippedClassifier,
     auroc,
     dataset_pictures,
     ood_pictures,
-    replace_block,
+    ood_table,
     shipped_classifiers,
 )
-from training.repository import DEFAULT_MODELS_DIR
+from training.data.images import DATA_DIR, IDX_FILES, KNOWN_DATASETS, idx_file
+from training.publish import DEFAULT_MODELS_DIR
 
 CLASSIFIERS = sorted(p.name for p in shipped_classifiers(DEFAULT_MODELS_DIR))
 COUNT = 300  # pictures of each dataset split: seconds, and still a tight AUROC
@@ -62,6 +66,22 @@ def test_section_matches_the_card(name: str) -> None:
     assert OodSpec.from_config(section).version == model.version
     assert set(card["ood"]["auroc"]) == {OTHER_DATASET[model.dataset], "blank", "noise", "photo"}
     assert "<!-- ood:start -->" in (model.onnx_path.parent / "card.md").read_text()
+
+
+def test_docs_table_is_the_cards() -> None:
+    """The table `python -m training ood` writes into its doc (`QUALITY_DOC`, docs/models.md), made
+    again from the shipped cards, is the one there."""
+    sections = {}
+    for folder in shipped_classifiers(DEFAULT_MODELS_DIR):
+        model = ShippedClassifier.load(folder)
+        sections[model.name] = json.loads((model.onnx_path.parent / "card.json").read_text())["ood"]
+    text = QUALITY_DOC.read_text()
+    assert TABLE_START in text and TABLE_END in text, (
+        f"{QUALITY_DOC} lost its classifier-ood markers"
+    )
+    assert replace_block(text, TABLE_START, TABLE_END, ood_table(sections)) == text, (
+        f"the out-of-distribution table of {QUALITY_DOC} is stale: run python -m training ood"
+    )
 
 
 MISSED = pytest.mark.xfail(

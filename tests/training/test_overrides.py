@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training import classify
+from training.classifiers import train_classifier as classify
 from training.overrides import OptionError, apply_overrides, train_each
 
 

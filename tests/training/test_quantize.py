@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx_builders import write_classifier
+from helpers.onnx_builders import write_classifier
 
 from service.runtime import Graph
 from service.settings import Settings
+from training.classifiers.quantize import INT8_FILE, main
 from training.data.images import DATA_DIR, KNOWN_DATASETS
-from training.quantize import INT8_FILE, main
 
 pytestmark = pytest.mark.skipif(
     not (DATA_DIR / KNOWN_DATASETS["mnist"].folder).is_dir(), reason="needs `make data`"

@@ -10,13 +10,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from training import classify
-from training.classify import TrainConfig, fit, random_shift, train
+from training import publish
+from training.classifiers import train_classifier as classify
+from training.classifiers.classifier_eval import evaluate_shipped
+from training.classifiers.train_classifier import TrainConfig, fit, random_shift, train
 from training.data.images import load_dataset
-from training.evaluation import evaluate_shipped
+from training.families import shipped_runs
+from training.files import sha256_of
 from training.models.logreg import LogisticRegression, LogRegConfig
 from training.onnx_export import ExportMismatch
-from training.repository import sha256_of
 
 CONFIG_KEYS = {
     "name", "task", "family", "dataset", "platform", "max_batch_size", "inputs", "outputs",
@@ -102,13 +104,13 @@ def test_onnxruntime_serves_it_and_evaluate_agrees(
 def test_a_mismatching_export_is_not_published(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_export = classify.export_onnx
+    real_export = publish.export_onnx
 
     def export_something_else(module: torch.nn.Module, *args: object, **kwargs: object) -> Path:
         other = classify.WithProbabilities(LogisticRegression(LogRegConfig()))
         return real_export(other, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(classify, "export_onnx", export_something_else)
+    monkeypatch.setattr(publish, "export_onnx", export_something_else)  # the pipeline's exporter
     cfg = TrainConfig(dataset="digits", epochs=1, models_dir=tmp_path, verify_images=100)
     with pytest.raises(ExportMismatch):
         train("logreg", cfg, LogRegConfig())
@@ -140,12 +142,11 @@ def test_random_shift_moves_each_image_within_bounds() -> None:
 
 
 def test_shipped_runs_cover_the_shipped_classifiers() -> None:
-    names = [
-        f"{family}-{argv[argv.index('--dataset') + 1]}" for family, argv in classify.SHIPPED_RUNS
-    ]
+    runs = shipped_runs("classifier")
+    names = [f"{family}-{argv[argv.index('--dataset') + 1]}" for family, argv in runs]
     assert set(names) == {
         f"{f}-{d}" for f in ("logreg", "mlp", "cnn", "vit") for d in ("mnist", "fashion-mnist")
     } | {"gnn-mnist"}
     assert names[:2] == ["cnn-mnist", "cnn-fashion-mnist"], "the ViT/GNN cards compare with them"
-    for family, argv in classify.SHIPPED_RUNS:  # every option parses
+    for family, argv in runs:  # every option parses
         classify.apply_overrides(argv, *classify.option_configs(family), fixed=classify.DATA_FIELDS)

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from service.tasks.image_preprocessing import ImageSpec, preprocess, to_gray
-from training.repository import sha256_of
+from training.files import sha256_of
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 IMAGE_SIZE = 28
@@ -352,4 +352,55 @@ def load_dataset(
         val_y=torch.from_numpy(val.labels),
         test_x=normalise(test.images, mean, std),
         test_y=torch.from_numpy(test.labels),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The generators' view: the official train and test splits as uint8, no validation split
+
+
+@dataclass
+class ImageData:
+    """uint8 images (N, 28, 28), light on dark, with int64 labels; train and test splits."""
+
+    name: str
+    source: str
+    labels: list[str]
+    sha256: dict[str, str]
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+    def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 1, 28, 28) float32 in [0, 1] and (N,) int64."""
+        x = torch.from_numpy(self.train_images).float().div_(255).unsqueeze(1)
+        return x, torch.from_numpy(self.train_labels)
+
+
+def load_image_data(name: str, data_dir: Path | None = None, subset: int = 0) -> ImageData:
+    """The official train/test splits (the classifier's loader reads the files; no validation
+    split here: generators are scored against the test split only)."""
+    known = KNOWN_DATASETS.get(name)
+    if name == "digits" and data_dir is None:
+        everything, sha256 = read_digits()
+        train, test = carve(everything, len(everything.labels) // 5)
+    else:
+        folder = idx_folder(name, data_dir)
+        train, train_sha = read_idx_split(folder, "train", name)
+        test, test_sha = read_idx_split(folder, "test", name)
+        sha256 = train_sha | test_sha
+    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    labels = list(known.labels) if known else [str(i) for i in range(num_classes)]
+    source = known.source if known and data_dir is None else f"IDX files in {data_dir}"
+    keep = slice(0, subset or None)
+    return ImageData(
+        name=name,
+        source=source,
+        labels=labels,
+        sha256=sha256,
+        train_images=train.images[keep],
+        train_labels=train.labels[keep],
+        test_images=test.images,
+        test_labels=test.labels,
     )

@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 AUSTEN_LMS = sorted(p.name for p in MODELS.glob("*-austen") if (p / "config.json").is_file())
 
 

@@ -26,7 +26,7 @@ from service.protocol.types import ErrorResponse
 from service.runtimes import LanguageModel
 from service.settings import Settings
 from service.sse import SSE_HEADERS, sse
-from service.tasks.language_model import (
+from service.tasks.generation_jobs import (
     Event,
     SequenceToken,
     check_prompt,

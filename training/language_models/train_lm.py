@@ -10,7 +10,7 @@
 Families: rnn, lstm, gru (training/models/recurrent.py), transformer, mamba. `train` reads top to
 bottom: config, data and vocabulary, model, the loop (random windows of the training stream,
 AdamW, warmup + cosine learning rate, gradient clipping, validation every `eval_interval` steps,
-best weights kept), then the checkpoint, which `training.lm_export` turns into model.onnx,
+best weights kept), then the checkpoint, which `training.language_models.lm_graphs` turns into model.onnx,
 step.onnx, vocab.json, the card and the curves, published as the next version.
 """
 
@@ -33,22 +33,14 @@ from tqdm import tqdm
 from service.tasks.tokenizer import WordTokenizer
 from training.data.corpus import Corpus, load_corpus
 from training.distributed import Distributed, run_on_ranks
-from training.lm_eval import evaluate_stream, torch_logits_fn
-from training.models.mamba import MambaConfig, MambaLM
-from training.models.recurrent import RecurrentConfig, RecurrentLM
-from training.models.transformer import TransformerConfig, TransformerLM
-from training.ngram import KneserNey, evaluate_ngram
+from training.families import build_model, default_model_config, of_group, shipped_runs
+from training.language_models.lm_eval import evaluate_stream, torch_logits_fn
+from training.language_models.lm_graphs import Checkpoint, evaluate_shipped, release
+from training.language_models.ngram import ngram_baseline
 from training.overrides import OptionError, apply_overrides, train_each
-from training.repository import DEFAULT_MODELS_DIR
+from training.publish import DEFAULT_MODELS_DIR, publish
 
-# family -> (model config class, model class)
-FAMILIES: dict[str, tuple[type[Any], type[nn.Module]]] = {
-    "rnn": (RecurrentConfig, RecurrentLM),
-    "lstm": (RecurrentConfig, RecurrentLM),
-    "gru": (RecurrentConfig, RecurrentLM),
-    "transformer": (TransformerConfig, TransformerLM),
-    "mamba": (MambaConfig, MambaLM),
-}
+NEURAL = tuple(family for family in of_group("language-model") if family != "ngram")
 
 
 @dataclass
@@ -77,37 +69,6 @@ class TrainConfig:
     # bfloat16 autocast for the training matmuls: ~1.5x faster on this CPU (avx512_bf16);
     # weights, optimizer, evaluation and export stay float32
     bf16: bool = True
-
-
-# The five shipped language models, in training order: `python -m training train-all`
-# reproduces them (6 minutes of training each on one thread, then export and measurement).
-SHIPPED_RUNS: list[tuple[str, list[str]]] = [
-    ("lstm", ["--hidden", "384", "--n-embd", "128", "--dropout", "0.1"]),
-    (
-        "transformer",
-        [
-            *("--n-layer", "4", "--n-head", "4", "--n-embd", "128", "--dropout", "0"),
-            *("--batch-size", "16", "--eval-interval", "200"),
-        ],
-    ),
-    ("gru", ["--hidden", "384", "--n-embd", "128", "--dropout", "0.1"]),
-    ("mamba", ["--n-layer", "4", "--n-embd", "128", "--dropout", "0.1"]),
-    # a lower learning rate for the vanilla RNN: its plain tanh recurrence is the least stable
-    ("rnn", ["--hidden", "384", "--n-embd", "128", "--dropout", "0.1", "--learning-rate", "1e-3"]),
-]
-
-
-def build_model(family: str, model_cfg: Any) -> nn.Module:
-    return FAMILIES[family][1](model_cfg)
-
-
-def default_model_config(family: str) -> Any:
-    model_cfg = FAMILIES[family][0]()
-    return (
-        dataclasses.replace(model_cfg, cell=family)
-        if family in ("rnn", "lstm", "gru")
-        else model_cfg
-    )
 
 
 def as_json(config: Any) -> dict[str, Any]:
@@ -251,19 +212,6 @@ def prepare_data(cfg: TrainConfig) -> tuple[Corpus, WordTokenizer, dict[str, np.
     return corpus, tokenizer, ids
 
 
-def ngram_baseline(
-    tokenizer: WordTokenizer, ids: dict[str, np.ndarray], order: int = 3
-) -> dict[str, float]:
-    """Interpolated Kneser-Ney on the same vocabulary and test tokens as the neural models."""
-    model = KneserNey(len(tokenizer), order).fit(ids["train"])
-    metrics = evaluate_ngram(model, ids["test"])
-    return {
-        **metrics,
-        "order": order,
-        "validation_perplexity": evaluate_ngram(model, ids["validation"])["perplexity"],
-    }
-
-
 def train(family: str, cfg: TrainConfig, model_cfg: Any) -> Path | None:
     """Train, then export, verify, measure and publish; returns the new version's folder
     (None on the ranks other than 0 under torchrun)."""
@@ -271,8 +219,6 @@ def train(family: str, cfg: TrainConfig, model_cfg: Any) -> Path | None:
 
 
 def train_on(family: str, cfg: TrainConfig, model_cfg: Any, context: Distributed) -> Path | None:
-    from training.lm_export import Checkpoint, publish_checkpoint  # export needs onnxscript
-
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)  # initial weights and dropout
     corpus, tokenizer, ids = prepare_data(cfg)
@@ -312,7 +258,7 @@ def train_on(family: str, cfg: TrainConfig, model_cfg: Any, context: Distributed
     name = f"{family}-{cfg.dataset or corpus.name}"
     cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.save(cfg.checkpoint_dir / f"{name}.pt")
-    return publish_checkpoint(checkpoint, cfg.models_dir, cfg.version)
+    return publish(release(checkpoint), cfg.models_dir, cfg.version or None)
 
 
 @dataclass
@@ -325,8 +271,6 @@ class EvaluateConfig:
 
 def evaluate(family: str, cfg: EvaluateConfig) -> int:
     """Re-measure a shipped version on the test split through onnxruntime; 1 if the card disagrees."""
-    from training.lm_export import evaluate_shipped
-
     metrics, card = evaluate_shipped(
         cfg.models_dir / f"{family}-{cfg.dataset}", cfg.version, cfg.text
     )
@@ -364,7 +308,7 @@ def train_ngram(argv: list[str]) -> int:
 
 
 def usage(family: str) -> str:
-    configs = [TrainConfig()] + ([default_model_config(family)] if family in FAMILIES else [])
+    configs = [TrainConfig()] + ([default_model_config(family)] if family in NEURAL else [])
     options = [
         f"  --{k.replace('_', '-')} (default {v})"
         for config in configs
@@ -377,10 +321,8 @@ def usage(family: str) -> str:
 def main(command: str, family: str, argv: list[str]) -> int:
     if command == "train-all":
         return train_all()
-    if family not in FAMILIES and family != "ngram":
-        print(
-            f"{family}: not a language model; known: {', '.join(FAMILIES)}, ngram", file=sys.stderr
-        )
+    if family not in NEURAL and family != "ngram":
+        print(f"{family}: not a language model; known: {', '.join(NEURAL)}, ngram", file=sys.stderr)
         return 2
     if "--help" in argv or "-h" in argv:
         print(usage(family))
@@ -404,4 +346,4 @@ def main(command: str, family: str, argv: list[str]) -> int:
 
 def train_all(models_dir: Path | None = None) -> int:
     """Train and publish the five shipped language models one after the other."""
-    return train_each(main, SHIPPED_RUNS, models_dir)
+    return train_each(main, shipped_runs("language-model"), models_dir)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.tasks.tokenizer import WordTokenizer
+
 
 @dataclass
 class Level:
@@ -108,3 +110,16 @@ def evaluate_ngram(model: KneserNey, ids: np.ndarray) -> dict[str, float]:
         top1 += int(best[0] == target)
         top5 += int(target in best)
     return {"perplexity": float(np.exp(nll / n)), "top1": top1 / n, "top5": top5 / n, "tokens": n}
+
+
+def ngram_baseline(
+    tokenizer: WordTokenizer, ids: dict[str, np.ndarray], order: int = 3
+) -> dict[str, float]:
+    """Interpolated Kneser-Ney on the same vocabulary and test tokens as the neural models."""
+    model = KneserNey(len(tokenizer), order).fit(ids["train"])
+    metrics = evaluate_ngram(model, ids["test"])
+    return {
+        **metrics,
+        "order": order,
+        "validation_perplexity": evaluate_ngram(model, ids["validation"])["perplexity"],
+    }

@@ -4,7 +4,7 @@ Every model family is scored the same way: the stream is cut into windows of `bl
 overlap by half; the first window scores all its predictions, every later one only its second
 half. So each token (but the first, which nothing predicts) is scored exactly once, with between
 block/2 and block-1 tokens of context — the Transformer's limit, applied to all families alike.
-The n-gram baseline (training/ngram.py) scores the same tokens.
+The n-gram baseline (training/language_models/ngram.py) scores the same tokens.
 """
 
 from __future__ import annotations

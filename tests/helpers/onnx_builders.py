@@ -280,7 +280,7 @@ def write_diffusion_generator(root: Path, name: str = "diffusion-test") -> Path:
 
 
 # -- language models --------------------------------------------------------------------------------
-# A word-level bigram model laid out as training/lm_export.py publishes one (model.onnx, step.onnx,
+# A word-level bigram model laid out as training/language_models/lm_graphs.py publishes one (model.onnx, step.onnx,
 # vocab.json, config.json with "step" and "tokenizer"). After each word, the word in LM_CHAIN is
 # likely (greedy decoding follows the chain) and every other word possible, so sampling varies.
 LM_WORDS = ["<unk>", "\n", "the", "cat", "sat", "on", "mat", ".", "a", "dog", "ran", "home", ","]

@@ -33,19 +33,15 @@ from torch import nn
 
 from service.tasks.tokenizer import WordTokenizer
 from training.data.corpus import load_corpus
-from training.lm_eval import evaluate_stream, onnx_logits_fn
-from training.lm_report import lm_card_markdown, plot_lm_curves
+from training.families import FAMILIES
+from training.files import sha256_of, write_json
+from training.language_models.lm_card import lm_card_markdown, plot_lm_curves
+from training.language_models.lm_eval import evaluate_stream, onnx_logits_fn
+from training.language_models.ngram import ngram_baseline
 from training.models.lm_common import BATCH, PAST, StateSpec, dynamic_state_shapes
 from training.models.recurrent import ONNX_TRANSLATIONS
-from training.onnx_export import OPSET, ExportMismatch, verify
-from training.repository import (
-    DEFAULT_MODELS_DIR,
-    library_versions,
-    next_version,
-    publish_version,
-    sha256_of,
-    write_json,
-)
+from training.onnx_export import OPSET, ExportMismatch, onnx_session, verify
+from training.publish import DEFAULT_MODELS_DIR, Graph, Release, library_versions, publish
 
 MAX_BATCH_SIZE = 64
 # a prompt of 9 tokens then single tokens then a chunk: past lengths 0, 9, 10, 11, ...
@@ -79,10 +75,9 @@ class Checkpoint:
         return cls(**torch.load(path, weights_only=True))
 
     def build(self) -> nn.Module:
-        from training.lm import FAMILIES
-
-        config_class, model_class = FAMILIES[self.family]
-        model = model_class(config_class(**self.model_config))
+        family = FAMILIES[self.family]
+        assert family.config is not None, f"{self.family} is not a neural language model"
+        model = family.build(family.config(**self.model_config))
         model.load_state_dict(self.state_dict)
         return model.eval()
 
@@ -148,32 +143,22 @@ def step_inputs(
     return inputs | {s.input: t for s, t in zip(specs, state, strict=True)}
 
 
-def export_options(opset: int) -> dict[str, Any]:
-    return {
-        "opset_version": opset,
-        "dynamo": True,
-        "external_data": False,
-        "verbose": False,
-        "custom_translation_table": ONNX_TRANSLATIONS,
-    }
+def full_graph(model: nn.Module, example_ids: torch.Tensor) -> Graph:
+    """model.onnx: (B, T) token ids from empty state -> logits (B, T, V)."""
+    return Graph(
+        "model.onnx",
+        FullGraph(model).eval(),
+        {"input_ids": example_ids[:2, :5]},
+        ["logits"],
+        dynamic_shapes=({0: BATCH, 1: "seq"},),
+        translations=ONNX_TRANSLATIONS,
+    )
 
 
-def export_graphs(model: nn.Module, folder: Path, example_ids: torch.Tensor, opset: int) -> None:
-    """Write folder/model.onnx and folder/step.onnx (dynamo exporter, one file each)."""
-    with torch.no_grad():
-        torch.onnx.export(
-            FullGraph(model).eval(),
-            (example_ids[:2, :5],),
-            str(folder / "model.onnx"),
-            input_names=["input_ids"],
-            output_names=["logits"],
-            dynamic_shapes=({0: BATCH, 1: "seq"},),
-            **export_options(opset),
-        )
-    export_step_graph(model, folder / "step.onnx", example_ids, opset)
-
-
-def export_step_graph(model: nn.Module, path: Path, example_ids: torch.Tensor, opset: int) -> None:
+def step_graph_export(
+    model: nn.Module, example_ids: torch.Tensor, file: str = "step.onnx"
+) -> Graph:
+    """step.onnx: new ids, (the mask,) the state in; their logits and the next state out."""
     specs = state_specs(model)
     # batch 2 and a past of 3 in the examples: sizes 0 and 1 would be specialised by the exporter
     inputs = step_inputs(model, example_ids[:2, :5], [torch.zeros(s.shape(2, 3)) for s in specs])
@@ -181,23 +166,20 @@ def export_step_graph(model: nn.Module, path: Path, example_ids: torch.Tensor, o
     shapes: list[Any] = [{0: BATCH, 1: "new"}, tuple(dynamic_state_shapes(specs))]
     if ATTENTION_MASK in inputs:
         shapes.insert(1, {0: BATCH, 1: "past_and_new"})
-    with torch.no_grad():
-        torch.onnx.export(
-            step_graph(model),
-            tuple(inputs.values()),
-            str(path),
-            input_names=list(inputs),
-            output_names=["logits", *(s.output for s in specs)],
-            dynamic_shapes=tuple(shapes),
-            **export_options(opset),
-        )
+    return Graph(
+        file,
+        step_graph(model),
+        inputs,
+        ["logits", *(s.output for s in specs)],
+        dynamic_shapes=tuple(shapes),
+        translations=ONNX_TRANSLATIONS,
+    )
 
 
-def session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def export_graphs(model: nn.Module, folder: Path, example_ids: torch.Tensor, opset: int) -> None:
+    """Write folder/model.onnx and folder/step.onnx (checked by `check_export`)."""
+    for graph in (full_graph(model, example_ids), step_graph_export(model, example_ids)):
+        graph.export(folder, opset, tolerance=0.0)
 
 
 def step_in_pieces(
@@ -263,7 +245,10 @@ def check_export(
         first = model.step(ids[:, :prefix], *zeros)  # type: ignore[operator]
     inputs = step_inputs(model, ids[:, prefix:], list(first[1:]))
     step_diff = verify(step_graph(model), folder / "step.onnx", inputs, tolerance)
-    full_session, step_session = session(folder / "model.onnx"), session(folder / "step.onnx")
+    full_session, step_session = (
+        onnx_session(folder / "model.onnx"),
+        onnx_session(folder / "step.onnx"),
+    )
     full = full_session.run(["logits"], {"input_ids": windows})[0]
     pieces = step_in_pieces(step_session, specs, windows, STEP_CHUNKS)
     step_vs_full = float(np.abs(pieces - full).max())
@@ -352,118 +337,120 @@ def language_model_config(
     }
 
 
-def publish_checkpoint(checkpoint: Checkpoint, models_dir: Path, version: int = 0) -> Path:
-    """Export, verify, measure on the test split (onnxruntime) and publish a version of it.
+def release(checkpoint: Checkpoint) -> Release:
+    """The version to publish from a checkpoint: both graphs, checked against torch and each
+    other, measured on the test split through onnxruntime.
 
     The data is read again from the checkpoint's config and encoded with its vocabulary, so a
-    saved checkpoint can be exported later (`python -m training.lm_export runs/lstm-austen.pt`).
+    saved checkpoint can be exported later (`python -m training.language_models.lm_graphs runs/lstm-austen.pt`).
     """
-    from training.lm import ngram_baseline
-
     model = checkpoint.build()
     tokenizer = WordTokenizer.from_json(checkpoint.vocab)
     train_cfg = checkpoint.train_config
-    text = Path(train_cfg["text"]) if train_cfg["text"] else None
-    corpus = load_corpus(text)
+    corpus = load_corpus(Path(train_cfg["text"]) if train_cfg["text"] else None)
     ids = {split: corpus.encode(tokenizer, split) for split in corpus.splits}
     block_size, tolerance = int(train_cfg["block_size"]), float(train_cfg["tolerance"])
     dataset = train_cfg["dataset"] or corpus.name
     name = f"{checkpoint.family}-{dataset}"
     max_length = checkpoint.model_config.get("block_size")
-    models_dir.mkdir(parents=True, exist_ok=True)
-    # Staged inside the repository so publishing is a rename on the same file system.
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=models_dir))
-    staging.chmod(0o755)
-    try:
-        export_graphs(model, staging, torch.from_numpy(sample_windows(ids["test"], 2, 8)), OPSET)
-        export = check_export(model, staging, ids["test"], tolerance, max_length)
-        test = evaluate_stream(
-            onnx_logits_fn(session(staging / "model.onnx")), ids["test"], block_size
-        )
-        validation = evaluate_stream(
-            onnx_logits_fn(session(staging / "model.onnx")), ids["validation"], block_size
-        )
-        # the start of the test split, scored alone: tests re-measure it in well under a second
-        test_slice = evaluate_stream(
-            onnx_logits_fn(session(staging / "model.onnx")),
-            ids["test"][: TEST_SLICE_TOKENS + 1],
-            block_size,
-        )
-        baseline = ngram_baseline(tokenizer, ids)
+    example_ids = torch.from_numpy(sample_windows(ids["test"], 2, 8))
+    baseline = ngram_baseline(tokenizer, ids)
+
+    def measure(staging: Path) -> dict[str, Any]:
+        metrics = lm_metrics(onnx_session(staging / "model.onnx"), ids, block_size, baseline)
         print(
-            f"{name}: test perplexity {test['perplexity']:.2f} (Kneser-Ney trigram "
-            f"{baseline['perplexity']:.2f}), top-1 {test['top1']:.4f}, top-5 {test['top5']:.4f}",
+            f"{name}: test perplexity {metrics['test_perplexity']:.2f} (Kneser-Ney trigram "
+            f"{baseline['perplexity']:.2f}), top-1 {metrics['test_top1_accuracy']:.4f}, "
+            f"top-5 {metrics['test_top5_accuracy']:.4f}",
             flush=True,
         )
+        return {"metrics": metrics}
+
+    def write_files(staging: Path) -> None:
         tokenizer.save(staging / "vocab.json")
-        plot_lm_curves(
-            checkpoint.history, checkpoint.best_step, baseline, staging / "curves.png", name
-        )
-        card = {
-            "family": checkpoint.family,
-            "task": "language-model",
-            "dataset": {
-                "name": corpus.name,
-                "source": corpus.source,
-                "sha256": corpus.sha256,
-                "split": "each book cut into contiguous 90% / 5% / 5% at paragraph boundaries",
-                "splits": {split: len(a) for split, a in ids.items()},
-                "unk_rate": {
-                    split: float(np.mean(a == tokenizer.unk_id)) for split, a in ids.items()
-                },
+        history, best = checkpoint.history, checkpoint.best_step
+        plot_lm_curves(history, best, baseline, staging / "curves.png", name)
+
+    card = {
+        "family": checkpoint.family,
+        "task": "language-model",
+        "dataset": {
+            "name": corpus.name,
+            "source": corpus.source,
+            "sha256": corpus.sha256,
+            "split": "each book cut into contiguous 90% / 5% / 5% at paragraph boundaries",
+            "splits": {split: len(a) for split, a in ids.items()},
+            "unk_rate": {split: float(np.mean(a == tokenizer.unk_id)) for split, a in ids.items()},
+        },
+        "training": {
+            "config": {
+                **train_cfg,
+                "models_dir": None,  # where it was published and saved: local paths
+                "checkpoint_dir": None,
+                "model": checkpoint.model_config,
             },
-            "metrics": {
-                "test_perplexity": test["perplexity"],
-                "test_loss": test["loss"],
-                "test_top1_accuracy": test["top1"],
-                "test_top5_accuracy": test["top5"],
-                "test_tokens": test["tokens"],
-                "validation_perplexity": validation["perplexity"],
-                "test_slice": {
-                    "tokens": test_slice["tokens"],
-                    "perplexity": test_slice["perplexity"],
-                    "top1": test_slice["top1"],
-                    "what": "the first tokens of the test split, scored the same way",
-                },
-                "ngram_baseline": {
-                    "model": f"interpolated Kneser-Ney, order {baseline['order']}",
-                    "test_perplexity": baseline["perplexity"],
-                    "test_top1_accuracy": baseline["top1"],
-                    "test_top5_accuracy": baseline["top5"],
-                    "validation_perplexity": baseline["validation_perplexity"],
-                },
-                "perplexity_vs_ngram": test["perplexity"] / baseline["perplexity"] - 1.0,
-                "measured_with": (
-                    f"onnxruntime on model.onnx, windows of {block_size} tokens overlapping by "
-                    "half (training/lm_eval.py); <unk> and paragraph tokens count as tokens"
-                ),
-            },
-            "training": {
-                "config": {
-                    **train_cfg,
-                    "models_dir": None,  # where it was published and saved: local paths
-                    "checkpoint_dir": None,
-                    "model": checkpoint.model_config,
-                },
-                "iters_run": checkpoint.iters_run,
-                "best_step": checkpoint.best_step,
-                "stopped_early": checkpoint.stopped_early,
-                "seconds": round(checkpoint.seconds, 1),
-                "threads": train_cfg["threads"],
-                "parameters": checkpoint.parameters,
-                "history": checkpoint.history,
-            },
-            "export": export,
-        }
-        version = version or next_version(models_dir / name)
-        hashes = {f: sha256_of(staging / f) for f in ("model.onnx", "step.onnx")}
-        (staging / "card.md").write_text(lm_card_markdown(name, version, card, hashes))
-        config = language_model_config(checkpoint.family, dataset, model, tokenizer, max_length)
-        target = publish_version(staging, models_dir, name, config, card, version=version)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already when published
-    print(f"published {target}", flush=True)
-    return target
+            "iters_run": checkpoint.iters_run,
+            "best_step": checkpoint.best_step,
+            "stopped_early": checkpoint.stopped_early,
+            "seconds": round(checkpoint.seconds, 1),
+            "threads": train_cfg["threads"],
+            "parameters": checkpoint.parameters,
+            "history": checkpoint.history,
+        },
+    }
+    return Release(
+        name=name,
+        config=language_model_config(checkpoint.family, dataset, model, tokenizer, max_length),
+        card=card,
+        graphs=[full_graph(model, example_ids), step_graph_export(model, example_ids)],
+        tolerance=tolerance,
+        check=lambda staging: check_export(model, staging, ids["test"], tolerance, max_length),
+        measure=measure,
+        write_files=write_files,
+        describe=lm_card_markdown,
+    )
+
+
+def lm_metrics(
+    full: ort.InferenceSession,
+    ids: dict[str, np.ndarray],
+    block_size: int,
+    baseline: dict[str, Any],
+) -> dict[str, Any]:
+    """The card's "metrics": the test and validation splits through model.onnx, beside the
+    n-gram baseline's."""
+    test = evaluate_stream(onnx_logits_fn(full), ids["test"], block_size)
+    validation = evaluate_stream(onnx_logits_fn(full), ids["validation"], block_size)
+    # the start of the test split, scored alone: tests re-measure it in well under a second
+    test_slice = evaluate_stream(
+        onnx_logits_fn(full), ids["test"][: TEST_SLICE_TOKENS + 1], block_size
+    )
+    return {
+        "test_perplexity": test["perplexity"],
+        "test_loss": test["loss"],
+        "test_top1_accuracy": test["top1"],
+        "test_top5_accuracy": test["top5"],
+        "test_tokens": test["tokens"],
+        "validation_perplexity": validation["perplexity"],
+        "test_slice": {
+            "tokens": test_slice["tokens"],
+            "perplexity": test_slice["perplexity"],
+            "top1": test_slice["top1"],
+            "what": "the first tokens of the test split, scored the same way",
+        },
+        "ngram_baseline": {
+            "model": f"interpolated Kneser-Ney, order {baseline['order']}",
+            "test_perplexity": baseline["perplexity"],
+            "test_top1_accuracy": baseline["top1"],
+            "test_top5_accuracy": baseline["top5"],
+            "validation_perplexity": baseline["validation_perplexity"],
+        },
+        "perplexity_vs_ngram": test["perplexity"] / baseline["perplexity"] - 1.0,
+        "measured_with": (
+            f"onnxruntime on model.onnx, windows of {block_size} tokens overlapping by "
+            "half (training/language_models/lm_eval.py); <unk> and paragraph tokens count as tokens"
+        ),
+    }
 
 
 def evaluate_shipped(
@@ -477,7 +464,7 @@ def evaluate_shipped(
     corpus = load_corpus(text)
     ids = corpus.encode(tokenizer, "test")
     block = int(card["training"]["config"]["block_size"])
-    metrics = evaluate_stream(onnx_logits_fn(session(folder / "model.onnx")), ids, block)
+    metrics = evaluate_stream(onnx_logits_fn(onnx_session(folder / "model.onnx")), ids, block)
     return metrics, card
 
 
@@ -502,7 +489,7 @@ def reexport_step(checkpoint: Checkpoint, folder: Path, opset: int = OPSET) -> d
     test_ids = corpus.encode(tokenizer, "test")
     tolerance, block = float(train_cfg["tolerance"]), int(train_cfg["block_size"])
     windows = sample_windows(test_ids, PROOF_WINDOWS, block)
-    shipped = session(folder / "model.onnx").run(["logits"], {"input_ids": windows})[0]
+    shipped = onnx_session(folder / "model.onnx").run(["logits"], {"input_ids": windows})[0]
     with torch.no_grad():
         mine = model.full(torch.from_numpy(windows)).numpy()  # type: ignore[operator]
     proof = float(np.abs(mine - shipped).max())
@@ -514,7 +501,9 @@ def reexport_step(checkpoint: Checkpoint, folder: Path, opset: int = OPSET) -> d
     staging = Path(tempfile.mkdtemp(prefix=".staging-step-", dir=model_dir))
     try:
         shutil.copy2(folder / "model.onnx", staging / "model.onnx")
-        export_step_graph(model, staging / "step.onnx", torch.from_numpy(windows[:2, :8]), opset)
+        step_graph_export(model, torch.from_numpy(windows[:2, :8])).export(
+            staging, opset, tolerance
+        )
         export = check_export(model, staging, test_ids, tolerance, config.get("max_length"))
         step_keys = [k for k in export if k.startswith("step_") or k == "verified_on"]
         card["export"] |= {k: export[k] for k in step_keys}
@@ -526,7 +515,7 @@ def reexport_step(checkpoint: Checkpoint, folder: Path, opset: int = OPSET) -> d
             "versions": library_versions(),
             "checkpoint_vs_model_onnx_max_abs_diff": proof,
             "proved_on": f"{PROOF_WINDOWS} test windows of {block} tokens",
-            "why": "step.onnx exported again from the same weights (training/lm_export.py "
+            "why": "step.onnx exported again from the same weights (training/language_models/lm_graphs.py "
             "--reexport-step); model.onnx, vocab.json and the quality numbers are unchanged",
         }
         os.replace(staging / "step.onnx", folder / "step.onnx")
@@ -535,11 +524,10 @@ def reexport_step(checkpoint: Checkpoint, folder: Path, opset: int = OPSET) -> d
     step = folder / "step.onnx"
     old_hash = card["files"]["step.onnx"]["sha256"]
     card["files"]["step.onnx"] = {"sha256": sha256_of(step), "bytes": step.stat().st_size}
-    hashes = {name: card["files"][name]["sha256"] for name in ("model.onnx", "step.onnx")}
     write_json(card_path, card)
     # only the step.onnx hash and the export section change; the rest stays as published
-    fresh = lm_card_markdown(model_dir.name, card["version"], card, hashes)
-    text = (folder / "card.md").read_text().replace(old_hash, hashes["step.onnx"])
+    fresh = lm_card_markdown(card)
+    text = (folder / "card.md").read_text().replace(old_hash, card["files"]["step.onnx"]["sha256"])
     section = "## Export"
     (folder / "card.md").write_text(text[: text.index(section)] + fresh[fresh.index(section) :])
     write_json(config_path, config | {"step": step_section(model)})
@@ -552,10 +540,10 @@ def reexport_step(checkpoint: Checkpoint, folder: Path, opset: int = OPSET) -> d
 
 
 def main(argv: list[str]) -> int:
-    """python -m training.lm_export CHECKPOINT [MODELS_DIR]: publish a saved checkpoint.
-    python -m training.lm_export --reexport-step CHECKPOINT VERSION_FOLDER: export step.onnx of a
+    """python -m training.language_models.lm_graphs CHECKPOINT [MODELS_DIR]: publish a saved checkpoint.
+    python -m training.language_models.lm_graphs --reexport-step CHECKPOINT VERSION_FOLDER: export step.onnx of a
     published version again from its checkpoint (see reexport_step), e.g.
-    python -m training.lm_export --reexport-step runs/transformer-austen.pt models/transformer-austen/1
+    python -m training.language_models.lm_graphs --reexport-step runs/transformer-austen.pt models/transformer-austen/1
     """
     if not argv or argv[0] in ("-h", "--help"):
         print(main.__doc__)
@@ -567,7 +555,7 @@ def main(argv: list[str]) -> int:
         reexport_step(Checkpoint.load(Path(argv[1])), Path(argv[2]))
         return 0
     models_dir = Path(argv[1]) if len(argv) > 1 else DEFAULT_MODELS_DIR
-    publish_checkpoint(Checkpoint.load(Path(argv[0])), models_dir)
+    publish(release(Checkpoint.load(Path(argv[0]))), models_dir)
     return 0
 
 

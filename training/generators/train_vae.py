@@ -1,7 +1,7 @@
 """Train a class-conditional VAE on 28x28 images; ship decoder (model.onnx = decoder.onnx) and encoder.
 
     python -m training train vae --dataset mnist [--iterations 6000 --latent-dim 16 ...]
-    torchrun --nproc_per_node 2 -m training train vae ...  # DDP: see training/generative.py
+    torchrun --nproc_per_node 2 -m training train vae ...  # DDP: see training/generators/common.py
 
 Loss: the negative ELBO, Bernoulli reconstruction (BCE over the 784 pixels) + KL(q(z|x,y) || N(0, I)).
 The service samples z ~ N(0, I) and decodes it with the requested label; the encoder serves
@@ -17,30 +17,31 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from training.data.images import ImageData
 from training.distributed import Distributed
-from training.generative import (
+from training.generators.common import (
     Clock,
     History,
-    ImageData,
     RunConfig,
     base_config,
     check_batch,
+    decoder_family_options,
     export_decoder_family,
-    export_graph,
+    first,
     load_checkpoint,
     model_name,
     parameter_count,
     plot_curves,
+    publish_release,
     random_batches,
     ranks_mean,
     save_checkpoint,
-    ship,
-    staging_folder,
     tensor_spec,
     train_decoder_family,
 )
+from training.generators.generation_config import decoder_generation
 from training.models.vae import VAE, VAEConfig
-from training.overrides import apply_overrides
+from training.publish import Graph
 
 
 @dataclass
@@ -136,42 +137,32 @@ def export_version(run: RunConfig, data: ImageData, checkpoint: Path) -> Path:
     model = VAE(model_config)
     model.load_state_dict(saved["state_dict"])
     model.eval()
-    name = model_name("vae", data.name)
-    staging = staging_folder(run, name)
+    name = f"vae-{data.name}"
     x, y = data.train_tensors()
     latent = torch.randn(64, model_config.latent_dim)
     decoder_check = {"latent": latent, "label": y[:64]}
     encoder_check = {"image": x[:64], "label": y[:64]}
-    diffs = {
-        "decoder.onnx": export_graph(
-            model.decoder,
-            {k: v[:2] for k, v in decoder_check.items()},
-            decoder_check,
-            ["image"],
-            staging / "decoder.onnx",
-            run.tolerance,
-        ),
-        "encoder.onnx": export_graph(
+    graphs = [
+        Graph("decoder.onnx", model.decoder, first(decoder_check, 2), ["image"], decoder_check),
+        Graph(
+            "encoder.onnx",
             model.encoder,
-            {k: v[:2] for k, v in encoder_check.items()},
-            encoder_check,
+            first(encoder_check, 2),
             ["mean", "log_variance"],
-            staging / "encoder.onnx",
-            run.tolerance,
+            encoder_check,
         ),
-    }
-    # the primary graph is the generator: the decoder (the same file under both names)
-    shutil.copyfile(staging / "decoder.onnx", staging / "model.onnx")
+    ]
     history = History(
         saved["history"]["iterations"],
         {k: v for k, v in saved["history"].items() if k != "iterations"},
     )
-    plot_curves(
-        history,
-        staging / "curves.png",
-        f"{name}: negative ELBO (nats/image)",
-        [["loss", "reconstruction"], ["kl"]],
-    )
+
+    def write_files(staging: Path) -> None:
+        # the primary graph is the generator: the decoder (the same file under both names)
+        shutil.copyfile(staging / "decoder.onnx", staging / "model.onnx")
+        title = f"{name}: negative ELBO (nats/image)"
+        plot_curves(history, staging / "curves.png", title, [["loss", "reconstruction"], ["kl"]])
+
     latent_dim = model_config.latent_dim
     config = base_config(
         "vae",
@@ -180,26 +171,7 @@ def export_version(run: RunConfig, data: ImageData, checkpoint: Path) -> Path:
         [tensor_spec("image", "FP32", [1, 28, 28])],
     )
     config["graphs"] = {"decoder": "decoder.onnx", "encoder": "encoder.onnx"}
-    config["generation"] = {
-        "kind": "decoder",
-        "image_shape": [1, 28, 28],
-        "latent_shape": [latent_dim],
-        "output_range": [0.0, 1.0],
-        "num_classes": model_config.num_classes,
-        "decoder": {
-            "graph": "model",
-            "latent_input": "latent",
-            "label_input": "label",
-            "output": "image",
-        },
-        "encoder": {
-            "graph": "encoder",
-            "image_input": "image",
-            "label_input": "label",
-            "mean_output": "mean",
-            "log_variance_output": "log_variance",
-        },
-    }
+    config["generation"] = decoder_generation(latent_dim, model_config.num_classes, encoder=True)
     card = {
         "description": "Class-conditional convolutional VAE. model.onnx (= decoder.onnx) maps a "
         "latent z ~ N(0, I) and a label to an image in [0, 1]; encoder.onnx maps an image in "
@@ -214,21 +186,13 @@ def export_version(run: RunConfig, data: ImageData, checkpoint: Path) -> Path:
             "final_loss": history.last_mean("loss"),
         },
         "vae_metrics": test_elbo(model, data),
-        "export": {"max_abs_diff": diffs, "verified_on": "64 training images / random latents"},
     }
-    return ship(run, "vae", data, staging, config, card, None)
+    verified_on = "64 training images / random latents"
+    return publish_release(run, "vae", data, graphs, config, card, None, write_files, verified_on)
 
 
 def parse(argv: list[str]) -> tuple[RunConfig, VAETrainConfig, VAEConfig]:
-    run, config, model = apply_overrides(
-        argv, RunConfig(max_minutes=10.0), VAETrainConfig(), VAEConfig(), fixed=("num_classes",)
-    )
-    assert (
-        isinstance(run, RunConfig)
-        and isinstance(config, VAETrainConfig)
-        and isinstance(model, VAEConfig)
-    )
-    return run, config, model
+    return decoder_family_options(argv, VAETrainConfig(), VAEConfig())
 
 
 def train(family: str, argv: list[str]) -> Path | None:

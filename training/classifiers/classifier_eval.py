@@ -13,19 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from service.tasks.graphs import GraphSample, GraphSpec, batch_graphs, image_to_graph
 from training.data.images import load_test_split, normalise
+from training.onnx_export import onnx_session
+from training.publish import latest_version
 
 BATCH_SIZE = 500  # fixed: the same batches give bit-identical logits on every re-measurement
-
-
-def onnx_session(path: Path, threads: int = 1) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:
@@ -105,13 +99,6 @@ def evaluate_onnx_graphs(
     path: Path, graphs: Sequence[GraphSample], labels: np.ndarray, class_names: list[str]
 ) -> dict[str, Any]:
     return classification_metrics(onnx_graph_logits(path, graphs), labels, class_names)
-
-
-def latest_version(model_dir: Path) -> Path:
-    versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-    if not versions:
-        raise FileNotFoundError(f"no versions in {model_dir}")
-    return max(versions, key=lambda p: int(p.name))
 
 
 def evaluate_shipped(

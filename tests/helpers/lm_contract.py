@@ -17,8 +17,8 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from helpers.live_server import free_port
 
+from helpers.live_server import free_port
 from service.routers import playground
 
 MODEL = "stub-lm"

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: training runs headless
 import matplotlib.pyplot as plt
 
-from training.report import markdown_table
+from training.cards import markdown_table, save_figure
 
 
 def plot_lm_curves(
@@ -41,15 +41,13 @@ def plot_lm_curves(
         axis.set_xlabel("optimizer step")
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
+    return save_figure(figure, title, path)
 
 
-def lm_card_markdown(name: str, version: int, card: dict[str, Any], hashes: dict[str, str]) -> str:
+def lm_card_markdown(card: dict[str, Any]) -> str:
     """card.md: the card.json of the same version, for people."""
+    name, version = card["name"], card["version"]
+    hashes = {file: entry["sha256"] for file, entry in card["files"].items()}
     metrics, training, export, dataset = (
         card["metrics"],
         card["training"],
@@ -139,7 +137,7 @@ def padded_rows_text(export: dict[str, Any]) -> str:
 
 
 def lm_quality_table(models_dir: Path, names: list[str]) -> str:
-    """The README's language-model table, read from the shipped cards (newest version of each).
+    """docs/models.md's language-model table, read from the shipped cards (newest version of each).
 
     The Kneser-Ney row comes from the first card; every card holds the same baseline numbers
     (same split, same vocabulary), which tests/lm/test_shipped_lms.py checks.
@@ -177,10 +175,12 @@ def lm_quality_table(models_dir: Path, names: list[str]) -> str:
     return markdown_table(header, rows)
 
 
-# the README's order: the seed articles' story, from the plain recurrence to selective state
+# the table's order: the seed articles' story, from the plain recurrence to selective state
 SHIPPED_LMS = ["rnn-austen", "lstm-austen", "gru-austen", "transformer-austen", "mamba-austen"]
 
-if __name__ == "__main__":  # python -m training.lm_report: the table to paste into the README
-    from training.repository import DEFAULT_MODELS_DIR
+if (
+    __name__ == "__main__"
+):  # python -m training.language_models.lm_card: the table to paste into docs/models.md
+    from training.publish import DEFAULT_MODELS_DIR
 
     print(lm_quality_table(DEFAULT_MODELS_DIR, SHIPPED_LMS))

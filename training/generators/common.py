@@ -11,23 +11,27 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from training import distributed
-from training.data.images import KNOWN_DATASETS, carve, idx_folder, read_digits, read_idx_split
-from training.onnx_export import OPSET, export_onnx, verify
-from training.repository import DEFAULT_MODELS_DIR, publish_version
+from training.cards import save_figure
+from training.data.images import ImageData, load_image_data
+from training.files import REPO_ROOT
+from training.generators.generator_eval import evaluate_version, generator_card_markdown
+from training.overrides import apply_overrides
+from training.publish import DEFAULT_MODELS_DIR, Graph, Release, publish
 
-RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"  # git-ignored
+RUNS_DIR = REPO_ROOT / "runs"  # git-ignored
+TrainT = TypeVar("TrainT")
+ModelT = TypeVar("ModelT")
 
 
 @dataclass
@@ -45,53 +49,6 @@ class RunConfig:
     eval_samples: int = 2000  # generated images per sampler setting in the card (0 = no metrics)
     classifier: Path | None = None  # classifier version folder; default: latest cnn-<dataset>
     tolerance: float = 1e-4  # largest |onnxruntime - torch| accepted at export
-
-
-@dataclass
-class ImageData:
-    """uint8 images (N, 28, 28), light on dark, with int64 labels; train and test splits."""
-
-    name: str
-    source: str
-    labels: list[str]
-    sha256: dict[str, str]
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-
-    def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 1, 28, 28) float32 in [0, 1] and (N,) int64."""
-        x = torch.from_numpy(self.train_images).float().div_(255).unsqueeze(1)
-        return x, torch.from_numpy(self.train_labels)
-
-
-def load_image_data(name: str, data_dir: Path | None = None, subset: int = 0) -> ImageData:
-    """The official train/test splits (the classifier's loader reads the files; no validation
-    split here: generators are scored against the test split only)."""
-    known = KNOWN_DATASETS.get(name)
-    if name == "digits" and data_dir is None:
-        everything, sha256 = read_digits()
-        train, test = carve(everything, len(everything.labels) // 5)
-    else:
-        folder = idx_folder(name, data_dir)
-        train, train_sha = read_idx_split(folder, "train", name)
-        test, test_sha = read_idx_split(folder, "test", name)
-        sha256 = train_sha | test_sha
-    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    labels = list(known.labels) if known else [str(i) for i in range(num_classes)]
-    source = known.source if known and data_dir is None else f"IDX files in {data_dir}"
-    keep = slice(0, subset or None)
-    return ImageData(
-        name=name,
-        source=source,
-        labels=labels,
-        sha256=sha256,
-        train_images=train.images[keep],
-        train_labels=train.labels[keep],
-        test_images=test.images,
-        test_labels=test.labels,
-    )
 
 
 def start(run: RunConfig) -> None:
@@ -139,6 +96,16 @@ def train_decoder_family(
         return None if checkpoint is None else export_version(run, data, checkpoint)
 
     return train_on_ranks(body)
+
+
+def decoder_family_options(
+    argv: list[str], train_config: TrainT, model_config: ModelT
+) -> tuple[RunConfig, TrainT, ModelT]:
+    """The VAE's and the GAN's options: the run's, the training's and the model's (its class
+    count follows from the data)."""
+    configs: list[Any] = [RunConfig(max_minutes=10.0), train_config, model_config]
+    run, config, model = apply_overrides(argv, *configs, fixed=("num_classes",))
+    return run, config, model
 
 
 def export_decoder_family(
@@ -256,10 +223,7 @@ def plot_curves(history: History, path: Path, title: str, panels: Sequence[Seque
         ax.set_xlabel("iteration")
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, title, path, dpi=90)
 
 
 def parameter_count(*modules: nn.Module) -> int:
@@ -274,14 +238,6 @@ def model_name(family: str, dataset: str) -> str:
     return f"{family}-{dataset}"
 
 
-def latest_version(models_dir: Path, name: str) -> Path:
-    """The highest integer version folder of models_dir/name (the one the service serves)."""
-    versions = [p for p in (models_dir / name).glob("*") if p.is_dir() and p.name.isdigit()]
-    if not versions:
-        raise FileNotFoundError(f"no version of {name} in {models_dir}; train it first")
-    return max(versions, key=lambda p: int(p.name))
-
-
 def save_checkpoint(path: Path, **content: Any) -> Path:
     """The interface between training and export: configs as dicts plus state dicts."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -293,29 +249,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
-def staging_folder(run: RunConfig, name: str) -> Path:
-    staging = run.runs_dir / name / "staging"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    return staging
-
-
-def export_graph(
-    module: nn.Module,
-    example: Mapping[str, torch.Tensor],
-    check: Mapping[str, torch.Tensor],
-    outputs: Sequence[str],
-    path: Path,
-    tolerance: float,
-) -> float:
-    """Export `module` with a dynamic batch axis on every input, then verify onnxruntime against
-    torch on `check` (a different batch size than `example`, which also proves the axis dynamic).
-    Returns the max abs difference; raises ExportMismatch above `tolerance`."""
-    assert len(next(iter(check.values()))) != len(next(iter(example.values()))), "vary the batch"
-    dynamic = tuple({0: "batch"} for _ in example)
-    export_onnx(module, tuple(example.values()), path, list(example), outputs, dynamic)
-    return verify(module, path, dict(check), tolerance)
+def first(inputs: Mapping[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
+    """The first `count` rows of every input: a graph's trace example, smaller than its check."""
+    return {name: tensor[:count] for name, tensor in inputs.items()}
 
 
 def tensor_spec(name: str, datatype: str, dims: Sequence[int]) -> dict[str, Any]:
@@ -339,33 +275,52 @@ def base_config(
     }
 
 
-def ship(
+def release(
     run: RunConfig,
     family: str,
     data: ImageData,
-    staging: Path,
+    graphs: list[Graph],
     config: dict[str, Any],
     card: dict[str, Any],
     evaluation: Any,
-) -> Path:
-    """Measure the staged version with the service's own sampler, write the card and publish."""
-    from training.evaluate_generation import evaluate_version, write_card_markdown
-
+    write_files: Callable[[Path], None],
+    verified_on: str,
+) -> Release:
+    """A generator version: its graphs verified on `verified_on`, measured with the service's
+    own sampler (every setting of `evaluation`) and scored by cnn-<dataset>."""
     name = model_name(family, data.name)
-    if run.eval_samples > 0:
-        card["metrics"] = evaluate_version(staging, {"name": name, **config}, data, run, evaluation)
-    card.update(
-        family=family,
-        task="image-generation",
-        dataset={
+
+    def measure(staging: Path) -> dict[str, Any]:
+        if run.eval_samples <= 0:
+            return {}
+        named = {"name": name, **config}
+        return {"metrics": evaluate_version(staging, named, data, run, evaluation)}
+
+    card = card | {
+        "family": family,
+        "task": "image-generation",
+        "dataset": {
             "name": data.name,
             "source": data.source,
             "sha256": data.sha256,
             "splits": {"train": len(data.train_labels), "test": len(data.test_labels)},
         },
-    )
-    card["export"] = {"opset": OPSET, "tolerance": run.tolerance, **card.get("export", {})}
+    }
     card["training"]["run"] = json.loads(json.dumps(asdict(run), default=str))
-    target = publish_version(staging, run.models_dir, name, config, card)
-    write_card_markdown(target, json.loads((target / "card.json").read_text()))
-    return target
+    return Release(
+        name=name,
+        config=config,
+        card=card,
+        graphs=graphs,
+        tolerance=run.tolerance,
+        describe=generator_card_markdown,
+        measure=measure,
+        write_files=write_files,
+        verified_on=verified_on,
+        one_difference=False,
+    )
+
+
+def publish_release(run: RunConfig, *args: Any, **kwargs: Any) -> Path:
+    """`release(run, ...)` published into run.models_dir."""
+    return publish(release(run, *args, **kwargs), run.models_dir)

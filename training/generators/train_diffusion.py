@@ -4,13 +4,13 @@
     python -m training train latent-diffusion --dataset mnist [--vae models/vae-mnist/1]
 
 Objective (Ho et al. 2020): pick t uniformly in [0, T), noise x_0 into
-x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps and regress eps (or v, training/diffusion_objective.py)
+x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps and regress eps (or v, training/generators/diffusion_objective.py)
 with MSE. A share of the labels is replaced by the null label so the same network also learns the
 unconditional model that classifier-free guidance needs (Ho & Salimans 2022). The EMA of the
 weights is exported as one denoising step that outputs eps whatever the objective; the sampling
 loop itself lives in service/tasks/diffusion.py and runs on onnxruntime, in the service and in the
 evaluation alike. The EMA weights are checkpointed every --checkpoint-minutes, so a long run
-stopped early can still be exported (`python -m training.generate export diffusion`).
+stopped early can still be exported (`python -m training export diffusion`).
 """
 
 from __future__ import annotations
@@ -24,43 +24,46 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from service.tasks.diffusion import alphas_cumprod
-from training.diffusion_objective import noise_predictor, training_target
+from training.data.images import ImageData, load_image_data
 from training.distributed import Distributed
-from training.generative import (
+from training.files import sha256_of
+from training.generators.common import (
     EMA,
     Clock,
     History,
-    ImageData,
     RunConfig,
     base_config,
     check_batch,
-    export_graph,
-    latest_version,
+    first,
     load_checkpoint,
-    load_image_data,
     model_name,
     parameter_count,
     plot_curves,
+    publish_release,
     random_batches,
     ranks_mean,
     save_checkpoint,
-    ship,
-    staging_folder,
     start,
     tensor_spec,
     train_on_ranks,
 )
+from training.generators.diffusion_objective import noise_predictor, training_target
+from training.generators.generation_config import (
+    latent_diffusion_generation,
+    pixel_diffusion_generation,
+    schedule_parameters,
+)
 from training.models.latent_denoiser import LatentDenoiser, LatentDenoiserConfig
 from training.models.unet import UNet, UNetConfig
+from training.onnx_export import onnx_session
 from training.overrides import apply_overrides
-from training.repository import sha256_of
+from training.publish import Graph, latest_version
 
 
 @dataclass
@@ -93,15 +96,6 @@ class DiffusionConfig:
     checkpoint_minutes: float = 0.0  # wall minutes between EMA checkpoints (0 = at the end only)
     notes: str = ""  # for the card's description: what this version changes, and why
     vae: Path | None = None  # latent diffusion: VAE version folder (default: latest vae-<dataset>)
-
-
-def schedule_parameters(kind: str, timesteps: int) -> dict[str, Any]:
-    """config.json's schedule section; service/tasks/diffusion.py rebuilds abar from it."""
-    if kind == "linear":
-        return {"type": "linear", "timesteps": timesteps, "beta_start": 1e-4, "beta_end": 0.02}
-    if kind == "cosine":
-        return {"type": "cosine", "timesteps": timesteps, "s": 0.008, "max_beta": 0.999}
-    raise ValueError(f"unknown schedule {kind!r} (known: linear, cosine)")
 
 
 def evaluation_settings(config: DiffusionConfig, samples: int) -> list[dict[str, Any]]:
@@ -193,24 +187,12 @@ def train_denoiser(
     return ema, history, iteration, clock
 
 
-def diffusion_section(config: DiffusionConfig, num_classes: int) -> dict[str, Any]:
+def denoising_options(config: DiffusionConfig) -> dict[str, Any]:
+    """The schedule and sampler defaults of config.json's `generation` section."""
     return {
-        "null_label": num_classes,
-        "denoiser": {
-            "graph": "model",
-            "sample_input": "x_t",
-            "timestep_input": "t",
-            "label_input": "label",
-            "output": "noise",
-        },
-        "prediction": "epsilon",
         "schedule": schedule_parameters(config.schedule, config.timesteps),
-        "samplers": ["ddim", "ddpm"],
-        "defaults": {
-            "sampler": "ddim",
-            "steps": config.default_steps,
-            "guidance": config.default_guidance,
-        },
+        "steps": config.default_steps,
+        "guidance": config.default_guidance,
     }
 
 
@@ -262,8 +244,7 @@ def export_pixel(
     model = UNet(unet)
     model.load_state_dict(saved["state_dict"])
     model.eval()
-    name = model_name("diffusion", data.name)
-    staging = staging_folder(run, name)
+    name = f"diffusion-{data.name}"
     x, y = data.train_tensors()
     abar = torch.tensor(
         alphas_cumprod(schedule_parameters(config.schedule, config.timesteps))
@@ -272,12 +253,14 @@ def export_pixel(
     noise = torch.randn(64, 1, 28, 28)
     a = abar[t].view(-1, 1, 1, 1)
     check = {"x_t": a.sqrt() * (x[:64] * 2 - 1) + (1 - a).sqrt() * noise, "t": t, "label": y[:64]}
-    example = {k: v[:2] for k, v in check.items()}
-    graph = noise_predictor(model, config.prediction, abar)  # outputs eps whatever the target
-    diff = export_graph(graph, example, check, ["noise"], staging / "model.onnx", run.tolerance)
+    predictor = noise_predictor(model, config.prediction, abar)  # outputs eps whatever the target
+    graph = Graph("model.onnx", predictor, first(check, 2), ["noise"], check)
     history = History(saved["history"]["iterations"], {"loss": saved["history"]["loss"]})
     title = f"{name}: {config.prediction}-prediction MSE"
-    plot_curves(history, staging / "curves.png", title, [["loss"]])
+
+    def write_files(staging: Path) -> None:
+        plot_curves(history, staging / "curves.png", title, [["loss"]])
+
     num_classes = unet.num_classes
     config_json = base_config(
         "diffusion",
@@ -289,15 +272,7 @@ def export_pixel(
         ],
         [tensor_spec("noise", "FP32", [1, 28, 28])],
     )
-    config_json["generation"] = {
-        "kind": "diffusion",
-        "image_shape": [1, 28, 28],
-        "latent_shape": [1, 28, 28],
-        "output_range": [-1.0, 1.0],
-        "num_classes": num_classes,
-        "clip_sample": 1.0,
-        **diffusion_section(config, num_classes),
-    }
+    config_json["generation"] = pixel_diffusion_generation(num_classes, **denoising_options(config))
     card = {
         "description": "Class-conditional DDPM U-Net, one denoising step per ONNX call that "
         f"outputs the noise (trained to predict {config.prediction}); DDIM/DDPM sampling with "
@@ -311,19 +286,17 @@ def export_pixel(
             "parameters": parameter_count(model),
             "final_loss": history.last_mean("loss"),
         },
-        "export": {
-            "max_abs_diff": {"model.onnx": diff},
-            "verified_on": "64 noised training images",
-        },
     }
-    return ship(
+    return publish_release(
         run,
         "diffusion",
         data,
-        staging,
+        [graph],
         config_json,
         card,
         evaluation_settings(config, run.eval_samples),
+        write_files,
+        "64 noised training images",
     )
 
 
@@ -333,11 +306,7 @@ def export_pixel(
 
 def encode_with_vae(vae_dir: Path, data: ImageData, threads: int) -> tuple[np.ndarray, np.ndarray]:
     """Posterior mean and log-variance of every training image, from the shipped encoder.onnx."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(
-        str(vae_dir / "encoder.onnx"), options, providers=["CPUExecutionProvider"]
-    )
+    session = onnx_session(vae_dir / "encoder.onnx", threads)
     x, y = data.train_tensors()
     means, log_variances = [], []
     for i in range(0, len(x), 1000):
@@ -366,7 +335,7 @@ def train_latent(
 ) -> Path | None:
     start(run)
     data = load_image_data(run.dataset, run.data_dir, run.train_subset)
-    vae_dir = config.vae or latest_version(run.models_dir, model_name("vae", data.name))
+    vae_dir = config.vae or latest_version(run.models_dir / f"vae-{data.name}")
     mean, log_variance = encode_with_vae(vae_dir, data, run.threads)
     # Diffuse posterior samples (what the decoder was trained on), scaled to unit variance so the
     # schedule's noise levels mean the same as for pixels (the role of Stable Diffusion's 0.18215).
@@ -415,20 +384,21 @@ def export_latent(
     model.eval()
     vae_dir = Path(saved["vae"])
     vae_config = json.loads((vae_dir.parent / "config.json").read_text())
-    name = model_name("latent-diffusion", data.name)
-    staging = staging_folder(run, name)
-    shutil.copyfile(vae_dir / "decoder.onnx", staging / "decoder.onnx")  # self-contained version
+    name = f"latent-diffusion-{data.name}"
     check = {
         "x_t": torch.randn(64, denoiser.latent_dim),
         "t": torch.randint(0, config.timesteps, (64,)),
         "label": torch.randint(0, denoiser.num_classes + 1, (64,)),
     }
-    example = {k: v[:2] for k, v in check.items()}
     abar = torch.tensor(alphas_cumprod(schedule_parameters(config.schedule, config.timesteps)))
-    graph = noise_predictor(model, config.prediction, abar.float())
-    diff = export_graph(graph, example, check, ["noise"], staging / "model.onnx", run.tolerance)
+    predictor = noise_predictor(model, config.prediction, abar.float())
+    graph = Graph("model.onnx", predictor, first(check, 2), ["noise"], check)
     history = History(saved["history"]["iterations"], {"loss": saved["history"]["loss"]})
-    plot_curves(history, staging / "curves.png", f"{name}: noise-prediction MSE", [["loss"]])
+
+    def write_files(staging: Path) -> None:
+        shutil.copyfile(vae_dir / "decoder.onnx", staging / "decoder.onnx")  # self-contained
+        plot_curves(history, staging / "curves.png", f"{name}: noise-prediction MSE", [["loss"]])
+
     num_classes = denoiser.num_classes
     latent = denoiser.latent_dim
     config_json = base_config(
@@ -442,17 +412,14 @@ def export_latent(
         [tensor_spec("noise", "FP32", [latent])],
     )
     config_json["graphs"] = {"decoder": "decoder.onnx"}
-    config_json["generation"] = {
-        "kind": "latent-diffusion",
-        "image_shape": [1, 28, 28],
-        "latent_shape": [latent],
-        "output_range": vae_config["generation"]["output_range"],
-        "num_classes": num_classes,
-        "clip_sample": saved["latent_clip"],
-        **diffusion_section(config, num_classes),
-        "latent_scale": saved["latent_scale"],
-        "decoder": {**vae_config["generation"]["decoder"], "graph": "decoder"},
-    }
+    config_json["generation"] = latent_diffusion_generation(
+        latent,
+        num_classes,
+        vae=vae_config["generation"],
+        clip_sample=saved["latent_clip"],
+        latent_scale=saved["latent_scale"],
+        **denoising_options(config),
+    )
     card = {
         "description": "Class-conditional DDPM over the latents of the VAE below (residual MLP "
         "denoiser), decoded by that VAE's decoder (shipped here as decoder.onnx).",
@@ -472,16 +439,17 @@ def export_latent(
             "latent_scale": saved["latent_scale"],
             "latent_clip": saved["latent_clip"],
         },
-        "export": {"max_abs_diff": {"model.onnx": diff}, "verified_on": "64 random latents"},
     }
-    return ship(
+    return publish_release(
         run,
         "latent-diffusion",
         data,
-        staging,
+        [graph],
         config_json,
         card,
         evaluation_settings(config, run.eval_samples),
+        write_files,
+        "64 random latents",
     )
 
 

@@ -2,7 +2,7 @@
 
 A classifier answers every picture with some class, sure of itself on a blank square or a
 holiday photo as on a digit. The flag says "this does not look like my training pictures" from a
-score of the classifier's own logits (service/tasks/classify.py: energy, max-logit or
+score of the classifier's own logits (service/tasks/class_scores.py: energy, max-logit or
 max-softmax), so the service computes it on onnxruntime's outputs with no other model.
 
 For each model (the latest version) this measures, on pictures sent through the service's own
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service.tasks.classify import (
+from service.tasks.class_scores import (
     LOGIT_SCORES,
     OOD_SCORES,
     PIXEL_SCORES,
@@ -45,6 +45,8 @@ from service.tasks.classify import (
 )
 from service.tasks.graphs import GraphSpec, image_to_graph
 from service.tasks.image_preprocessing import ImageSpec, preprocess, to_gray
+from training.cards import markdown_table, replace_block
+from training.classifiers.classifier_eval import onnx_graph_logits, onnx_logits
 from training.data.images import (
     MAX_VALIDATION,
     carve,
@@ -52,9 +54,8 @@ from training.data.images import (
     idx_folder,
     read_idx_split,
 )
-from training.evaluation import latest_version, onnx_graph_logits, onnx_logits
-from training.report import markdown_table
-from training.repository import DEFAULT_MODELS_DIR, write_json
+from training.files import REPO_ROOT, write_json
+from training.publish import DEFAULT_MODELS_DIR, latest_version
 
 TPR = 0.95  # share of in-distribution pictures the threshold lets through
 OTHER_DATASET = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}
@@ -65,8 +66,8 @@ PIXEL_TRAIN = 20000  # training pictures the pixel statistics' Gaussian is fitte
 BLANK_SIZES = ((5, 5), (28, 28), (64, 64), (480, 640), (30, 100))
 FLOORS = {"cnn-mnist": 0.95, "cnn-fashion-mnist": 0.95}  # the AUROC promised (issue #15)
 CARD_START, CARD_END = "<!-- ood:start -->", "<!-- ood:end -->"
-README_START, README_END = "<!-- classifier-ood:start -->", "<!-- classifier-ood:end -->"
-README = Path(__file__).resolve().parent.parent / "README.md"
+TABLE_START, TABLE_END = "<!-- classifier-ood:start -->", "<!-- classifier-ood:end -->"
+QUALITY_DOC = REPO_ROOT / "docs" / "models.md"  # its classifier-ood table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,11 +315,11 @@ def measure(model: ShippedClassifier, count: int = 0) -> Measurement:
 
 
 # ---------------------------------------------------------------------------------------------
-# Writing config.json, the card and the README
+# Writing config.json, the card and the quality doc (docs/models.md)
 
 
 def config_section(m: Measurement) -> dict[str, Any]:
-    """config.json's `ood` section, read by the service (service/tasks/classify.py OodSpec)."""
+    """config.json's `ood` section, read by the service (service/tasks/class_scores.py OodSpec)."""
     spec = m.spec
     section: dict[str, Any] = {
         "version": spec.version,
@@ -379,7 +380,7 @@ def card_markdown(model: ShippedClassifier, section: dict[str, Any]) -> str:
             CARD_START,
             "## Out-of-distribution flag",
             f"`classify` answers carry, per picture, `score` = {section['score']} "
-            "(service/tasks/classify.py) and "
+            "(service/tasks/class_scores.py) and "
             f"`in_distribution` = score <= {section['threshold']:.4f}, the threshold that lets "
             f"{TPR:.0%} of the validation pictures through. Measured with `python -m training "
             "ood` on pictures prepared by the service's code; AUROC of the score against the "
@@ -413,13 +414,6 @@ def card_markdown(model: ShippedClassifier, section: dict[str, Any]) -> str:
     )
 
 
-def replace_block(text: str, start: str, end: str, block: str) -> str:
-    """`text` with the block between the markers replaced (appended when absent)."""
-    if start in text and end in text:
-        return text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    return text.rstrip("\n") + "\n\n" + block + "\n"
-
-
 def write_results(model: ShippedClassifier, m: Measurement) -> dict[str, Any]:
     """The `ood` section into config.json, card.json and card.md; returns the card's section."""
     config = {k: v for k, v in model.config.items() if k != "ood"} | {"ood": config_section(m)}
@@ -435,7 +429,7 @@ def write_results(model: ShippedClassifier, m: Measurement) -> dict[str, Any]:
     return section
 
 
-def readme_table(sections: dict[str, dict[str, Any]]) -> str:
+def ood_table(sections: dict[str, dict[str, Any]]) -> str:
     rows = [
         [
             f"`{name}`",
@@ -448,7 +442,7 @@ def readme_table(sections: dict[str, dict[str, Any]]) -> str:
     ]
     return "\n".join(
         [
-            README_START,
+            TABLE_START,
             markdown_table(
                 [
                     "model",
@@ -462,7 +456,7 @@ def readme_table(sections: dict[str, dict[str, Any]]) -> str:
                 ],
                 rows,
             ),
-            README_END,
+            TABLE_END,
         ]
     )
 
@@ -500,8 +494,8 @@ def main(argv: list[str], say: Callable[[str], None] = print) -> int:
         if not args.dry_run:
             sections[model.name] = write_results(model, m)
     if sections and not args.models and args.models_dir == DEFAULT_MODELS_DIR:
-        README.write_text(
-            replace_block(README.read_text(), README_START, README_END, readme_table(sections))
+        QUALITY_DOC.write_text(
+            replace_block(QUALITY_DOC.read_text(), TABLE_START, TABLE_END, ood_table(sections))
         )
     return 0
 

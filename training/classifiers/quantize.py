@@ -23,14 +23,14 @@ import numpy as np
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from training.data.images import load_test_split, normalise
-from training.evaluation import (
+from training.classifiers.classifier_eval import (
     classification_metrics,
-    latest_version,
     median_latency_ms,
     onnx_logits,
 )
-from training.repository import DEFAULT_MODELS_DIR, sha256_of
+from training.data.images import load_test_split, normalise
+from training.files import sha256_of
+from training.publish import DEFAULT_MODELS_DIR, latest_version
 
 INT8_FILE = "model.int8.onnx"
 TIMING_BATCH = 64

@@ -1,5 +1,5 @@
 """What people read about a classifier version: the training-curves PNG and card.md, and the
-README's table of the shipped classifiers (`python -m training.report`)."""
+docs/models.md's table of the shipped classifiers (`python -m training.classifiers.classifier_card`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: training runs headless
 import matplotlib.pyplot as plt
+
+from training.cards import markdown_table, save_figure
+from training.families import of_group
 
 
 def plot_curves(history: list[dict[str, float]], best_epoch: int, path: Path, title: str) -> Path:
@@ -25,23 +28,13 @@ def plot_curves(history: list[dict[str, float]], best_epoch: int, path: Path, ti
         axis.set_ylabel(metric)
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
+    return save_figure(figure, title, path)
 
 
-def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def classifier_card_markdown(
-    name: str, version: int, card: dict[str, Any], labels: list[str], onnx_sha256: str
-) -> str:
+def classifier_card_markdown(card: dict[str, Any], labels: list[str]) -> str:
     """card.md: the card.json of the same version, for people."""
+    name, version = card["name"], card["version"]
+    onnx_sha256 = card["files"]["model.onnx"]["sha256"]
     metrics, training, export, dataset = (
         card["metrics"],
         card["training"],
@@ -144,9 +137,6 @@ def comparison_markdown(comparison: dict[str, Any] | None) -> list[str]:
     ]
 
 
-CLASSIFIER_FAMILIES = ("logreg", "mlp", "cnn", "vit", "gnn")
-
-
 def latest_card(model_dir: Path) -> dict[str, Any] | None:
     versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
     if not versions:
@@ -156,10 +146,10 @@ def latest_card(model_dir: Path) -> dict[str, Any] | None:
 
 
 def classifier_table(models_dir: Path) -> str:
-    """README's shipped-classifier tables, from the newest card of each classifier: quality of
+    """docs/models.md's shipped-classifier tables, from the newest card of each classifier: quality of
     every one, then each ViT / GNN beside the CNN of its dataset (accuracy, size, latency)."""
     cards = []
-    for family in CLASSIFIER_FAMILIES:
+    for family in of_group("classifier"):
         for model_dir in sorted(models_dir.glob(f"{family}-*")):
             card = latest_card(model_dir)
             if card is not None and card.get("task") == "classification":
@@ -209,6 +199,6 @@ def classifier_table(models_dir: Path) -> str:
 
 
 if __name__ == "__main__":
-    from training.repository import DEFAULT_MODELS_DIR
+    from training.publish import DEFAULT_MODELS_DIR
 
     print(classifier_table(DEFAULT_MODELS_DIR))

@@ -17,10 +17,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import shutil
 import sys
-import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,40 +31,23 @@ from torch import nn
 from tqdm import tqdm
 
 from service.tasks.graphs import GraphSample, GraphSpec
-from training.data.graphs import graph_batch, images_to_graphs
-from training.data.images import IMAGE_SIZE, ImageDataset, load_dataset
-from training.distributed import Distributed, run_on_ranks
-from training.evaluation import (
+from training.classifiers.classifier_card import classifier_card_markdown, plot_curves
+from training.classifiers.classifier_eval import (
     evaluate_onnx,
     evaluate_onnx_graphs,
     evaluate_shipped,
     interleaved_latency_ms,
-    latest_version,
 )
-from training.models.cnn import CNN, CNNConfig
-from training.models.gnn import GNN, GNNConfig
-from training.models.logreg import LogisticRegression, LogRegConfig
-from training.models.mlp import MLP, MLPConfig
-from training.models.vit import ViT, ViTConfig
-from training.onnx_export import OPSET, export_onnx, verify
+from training.data.graph_batches import graph_batch, images_to_graphs
+from training.data.images import IMAGE_SIZE, ImageDataset, load_dataset
+from training.distributed import Distributed, run_on_ranks
+from training.families import build_model, default_model_config, of_group, shipped_runs
+from training.files import write_json
+from training.onnx_export import OPSET
 from training.overrides import OptionError, apply_overrides, train_each
-from training.report import classifier_card_markdown, plot_curves
-from training.repository import (
-    DEFAULT_MODELS_DIR,
-    next_version,
-    publish_version,
-    sha256_of,
-    write_json,
-)
+from training.publish import DEFAULT_MODELS_DIR, Graph, Release, latest_version, publish
 
-# family -> (model config, model class)
-FAMILIES: dict[str, tuple[type[Any], type[nn.Module]]] = {
-    "logreg": (LogRegConfig, LogisticRegression),
-    "mlp": (MLPConfig, MLP),
-    "cnn": (CNNConfig, CNN),
-    "vit": (ViTConfig, ViT),
-    "gnn": (GNNConfig, GNN),
-}
+CLASSIFIERS = of_group("classifier")
 GRAPH_FAMILIES = {"gnn"}  # trained and served on the pictures turned into graphs
 # model (and graph) fields that follow from the data
 DATA_FIELDS = ("image_size", "channels", "num_classes", "in_features")
@@ -103,21 +85,6 @@ class EvaluateConfig:
     image_folder: Path | None = None
     # vit/gnn: time the version again beside the CNN and rewrite its card's comparison section
     retime: bool = False
-
-
-# The shipped classifiers: `make train` (python -m training train-all) reproduces them. The CNNs
-# come first: the ViT and GNN cards compare against them.
-SHIPPED_RUNS: list[tuple[str, list[str]]] = [
-    ("cnn", ["--dataset", "mnist", "--epochs", "12", "--lr", "2e-3", "--shift", "2"]),
-    ("cnn", ["--dataset", "fashion-mnist", "--epochs", "15", "--lr", "2e-3", "--shift", "2"]),
-    ("vit", ["--dataset", "mnist", "--epochs", "15", "--lr", "2e-3", "--shift", "2"]),
-    ("vit", ["--dataset", "fashion-mnist", "--epochs", "20", "--lr", "2e-3", "--dropout", "0.05"]),
-    ("gnn", ["--dataset", "mnist", "--epochs", "10", "--lr", "2e-3"]),
-    ("mlp", ["--dataset", "mnist", "--epochs", "15", "--lr", "1e-3"]),
-    ("mlp", ["--dataset", "fashion-mnist", "--epochs", "20", "--lr", "1e-3"]),
-    ("logreg", ["--dataset", "mnist", "--epochs", "10", "--lr", "1e-3"]),
-    ("logreg", ["--dataset", "fashion-mnist", "--epochs", "10", "--lr", "1e-3"]),
-]
 
 
 class WithProbabilities(nn.Module):
@@ -244,78 +211,120 @@ def fit(
     generator = torch.Generator().manual_seed(cfg.seed)
     background = (0.0 - data.mean) / data.std  # a black pixel after normalisation
     history: list[dict[str, float]] = []
-    best: tuple[float, float] = (-1.0, 0.0)  # (validation accuracy, -validation loss)
-    best_state, best_epoch, waited = copy.deepcopy(model.state_dict()), 0, 0
-    interactive = sys.stderr.isatty() and context.is_main
+    best = BestEpoch(model)
     for epoch in range(1, cfg.epochs + 1):
-        trained.train()
-        # the same permutation on every rank: each knows every global batch and takes its share
-        started, order = time.perf_counter(), torch.randperm(n, generator=generator)
-        total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"epoch {epoch}/{cfg.epochs}",
-            mininterval=0.5 if interactive else 30,
-            leave=interactive,
-            disable=not context.is_main,
+        started = time.perf_counter()
+        desc = f"epoch {epoch}/{cfg.epochs}"
+        batches = Batches(train_split, batch, steps_per_epoch, cfg.shift, background, generator)
+        train_loss, train_accuracy = train_epoch(
+            trained, batches, optimizer, schedule, cfg, context, desc
         )
-        for step in bar:
-            index = order[step * batch : (step + 1) * batch]
-            if cfg.shift and train_split.images is not None:
-                # shifted as one global batch, so the random shifts do not depend on the ranks
-                x = random_shift(train_split.images[index], cfg.shift, background, generator)
-                inputs: tuple[torch.Tensor, ...] = (context.shard(x),)  # (B / ranks, 1, 28, 28)
-            else:
-                inputs = train_split.inputs(context.shard(index))
-            y = train_split.labels[context.shard(index)].to(context.device)  # (B / ranks,)
-            logits = trained(*to_device(inputs, context.device))  # (B / ranks, classes)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total_loss += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            if step % 50 == 0:
-                bar.set_postfix(
-                    loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False
-                )
-        total_loss, correct_total, seen_total = context.sum([total_loss, float(correct), seen])
         val_loss, val_accuracy = loss_and_accuracy(model, val_split, context)
         history.append(
             {
                 "epoch": epoch,
-                "train_loss": total_loss / seen_total,
-                "train_accuracy": correct_total / seen_total,
+                "train_loss": train_loss,
+                "train_accuracy": train_accuracy,
                 "val_loss": val_loss,
                 "val_accuracy": val_accuracy,
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started,
             }
         )
-        improved = (val_accuracy, -val_loss) > best
-        if improved:
-            best, best_state, best_epoch, waited = (
-                (val_accuracy, -val_loss),
-                copy.deepcopy(model.state_dict()),
-                epoch,
-                0,
-            )
-        else:
-            waited += 1
+        improved = best.offer(epoch, val_accuracy, val_loss, model)
         say(
             context,
-            f"epoch {epoch}: train loss {history[-1]['train_loss']:.4f} "
-            f"acc {history[-1]['train_accuracy']:.4f} | "
+            f"epoch {epoch}: train loss {train_loss:.4f} acc {train_accuracy:.4f} | "
             f"val loss {val_loss:.4f} acc {val_accuracy:.4f}{' *' if improved else ''} | "
             f"{history[-1]['seconds']:.0f}s",
         )
-        if waited >= cfg.patience:  # the same decision on every rank: the numbers are reduced
+        if best.waited >= cfg.patience:  # the same decision on every rank: numbers are reduced
             say(context, f"early stop: no better validation accuracy for {cfg.patience} epochs")
             break
-    model.load_state_dict(best_state)
-    return history, best_epoch
+    model.load_state_dict(best.state)
+    return history, best.epoch
+
+
+class BestEpoch:
+    """Early stopping's memory: the best (validation accuracy, -loss) so far, its weights, and
+    how many epochs have passed without beating it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.score, self.epoch, self.waited = (-1.0, 0.0), 0, 0
+        self.state = copy.deepcopy(model.state_dict())
+
+    def offer(self, epoch: int, accuracy: float, loss: float, model: nn.Module) -> bool:
+        if (accuracy, -loss) <= self.score:
+            self.waited += 1
+            return False
+        self.score, self.epoch, self.waited = (accuracy, -loss), epoch, 0
+        self.state = copy.deepcopy(model.state_dict())
+        return True
+
+
+@dataclass
+class Batches:
+    """One epoch's global batches of the training split, in a fresh order, each shifted (when
+    `shift`) as one batch so that the random shifts do not depend on the number of ranks."""
+
+    split: Split
+    size: int
+    steps: int
+    shift: int
+    background: float
+    generator: torch.Generator
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        """The indices of each global batch, before each rank takes its share."""
+        # the same permutation on every rank: each knows every global batch and takes its share
+        order = torch.randperm(len(self.split.labels), generator=self.generator)
+        for step in range(self.steps):
+            yield order[step * self.size : (step + 1) * self.size]
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Batches,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    cfg: TrainConfig,
+    context: Distributed,
+    desc: str,
+) -> tuple[float, float]:
+    """One pass over the training split; the mean loss and accuracy over every rank."""
+    model.train()
+    split, total_loss, correct, seen = batches.split, 0.0, 0, 0
+    interactive = sys.stderr.isatty() and context.is_main
+    bar = tqdm(
+        batches,
+        total=batches.steps,
+        desc=desc,
+        mininterval=0.5 if interactive else 30,
+        leave=interactive,
+        disable=not context.is_main,
+    )
+    for step, index in enumerate(bar):
+        if cfg.shift and split.images is not None:
+            x = random_shift(split.images[index], cfg.shift, batches.background, batches.generator)
+            inputs: tuple[torch.Tensor, ...] = (context.shard(x),)  # (B / ranks, 1, 28, 28)
+        else:
+            inputs = split.inputs(context.shard(index))
+        y = split.labels[context.shard(index)].to(context.device)  # (B / ranks,)
+        logits = model(*to_device(inputs, context.device))  # (B / ranks, classes)
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        total_loss += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        if step % 50 == 0:
+            bar.set_postfix(
+                loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False
+            )
+    total_loss, correct_total, seen_total = context.sum([total_loss, float(correct), seen])
+    return total_loss / seen_total, correct_total / seen_total
 
 
 def say(context: Distributed, message: str) -> None:
@@ -462,13 +471,12 @@ def train_on(
     if cfg.max_train:
         data.train_x, data.train_y = data.train_x[: cfg.max_train], data.train_y[: cfg.max_train]
     model_cfg = with_data_fields(model_cfg, data, spec)
-    model = FAMILIES[family][1](model_cfg).to(context.device)
+    model = build_model(family, model_cfg).to(context.device)
     if context.enabled:
         torch.manual_seed(cfg.seed + context.rank)  # different dropout on each rank
     parameters = sum(p.numel() for p in model.parameters())
-    name = f"{family}-{cfg.dataset}"
     splits = make_splits(data, spec)
-    say(context, f"{name}: {parameters:,} parameters, splits {data.splits()}")
+    say(context, f"{family}-{data.name}: {parameters:,} parameters, splits {data.splits()}")
     if context.enabled:
         say(context, f"{context.world_size} ranks, device {context.device}")
 
@@ -478,99 +486,137 @@ def train_on(
     torch_loss, torch_accuracy = loss_and_accuracy(model, splits["test"], context)
     if not context.is_main:
         return None  # rank 0 exports and publishes
-    model = model.cpu()
+    trained = Trained(model.cpu(), history, best_epoch, seconds, torch_loss, torch_accuracy)
+    return publish(
+        release(family, cfg, model_cfg, data, splits, spec, trained, context), cfg.models_dir
+    )
 
-    cfg.models_dir.mkdir(parents=True, exist_ok=True)
-    # Staged inside the repository so publishing is a rename on the same file system.
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=cfg.models_dir))
-    staging.chmod(0o755)  # mkdtemp's 0700 would hide the version from a service run as another user
-    test_split = splits["test"]
-    try:
-        wrapper = WithProbabilities if spec is None else GraphWithProbabilities
-        exported = wrapper(model).eval()
+
+@dataclass
+class Trained:
+    """What the loop left: the model (best validation epoch) and how it got there."""
+
+    model: nn.Module
+    history: list[dict[str, float]]
+    best_epoch: int
+    seconds: float
+    torch_test_loss: float
+    torch_test_accuracy: float
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def release(
+    family: str,
+    cfg: TrainConfig,
+    model_cfg: Any,
+    data: ImageDataset,
+    splits: dict[str, Split],
+    spec: GraphSpec | None,
+    trained: Trained,
+    context: Distributed,
+) -> Release:
+    """The version to publish: logits + probabilities, verified on real test inputs, measured
+    on the whole test split through onnxruntime (the card's numbers)."""
+    name, test_split = f"{family}-{data.name}", splits["test"]
+    exported = (WithProbabilities if spec is None else GraphWithProbabilities)(trained.model)
+    if spec is not None:
+        nodes, edges = torch.export.Dim("nodes"), torch.export.Dim("edges")
+        dynamic: Any = ({0: nodes}, {1: edges}, {0: nodes})
+    else:
+        dynamic = ({0: "batch"},)
+    graph = Graph(
+        "model.onnx",
+        exported.eval(),
+        # two examples: with one, the exporter may specialise the batch (or graph) axis
+        example=example_inputs(test_split, 2),
+        outputs=["logits", "probabilities"],
+        check=example_inputs(test_split, cfg.verify_images),
+        dynamic_shapes=dynamic,
+    )
+
+    def measure(staging: Path) -> dict[str, Any]:
         onnx_path = staging / "model.onnx"
-        # Two examples: with one, the exporter may specialise the batch (or graph) axis.
-        example = example_inputs(test_split, 2)
-        if spec is not None:
-            nodes, edges = torch.export.Dim("nodes"), torch.export.Dim("edges")
-            dynamic: Any = ({0: nodes}, {1: edges}, {0: nodes})
-        else:
-            dynamic = ({0: "batch"},)
-        export_onnx(
-            exported,
-            tuple(example.values()),
-            onnx_path,
-            input_names=list(example),
-            output_names=["logits", "probabilities"],
-            dynamic_shapes=dynamic,
-            opset=cfg.opset,
-        )
-        verified = example_inputs(test_split, cfg.verify_images)
-        max_abs_diff = verify(exported, onnx_path, verified, cfg.tolerance)
         if test_split.graphs is not None:
-            test = evaluate_onnx_graphs(
-                onnx_path, test_split.graphs, test_split.labels.numpy(), data.labels
-            )
+            labels = test_split.labels.numpy()
+            test = evaluate_onnx_graphs(onnx_path, test_split.graphs, labels, data.labels)
         else:
             test = evaluate_onnx(onnx_path, data.test_x.numpy(), data.test_y.numpy(), data.labels)
         print(
             f"{name}: test accuracy {test['accuracy']:.4f} with onnxruntime "
-            f"({torch_accuracy:.4f} in torch), max |onnx - torch| {max_abs_diff:.2g}",
+            f"({trained.torch_test_accuracy:.4f} in torch)",
             flush=True,
         )
-        plot_curves(
-            history, best_epoch, staging / "curves.png", f"{name}: {parameters:,} parameters"
-        )
-        best = history[best_epoch - 1]
-        card = {
-            "family": family,
-            "task": "classification",
-            "dataset": {
-                "name": data.name,
-                "source": data.source,
-                "sha256": data.sha256,
-                "splits": data.splits(),
-            },
+        best = trained.history[trained.best_epoch - 1]
+        measured: dict[str, Any] = {
             "metrics": {
                 "test_accuracy": test["accuracy"],
                 "test_loss": test["loss"],
                 "per_class_accuracy": test["per_class_accuracy"],
                 "validation_accuracy": best["val_accuracy"],
                 "validation_loss": best["val_loss"],
-                "torch_test_accuracy": torch_accuracy,
-                "torch_test_loss": torch_loss,
+                "torch_test_accuracy": trained.torch_test_accuracy,
+                "torch_test_loss": trained.torch_test_loss,
                 "measured_with": f"onnxruntime on model.onnx, {len(data.test_y)} test images",
             },
             "confusion_matrix": test["confusion_matrix"],
-            "training": {
-                "config": {**as_json(cfg), "models_dir": None, "model": as_json(model_cfg)},
-                "graph": spec.to_config() if spec else None,
-                "ranks": context.world_size,
-                "epochs_run": len(history),
-                "best_epoch": best_epoch,
-                "seconds": round(seconds, 1),
-                "parameters": parameters,
-                "history": history,
-            },
-            "export": {
-                "opset": cfg.opset,
-                "max_abs_diff": max_abs_diff,
-                "tolerance": cfg.tolerance,
-                "verified_on": f"{len(test_split.labels[: cfg.verify_images])} test images",
-            },
         }
         if family in {"vit", "gnn"}:
             split = Split(test_split.labels, data.test_x, test_split.graphs)
-            card["comparison"] = comparison(name, onnx_path, split, test, parameters, cfg)
-        version = next_version(cfg.models_dir / name)
-        markdown = classifier_card_markdown(name, version, card, data.labels, sha256_of(onnx_path))
-        (staging / "card.md").write_text(markdown)
-        config = classifier_config(family, data, spec)
-        target = publish_version(staging, cfg.models_dir, name, config, card, version=version)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already when published
-    print(f"published {target}", flush=True)
-    return target
+            parameters = trained.parameters
+            measured["comparison"] = comparison(name, onnx_path, split, test, parameters, cfg)
+        return measured
+
+    def write_files(staging: Path) -> None:
+        title = f"{name}: {trained.parameters:,} parameters"
+        plot_curves(trained.history, trained.best_epoch, staging / "curves.png", title)
+
+    return Release(
+        name=name,
+        config=classifier_config(family, data, spec),
+        card=training_card(family, cfg, model_cfg, data, spec, trained, context),
+        graphs=[graph],
+        tolerance=cfg.tolerance,
+        opset=cfg.opset,
+        verified_on=f"{len(test_split.labels[: cfg.verify_images])} test images",
+        measure=measure,
+        write_files=write_files,
+        describe=lambda card: classifier_card_markdown(card, data.labels),
+    )
+
+
+def training_card(
+    family: str,
+    cfg: TrainConfig,
+    model_cfg: Any,
+    data: ImageDataset,
+    spec: GraphSpec | None,
+    trained: Trained,
+    context: Distributed,
+) -> dict[str, Any]:
+    """What the card says before measuring: the data and how the model was trained."""
+    return {
+        "family": family,
+        "task": "classification",
+        "dataset": {
+            "name": data.name,
+            "source": data.source,
+            "sha256": data.sha256,
+            "splits": data.splits(),
+        },
+        "training": {
+            "config": {**as_json(cfg), "models_dir": None, "model": as_json(model_cfg)},
+            "graph": spec.to_config() if spec else None,
+            "ranks": context.world_size,
+            "epochs_run": len(trained.history),
+            "best_epoch": trained.best_epoch,
+            "seconds": round(trained.seconds, 1),
+            "parameters": trained.parameters,
+            "history": trained.history,
+        },
+    }
 
 
 def evaluate(family: str, cfg: EvaluateConfig) -> int:
@@ -603,16 +649,14 @@ def retime(model_dir: Path, card: dict[str, Any], cfg: EvaluateConfig) -> None:
     card["comparison"] = comparison(
         model_dir.name, version / "model.onnx", split, test, parameters, train_cfg
     )
-    sha256 = card["files"]["model.onnx"]["sha256"]
-    markdown = classifier_card_markdown(model_dir.name, card["version"], card, data.labels, sha256)
-    (version / "card.md").write_text(markdown)
+    (version / "card.md").write_text(classifier_card_markdown(card, data.labels))
     write_json(version / "card.json", card)
     print(json.dumps(card["comparison"], indent=1))
 
 
 def option_configs(family: str) -> list[Any]:
     """The configs whose fields are the options of `train family`: the graph conversion's too."""
-    configs = [TrainConfig(), FAMILIES[family][0]()]
+    configs = [TrainConfig(), default_model_config(family)]
     return [*configs, GraphSpec()] if family in GRAPH_FAMILIES else configs
 
 
@@ -627,9 +671,10 @@ def usage(family: str) -> str:
 
 
 def main(command: str, family: str, argv: list[str]) -> int:
-    if family not in FAMILIES:
+    if family not in CLASSIFIERS:
         print(
-            f"{family}: not implemented; image classifiers: {', '.join(FAMILIES)}", file=sys.stderr
+            f"{family}: not implemented; image classifiers: {', '.join(CLASSIFIERS)}",
+            file=sys.stderr,
         )
         return 2
     if "--help" in argv or "-h" in argv:
@@ -651,4 +696,4 @@ def main(command: str, family: str, argv: list[str]) -> int:
 
 def train_all(models_dir: Path | None = None) -> int:
     """Train and publish every shipped classifier, one after the other (cnn-mnist first)."""
-    return train_each(main, SHIPPED_RUNS, models_dir)
+    return train_each(main, shipped_runs("classifier"), models_dir)

@@ -26,32 +26,38 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from service.tasks.imagegen import to_uint8
+from training.data.images import ImageData
 from training.distributed import Distributed
-from training.generative import (
+from training.generators.common import (
     EMA,
     Clock,
     History,
-    ImageData,
     RunConfig,
     base_config,
     check_batch,
+    decoder_family_options,
     export_decoder_family,
-    export_graph,
-    latest_version,
+    first,
     load_checkpoint,
     model_name,
     parameter_count,
     plot_curves,
+    publish_release,
     random_batches,
     ranks_mean,
     save_checkpoint,
-    ship,
-    staging_folder,
     tensor_spec,
     train_decoder_family,
 )
+from training.generators.generation_config import decoder_generation
+from training.generators.generator_eval import (
+    ClassifierProbe,
+    class_consistency,
+    frechet_distance,
+)
 from training.models.gan import Discriminator, GANConfig, Generator
-from training.overrides import apply_overrides
+from training.publish import Graph, latest_version
 
 
 @dataclass
@@ -96,9 +102,7 @@ class Monitor:
     REFERENCE = 10000  # training images in the reference
 
     def __init__(self, run: RunConfig, data: ImageData) -> None:
-        from training.evaluate_generation import ClassifierProbe
-
-        classifier = run.classifier or latest_version(run.models_dir, f"cnn-{data.name}")
+        classifier = run.classifier or latest_version(run.models_dir / f"cnn-{data.name}")
         self.probe = ClassifierProbe(classifier, run.threads)
         order = np.random.default_rng(run.seed).permutation(len(data.train_images))
         self.reference, _ = self.probe(data.train_images[order[: self.REFERENCE]])
@@ -108,9 +112,6 @@ class Monitor:
     @torch.no_grad()
     def __call__(self, generator: Generator) -> tuple[float, float]:
         """(FCD against the training images, class consistency) of SAMPLES balanced samples."""
-        from service.tasks.imagegen import to_uint8
-        from training.evaluate_generation import class_consistency, frechet_distance
-
         rng = torch.Generator().manual_seed(self.seed + 1)
         labels = torch.arange(self.SAMPLES) % self.num_classes
         latent = torch.randn(self.SAMPLES, generator.config.latent_dim, generator=rng)
@@ -160,6 +161,78 @@ def standing_statistics(generator: nn.Module, batches: int, batch_size: int, see
     generator.eval()
 
 
+class Adversaries:
+    """The generator and the discriminator, their DDP wrappers and optimisers: the two steps of
+    one iteration. Every random draw is of the global batch, then each rank takes its share."""
+
+    def __init__(
+        self,
+        generator: Generator,
+        discriminator: Discriminator,
+        config: GANTrainConfig,
+        model_config: GANConfig,
+        context: Distributed,
+    ) -> None:
+        self.generator, self.discriminator = generator, discriminator
+        self.trained_g, self.trained_d = context.wrap(generator), context.wrap(discriminator)
+        betas = (config.beta1, 0.999)
+        self.g_optimizer = torch.optim.Adam(
+            generator.parameters(), lr=config.learning_rate, betas=betas
+        )
+        self.d_optimizer = torch.optim.Adam(
+            discriminator.parameters(), lr=config.learning_rate, betas=betas
+        )
+        self.config, self.model_config, self.context = config, model_config, context
+
+    def set_learning_rate(self, rate: float) -> None:
+        for group in [*self.g_optimizer.param_groups, *self.d_optimizer.param_groups]:
+            group["lr"] = rate
+
+    def draw(self, labels: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents for `labels` (the global batch's), both cut to this rank's share."""
+        latent = torch.randn(len(labels), self.model_config.latent_dim, generator=rng)
+        device = self.context.device
+        return self.context.shard(labels).to(device), self.context.shard(latent).to(device)
+
+    def discriminator_step(
+        self, real: torch.Tensor, real_labels: torch.Tensor, batch: int, rng: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Real images against the generator's (detached): the discriminator learns."""
+        set_frozen(self.discriminator, False)
+        fake_labels = torch.randint(0, self.model_config.num_classes, (batch,), generator=rng)
+        fake_labels, latent = self.draw(fake_labels, rng)
+        with torch.no_grad():
+            fake = self.generator(latent, fake_labels)
+        real_logits = self.trained_d(real, real_labels)
+        fake_logits = self.trained_d(fake, fake_labels)
+        d_loss = F.binary_cross_entropy_with_logits(
+            real_logits, torch.full_like(real_logits, self.config.real_target)
+        ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        self.d_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.d_optimizer.step()
+        return {
+            "discriminator_loss": d_loss.detach(),
+            "d_real": torch.sigmoid(real_logits).mean().detach(),
+            "d_fake": torch.sigmoid(fake_logits).mean().detach(),
+        }
+
+    def generator_step(self, batch: int, rng: torch.Generator) -> dict[str, torch.Tensor]:
+        """The discriminator frozen, the generator learns to fool it; the two halves of the batch
+        share their labels, so the mode-seeking term compares two latents of one class."""
+        set_frozen(self.discriminator, True)
+        half = torch.randint(0, self.model_config.num_classes, (batch // 2,), generator=rng)
+        fake_labels, latent = self.draw(half.repeat(2), rng)
+        fake = self.trained_g(latent, fake_labels)
+        g_logits = self.discriminator(fake, fake_labels)
+        g_loss = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
+        diversity = mode_seeking_ratio(fake, latent)
+        self.g_optimizer.zero_grad(set_to_none=True)
+        (g_loss + self.config.mode_seeking_weight / (diversity + 1e-5)).backward()
+        self.g_optimizer.step()
+        return {"generator_loss": g_loss.detach(), "diversity": diversity.detach()}
+
+
 def train_model(
     run: RunConfig,
     config: GANTrainConfig,
@@ -179,15 +252,12 @@ def train_model(
     x, y = data.train_tensors()
     generator = Generator(model_config).to(device)
     discriminator = Discriminator(model_config).to(device)
-    trained_g, trained_d = context.wrap(generator), context.wrap(discriminator)
     if context.is_main:
         print(
             f"GAN: generator {parameter_count(generator):,}, discriminator "
             f"{parameter_count(discriminator):,} parameters; {len(x):,} training images"
         )
-    betas = (config.beta1, 0.999)
-    g_optimizer = torch.optim.Adam(generator.parameters(), lr=config.learning_rate, betas=betas)
-    d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.learning_rate, betas=betas)
+    pair = Adversaries(generator, discriminator, config, model_config, context)
     earlier = load_checkpoint(config.resume) if config.resume else None
     if earlier is not None:
         generator.load_state_dict(earlier["state_dict"])
@@ -218,65 +288,21 @@ def train_model(
 
     rng = torch.Generator().manual_seed(run.seed)
     batches = random_batches(len(x), config.batch_size, rng)
-    num_classes = model_config.num_classes
     iteration = 0
     bar = tqdm(total=config.iterations, desc="gan", mininterval=5, disable=not context.is_main)
     while iteration < config.iterations and clock.progress(iteration) < 1.0:
         if config.lr_decay:
-            rate = clock.learning_rate(iteration, config.learning_rate, warmup=0)
-            for group in [*g_optimizer.param_groups, *d_optimizer.param_groups]:
-                group["lr"] = rate
+            pair.set_learning_rate(clock.learning_rate(iteration, config.learning_rate, warmup=0))
         index = next(batches)  # the global batch; every random draw below is global too
         b = len(index)
         index = context.shard(index)  # then each rank takes its share
-        real, real_labels = x[index].to(device), y[index].to(device)
-        # 1. discriminator step, generator frozen (its output detached)
-        set_frozen(discriminator, False)
-        fake_labels = torch.randint(0, num_classes, (b,), generator=rng)
-        latent = torch.randn(b, model_config.latent_dim, generator=rng)
-        fake_labels, latent = (
-            context.shard(fake_labels).to(device),
-            context.shard(latent).to(device),
-        )
-        with torch.no_grad():
-            fake = generator(latent, fake_labels)
-        real_logits = trained_d(real, real_labels)
-        fake_logits = trained_d(fake, fake_labels)
-        d_loss = F.binary_cross_entropy_with_logits(
-            real_logits, torch.full_like(real_logits, config.real_target)
-        ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-        d_optimizer.zero_grad(set_to_none=True)
-        d_loss.backward()
-        d_optimizer.step()
-        # 2. generator step, discriminator frozen; the two halves share their labels
-        set_frozen(discriminator, True)
-        fake_labels = torch.randint(0, num_classes, (b // 2,), generator=rng).repeat(2)
-        latent = torch.randn(len(fake_labels), model_config.latent_dim, generator=rng)
-        fake_labels, latent = (
-            context.shard(fake_labels).to(device),
-            context.shard(latent).to(device),
-        )
-        fake = trained_g(latent, fake_labels)
-        g_logits = discriminator(fake, fake_labels)
-        g_loss = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
-        diversity = mode_seeking_ratio(fake, latent)
-        g_optimizer.zero_grad(set_to_none=True)
-        (g_loss + config.mode_seeking_weight / (diversity + 1e-5)).backward()
-        g_optimizer.step()
+        step = pair.discriminator_step(x[index].to(device), y[index].to(device), b, rng)
+        step |= pair.generator_step(b, rng)
         ema.update(generator, iteration)
         iteration += 1
         if iteration % config.log_every == 0 or iteration == 1:
-            history.log(
-                done + iteration,
-                **ranks_mean(
-                    context,
-                    discriminator_loss=d_loss.item(),
-                    generator_loss=g_loss.item(),
-                    d_real=torch.sigmoid(real_logits).mean().item(),
-                    d_fake=torch.sigmoid(fake_logits).mean().item(),
-                    diversity=diversity.item(),
-                ),
-            )
+            values = {name: tensor.item() for name, tensor in step.items()}
+            history.log(done + iteration, **ranks_mean(context, **values))
             bar.set_postfix(
                 d=f"{history.last_mean('discriminator_loss'):.3f}",
                 g=f"{history.last_mean('generator_loss'):.3f}",
@@ -310,30 +336,25 @@ def export_version(run: RunConfig, data: ImageData, checkpoint: Path) -> Path:
     generator = Generator(model_config)
     generator.load_state_dict(saved["state_dict"])
     generator.eval()
-    name = model_name("gan", data.name)
-    staging = staging_folder(run, name)
+    name = f"gan-{data.name}"
     check = {
         "latent": torch.randn(64, model_config.latent_dim),
         "label": torch.arange(64) % model_config.num_classes,
     }
-    diff = export_graph(
-        generator,
-        {k: v[:2] for k, v in check.items()},
-        check,
-        ["image"],
-        staging / "model.onnx",
-        run.tolerance,
-    )
+    graph = Graph("model.onnx", generator, first(check, 2), ["image"], check)
     history = History(
         saved["history"]["iterations"],
         {k: v for k, v in saved["history"].items() if k != "iterations"},
     )
-    plot_curves(
-        history,
-        staging / "curves.png",
-        f"{name}: adversarial losses",
-        [["discriminator_loss", "generator_loss"], ["d_real", "d_fake"], ["diversity"]],
-    )
+
+    def write_files(staging: Path) -> None:
+        plot_curves(
+            history,
+            staging / "curves.png",
+            f"{name}: adversarial losses",
+            [["discriminator_loss", "generator_loss"], ["d_real", "d_fake"], ["diversity"]],
+        )
+
     config = base_config(
         "gan",
         data,
@@ -343,19 +364,8 @@ def export_version(run: RunConfig, data: ImageData, checkpoint: Path) -> Path:
         ],
         [tensor_spec("image", "FP32", [1, 28, 28])],
     )
-    config["generation"] = {
-        "kind": "decoder",
-        "image_shape": [1, 28, 28],
-        "latent_shape": [model_config.latent_dim],
-        "output_range": [0.0, 1.0],
-        "num_classes": model_config.num_classes,
-        "decoder": {
-            "graph": "model",
-            "latent_input": "latent",
-            "label_input": "label",
-            "output": "image",
-        },
-    }
+    latent, classes = model_config.latent_dim, model_config.num_classes
+    config["generation"] = decoder_generation(latent, classes, encoder=False)
     card = {
         "description": "Class-conditional DCGAN generator: z ~ N(0, I) and a label -> image in "
         "[0, 1]; the exponential moving average of the generator's weights. Trained against a "
@@ -377,21 +387,13 @@ def export_version(run: RunConfig, data: ImageData, checkpoint: Path) -> Path:
             "monitor": saved.get("monitor", {}),
             "resumed_from": saved.get("resumed_from"),  # counted in iterations and seconds
         },
-        "export": {"max_abs_diff": {"model.onnx": diff}, "verified_on": "64 random latents"},
     }
-    return ship(run, "gan", data, staging, config, card, None)
+    verified = "64 random latents"
+    return publish_release(run, "gan", data, [graph], config, card, None, write_files, verified)
 
 
 def parse(argv: list[str]) -> tuple[RunConfig, GANTrainConfig, GANConfig]:
-    run, config, model = apply_overrides(
-        argv, RunConfig(max_minutes=10.0), GANTrainConfig(), GANConfig(), fixed=("num_classes",)
-    )
-    assert (
-        isinstance(run, RunConfig)
-        and isinstance(config, GANTrainConfig)
-        and isinstance(model, GANConfig)
-    )
-    return run, config, model
+    return decoder_family_options(argv, GANTrainConfig(), GANConfig())
 
 
 def train(family: str, argv: list[str]) -> Path | None:

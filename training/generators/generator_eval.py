@@ -24,8 +24,10 @@ import onnx
 import onnxruntime as ort
 
 from service.tasks.imagegen import generate, grid_png
-from training.data.images import fixed_permutation
-from training.generative import latest_version
+from training.data.images import fixed_permutation, load_image_data
+from training.families import of_group
+from training.onnx_export import onnx_session
+from training.publish import latest_version
 
 SAMPLE_SEED = 1234  # seed of the scored samples (not the training seed: a different draw)
 GRID_PER_CLASS = 10  # images per row of samples.png
@@ -75,11 +77,7 @@ class ClassifierProbe:
                 onnx.helper.make_tensor_value_info(self.feature_name, onnx.TensorProto.FLOAT, None)
             )
         self.input_name = model.graph.input[0].name
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = onnx_session(model.SerializeToString(), threads)
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 images (N, 28, 28) -> features (N, D), logits (N, classes)."""
@@ -105,15 +103,8 @@ def load_sessions(
     version_dir: Path, config: Mapping[str, Any], threads: int = 1
 ) -> dict[str, ort.InferenceSession]:
     """model.onnx as "model" and every graph of config["graphs"] under its role."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
     files = {"model": "model.onnx", **config.get("graphs", {})}
-    return {
-        role: ort.InferenceSession(
-            str(version_dir / name), options, providers=["CPUExecutionProvider"]
-        )
-        for role, name in files.items()
-    }
+    return {role: onnx_session(version_dir / name, threads) for role, name in files.items()}
 
 
 def balanced_labels(count: int, num_classes: int) -> np.ndarray:
@@ -199,7 +190,7 @@ def evaluate_version(
     write_grid: bool = True,
 ) -> dict[str, Any]:
     """Every metric of the card, plus samples.png written into `version_dir` (unless told not to)."""
-    classifier_dir = run.classifier or latest_version(run.models_dir, f"cnn-{data.name}")
+    classifier_dir = run.classifier or latest_version(run.models_dir / f"cnn-{data.name}")
     probe = ClassifierProbe(classifier_dir, run.threads)
     settings = list(settings or [{}])
     counts = [int(s.get("samples", run.eval_samples)) for s in settings]
@@ -221,10 +212,8 @@ def evaluate_version(
 
 def evaluate_shipped(family: str, run: Any, version: Path | None = None) -> dict[str, Any]:
     """Re-measure a shipped version (default: the latest) with the settings its card lists."""
-    from training.generative import load_image_data, model_name
-
     data = load_image_data(run.dataset, run.data_dir)
-    version_dir = version or latest_version(run.models_dir, model_name(family, data.name))
+    version_dir = version or latest_version(run.models_dir / f"{family}-{data.name}")
     config = json.loads((version_dir.parent / "config.json").read_text())
     card = json.loads((version_dir / "card.json").read_text())
     keys = ("sampler", "steps", "guidance", "samples")
@@ -238,7 +227,7 @@ def evaluate_shipped(family: str, run: Any, version: Path | None = None) -> dict
 # The card for people
 
 
-def write_card_markdown(version_dir: Path, card: Mapping[str, Any]) -> None:
+def generator_card_markdown(card: Mapping[str, Any]) -> str:
     """card.md from card.json: what it is, how good it is, how it was made."""
     lines = [
         f"# {card['name']} version {card['version']}",
@@ -313,11 +302,11 @@ def write_card_markdown(version_dir: Path, card: Mapping[str, Any]) -> None:
         "|---|---|---|",
     ]
     lines += [f"| {name} | `{f['sha256']}` | {f['bytes']:,} |" for name, f in card["files"].items()]
-    (version_dir / "card.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def monitor_lines(monitor: Mapping[str, Any]) -> list[str]:
-    """The GAN monitor's readings while training (training/train_gan.py), if it ran."""
+    """The GAN monitor's readings while training (training/generators/train_gan.py), if it ran."""
     if not monitor.get("iterations"):
         return []
     readings = ", ".join(
@@ -334,15 +323,13 @@ def monitor_lines(monitor: Mapping[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The README's table of every shipped generator
-
-README_FAMILIES = ("vae", "gan", "diffusion", "latent-diffusion")  # the order of the table
+# docs/models.md's table of every shipped generator
 
 
-def readme_quality_table(models_dir: Path, dataset: str = "mnist") -> str:
-    """The quality table and sample grids for README.md, from the latest card of each family.
+def generator_table(models_dir: Path, dataset: str = "mnist") -> str:
+    """The quality table and sample grids of docs/models.md, from the latest card of each family.
 
-    tests/generate/test_shipped_generators.py checks that the README holds exactly this text.
+    tests/generate/test_shipped_generators.py checks that docs/models.md holds exactly this text.
     """
     lines = [
         "| model | sampler | steps | guidance | samples | class consistency | FCD |",
@@ -351,9 +338,9 @@ def readme_quality_table(models_dir: Path, dataset: str = "mnist") -> str:
     grids: list[str] = []
     real: dict[int, dict[str, Any]] = {}  # sample count -> real training images scored alike
     floor: tuple[int, float] | None = None  # (images per half, FCD)
-    for family in README_FAMILIES:
+    for family in of_group("generator"):  # vae, gan, diffusion, latent-diffusion
         try:
-            version = latest_version(models_dir, f"{family}-{dataset}")
+            version = latest_version(models_dir / f"{family}-{dataset}")
         except FileNotFoundError:
             continue
         card = json.loads((version / "card.json").read_text())
@@ -366,7 +353,7 @@ def readme_quality_table(models_dir: Path, dataset: str = "mnist") -> str:
             )
         real |= {int(row["samples"]): row for row in metrics["real_train_images"]}
         floor = floor or (card["dataset"]["splits"]["test"] // 2, metrics["fcd_floor_test_halves"])
-        relative = version.relative_to(models_dir.parent)
+        relative = Path("..") / version.relative_to(models_dir.parent)  # from docs/models.md
         grids.append(f"| {card['name']} | ![{card['name']} samples]({relative}/samples.png) |")
     if floor is None:
         return ""
