@@ -333,6 +333,16 @@ SYSTEMS: dict[str, System] = {
             "seedserve-nobatch", {"SEEDSERVE_BATCHING": "false"}, description="ours, batching off"
         ),
         seedserve("seedserve-2workers", {}, 2, description="ours, 2 worker processes"),
+        seedserve(
+            "seedserve-noinline",
+            {"SEEDSERVE_INLINE_MAX_MS": "0"},
+            description="ours, a lone request always hops to an inference thread (round one)",
+        ),
+        seedserve(
+            "seedserve-granian",
+            {"SEEDSERVE_HTTP_SERVER": "granian"},
+            description="ours under Granian (Rust HTTP server) instead of uvicorn",
+        ),
         System(
             "naive-fastapi",
             start_naive,

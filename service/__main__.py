@@ -60,19 +60,41 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stopped)
     try:
-        uvicorn.run(
-            "service.app:create_app",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=settings.shutdown_timeout_s,
-        )
+        if settings.http_server == "granian":
+            serve_with_granian(settings)
+        else:
+            uvicorn.run(
+                "service.app:create_app",
+                factory=True,
+                host=settings.host,
+                port=settings.port,
+                workers=settings.workers,
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=settings.shutdown_timeout_s,
+            )
     finally:
         for folder in run_dirs:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def serve_with_granian(settings: Settings) -> None:
+    """The same app under Granian: its Rust HTTP/1.1 server hands each request to the ASGI app
+    on one asyncio loop per worker (lifespan included, so models and gRPC start as usual)."""
+    from granian import Granian  # optional: only when asked for
+    from granian.constants import Interfaces
+
+    Granian(
+        "service.app:create_app",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        runtime_threads=1,
+        log_enabled=False,
+        workers_kill_timeout=max(1, int(settings.shutdown_timeout_s)),
+    ).serve()
 
 
 def _stopped(signum: int, frame: FrameType | None) -> None:

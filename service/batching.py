@@ -48,6 +48,9 @@ class BatchPolicy:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 1024  # requests waiting, not items
     concurrency: int = 1  # batches of this graph running at once
+    # a request that finds nothing queued or running runs on the event loop itself when calls
+    # of this graph typically take at most this long (0 = never): no task, no thread hop
+    inline_max_s: float = 0.0
 
 
 @dataclass
@@ -85,7 +88,14 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._running: set[asyncio.Task[None]] = set()
+        self._busy = 0  # batches taken and not yet answered
+        # the metric children this batcher updates, looked up once
         self._depth = metrics.queue_depth.labels(*labels)
+        self._queue_duration = metrics.queue_duration.labels(*labels)
+        self._batch_size = metrics.batch_size.labels(*labels)
+        self._inference_count = metrics.inference_count.labels(*labels)
+        self._compute_duration = metrics.compute_duration.labels(*labels)
+        self._typical_s = float("inf")  # moving average of a call's run time, once measured
 
     async def submit(
         self, feeds: Mapping[str, np.ndarray], deadline: float | None = None
@@ -97,8 +107,10 @@ class Batcher:
                 f"model {self.labels[0]!r} has {len(self._queue)} requests queued, its limit; retry later",
                 retry_after_s=1.0,
             )
-        loop = asyncio.get_running_loop()
         first = next(iter(feeds.values()))
+        if self._runs_inline():
+            return self._run_inline(feeds, int(first.shape[0]))
+        loop = asyncio.get_running_loop()
         trace = tracing.current()
         pending = Pending(
             feeds=feeds,
@@ -117,6 +129,50 @@ class Batcher:
             # in a context of its own: the dispatcher outlives this request (and its span)
             self._task = loop.create_task(self._dispatch_forever(), context=contextvars.Context())
         return await pending.future
+
+    def _runs_inline(self) -> bool:
+        """The only request the process is serving, nothing queued or running for this graph: a
+        cheap call is faster on the loop than a hop to an inference thread and back (the naive
+        handler's way). With other requests in flight it queues, so that they can batch with
+        it. Traced requests keep the batcher's spans, so they take the usual path."""
+        return (
+            self._typical_s <= self.policy.inline_max_s
+            and self.metrics.requests_in_flight <= 1
+            and not self._queue
+            and not self._busy
+            and not self._closing
+            and not tracing.on()
+        )
+
+    def _run_inline(self, feeds: Mapping[str, np.ndarray], size: int) -> list[np.ndarray]:
+        started = time.perf_counter()
+        outputs, infer_s = self._run(feeds)
+        self._record([0.0], size, 1, started, started, started + infer_s, infer_s)
+        return outputs
+
+    def _record(
+        self,
+        waits: list[float],
+        total: int,
+        requests: int,
+        started: float,
+        stacked: float,
+        returned: float,
+        infer_s: float,
+    ) -> None:
+        """Metrics and statistics of one batch: each request's queue time, then the call."""
+        for waited in waits:
+            self._queue_duration.observe(waited)
+            self.stats.queued(int(waited * 1e9))
+        self._batch_size.observe(total)
+        self._inference_count.inc(total)
+        self.stats.executed(
+            total,
+            requests,
+            input_ns=int((stacked - started) * 1e9),
+            infer_ns=int(infer_s * 1e9),
+            output_ns=int((time.perf_counter() - returned) * 1e9),
+        )
 
     async def close(self) -> None:
         """Finish every queued and running request, then stop the dispatcher. A request that
@@ -142,6 +198,7 @@ class Batcher:
                 if not batch:
                     self._slots.release()
                     continue
+                self._busy += 1
                 task = asyncio.get_running_loop().create_task(self._execute(batch))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
@@ -221,10 +278,6 @@ class Batcher:
     async def _execute(self, batch: list[Pending]) -> None:
         try:
             started = time.perf_counter()
-            for item in batch:
-                waited = started - item.enqueued
-                self.metrics.queue_duration.labels(*self.labels).observe(waited)
-                self.stats.queued(int(waited * 1e9))
             names = [k for k, _, _ in batch[0].signature]
             if len(batch) == 1:
                 feeds = dict(batch[0].feeds)
@@ -245,21 +298,15 @@ class Batcher:
                         item.future.set_exception(exc)
                 return
             returned = time.perf_counter()
-            self.metrics.batch_size.labels(*self.labels).observe(total)
-            self.metrics.inference_count.labels(*self.labels).inc(total)
             offset = 0
             for item in batch:
                 if not item.future.done():
                     item.future.set_result([out[offset : offset + item.size] for out in outputs])
                 offset += item.size
-            self.stats.executed(
-                total,
-                len(batch),
-                input_ns=int((stacked - started) * 1e9),
-                infer_ns=int(infer_s * 1e9),
-                output_ns=int((time.perf_counter() - returned) * 1e9),
-            )
+            waits = [started - item.enqueued for item in batch]
+            self._record(waits, total, len(batch), started, stacked, returned, infer_s)
         finally:
+            self._busy -= 1
             self._slots.release()
 
     async def _run_traced(
@@ -289,5 +336,8 @@ class Batcher:
         started = time.perf_counter()
         outputs = self.graph.run(feeds)
         took = time.perf_counter() - started
-        self.metrics.compute_duration.labels(*self.labels).observe(took)
+        self._compute_duration.observe(took)
+        # a short memory (1/8): a model that gets slower (bigger inputs) leaves the loop soon
+        typical = self._typical_s
+        self._typical_s = took if typical == float("inf") else typical + (took - typical) / 8
         return outputs, took

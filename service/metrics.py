@@ -20,6 +20,9 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # HTTP and gRPC requests this process is serving now (the gauges' sum, readable without
+        # the registry): a batcher runs a lone request inline only when it is 1
+        self.requests_in_flight = 0
         # With several worker processes (`--workers N`), prometheus_client writes every sample to
         # files in PROMETHEUS_MULTIPROC_DIR and /metrics merges them; gauges then need a rule
         # for combining processes.

@@ -117,12 +117,14 @@ class RequestMiddleware:
                 response_headers.append((b"traceparent", tracing.traceparent(span).encode()))
             if counted:
                 self.metrics.http_in_flight.inc()
+                self.metrics.requests_in_flight += 1
             try:
                 await self.app(scope, limited_receive, send_or_refuse)
             finally:
                 elapsed = time.perf_counter() - start
                 if counted:
                     self.metrics.http_in_flight.dec()
+                    self.metrics.requests_in_flight -= 1
                     route = _route_template(scope)
                     method = scope["method"]
                     self.metrics.http_requests.labels(method, route, str(status)).inc()

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     and `grpc.health.v1.Health`), on the same address; 0 = no gRPC."""
     workers: int = Field(1, ge=1, le=64)
     """Server processes (each loads every model)."""
+    http_server: Literal["uvicorn", "granian"] = "uvicorn"
+    """The HTTP server that runs the app: uvicorn (httptools), or Granian (a Rust HTTP server
+    for ASGI apps; `pip install granian`). Measured side by side in docs/benchmarks.md."""
     cluster_dir: Path | None = None
     """The folder the worker processes share to keep one repository state (loads, unloads and
     polling apply on every worker); set by `python -m service --workers N` to a private folder
@@ -84,6 +87,11 @@ class Settings(BaseSettings):
     max_sequence_state_bytes: int = Field(256 * 1024 * 1024, ge=1)
     """Bytes of sequence state a stateful model version keeps, all its sequences together; a
     request that would go over gets 503 and its sequence keeps its previous state."""
+    inline_max_ms: float = Field(0.25, ge=0, le=100)
+    """A batched model's request that finds nothing queued or running for its graph runs on the
+    event loop itself, without the hop to an inference thread, when the graph's calls take at
+    most this many milliseconds on average (0 = always hand over to the inference threads).
+    Under load requests queue and batch as usual."""
     request_timeout_s: float = Field(0.0, ge=0)
     """A request still queued after this many seconds is dropped before inference (0 = never)."""
 

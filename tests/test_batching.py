@@ -205,3 +205,73 @@ def test_different_shapes_are_not_stacked(graph: Graph) -> None:
     asyncio.run(main())
     assert sorted((s[0], s[2]) for s in shapes.batch_sizes) == [(2, 14), (3, 28)]
     assert not slow.batch_sizes
+
+
+class ThreadRecordingGraph(SlowGraph):
+    """Records which thread ran each call, and can take longer than the graph itself."""
+
+    def __init__(self, graph: Graph, extra_s: float = 0.0) -> None:
+        super().__init__(graph)
+        self.threads: list[int] = []
+        self.extra_s = extra_s
+
+    def run(self, feeds, output_names=None):
+        self.threads.append(threading.get_ident())
+        if self.extra_s:
+            time.sleep(self.extra_s)
+        return super().run(feeds, output_names)
+
+
+def test_a_lone_request_of_a_cheap_model_runs_on_the_event_loop(graph: Graph) -> None:
+    recording = ThreadRecordingGraph(graph)
+    metrics = Metrics()
+    policy = BatchPolicy(max_batch_size=64, inline_max_s=0.05)
+    batcher = Batcher(recording, policy, ThreadPoolExecutor(2), metrics, ("m", "1"))  # type: ignore[arg-type]
+    x = images(2, seed=1)
+
+    async def main() -> tuple[int, list[list[np.ndarray]]]:
+        return threading.get_ident(), [await batcher.submit({"image": x}) for _ in range(3)]
+
+    loop_thread, answers = asyncio.run(main())
+    # the first call measures the graph on an inference thread; the next ones stay on the loop
+    assert recording.threads[0] != loop_thread
+    assert recording.threads[1:] == [loop_thread, loop_thread]
+    expected = graph.run({"image": x})
+    for answer in answers:
+        assert all(np.allclose(a, e) for a, e in zip(answer, expected, strict=True))
+    assert batcher.stats.inference_count == 6  # counted like any batch
+    assert metrics.inference_count.labels("m", "1")._value.get() == 6
+
+
+def test_concurrent_requests_still_batch_with_the_inline_path_on(graph: Graph) -> None:
+    recording = ThreadRecordingGraph(graph)
+    policy = BatchPolicy(max_batch_size=64, max_queue_delay_s=0.02, inline_max_s=0.05)
+    metrics = Metrics()
+    batcher = Batcher(recording, policy, ThreadPoolExecutor(2), metrics, ("m", "1"))  # type: ignore[arg-type]
+
+    async def main() -> int:
+        await batcher.submit({"image": images(1, seed=0)})  # measured
+        await batcher.submit({"image": images(1, seed=0)})  # alone: inline
+        metrics.requests_in_flight = 16  # as the transports count them
+        await asyncio.gather(*(batcher.submit({"image": images(1, seed=i)}) for i in range(16)))
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert recording.threads[1] == loop_thread
+    # with 16 requests in flight none ran alone on the loop: they queued and batched
+    assert loop_thread not in recording.threads[2:] and max(recording.batch_sizes[2:]) > 1
+    assert sum(recording.batch_sizes) == 18
+
+
+def test_a_slow_model_never_runs_on_the_event_loop(graph: Graph) -> None:
+    recording = ThreadRecordingGraph(graph, extra_s=0.01)
+    policy = BatchPolicy(max_batch_size=64, inline_max_s=0.001)
+    batcher = Batcher(recording, policy, ThreadPoolExecutor(2), Metrics(), ("m", "1"))  # type: ignore[arg-type]
+
+    async def main() -> int:
+        for _ in range(3):
+            await batcher.submit({"image": images(1, seed=0)})
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert loop_thread not in recording.threads

@@ -137,6 +137,7 @@ class Calls:
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         self.metrics.grpc_in_flight.inc()
+        self.metrics.requests_in_flight += 1
         with _request_span(method, metadata, request_id) as span:
             try:
                 self.authorize(access, metadata)
@@ -177,6 +178,7 @@ class Calls:
             failed = code in SERVER_FAULTS
             tracing.finish_call(span, {"rpc.grpc.status_code": code.value[0]}, failed=failed)
         self.metrics.grpc_in_flight.dec()
+        self.metrics.requests_in_flight -= 1
         self.metrics.grpc_requests.labels(method, code.name).inc()
         self.metrics.grpc_duration.labels(method).observe(elapsed)
         if self.settings.access_log:

@@ -455,6 +455,7 @@ def batch_policy(config: ModelConfig, settings: Settings) -> BatchPolicy | None:
         preferred_batch_sizes=tuple(p for p in preferred if 0 < p <= config.max_batch_size),
         max_queue_size=settings.max_queue_size,
         concurrency=config.instance_count or settings.inference_threads,
+        inline_max_s=settings.inline_max_ms / 1e3,
     )
 
 
