@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from contextlib import AbstractContextManager
+from typing import Any
 
 import orjson
 from opentelemetry.trace import Span
@@ -34,6 +35,9 @@ class RequestMiddleware:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.access_log = access_log
+        # (method, route, status) -> its counter and histogram children: a label lookup costs
+        # a lock and a few allocations, twice per request
+        self._metric_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -127,8 +131,9 @@ class RequestMiddleware:
                     self.metrics.requests_in_flight -= 1
                     route = _route_template(scope)
                     method = scope["method"]
-                    self.metrics.http_requests.labels(method, route, str(status)).inc()
-                    self.metrics.http_duration.labels(method, route).observe(elapsed)
+                    requests, duration = self._children(method, route, status)
+                    requests.inc()
+                    duration.observe(elapsed)
                     if span is not None:
                         named = route if route != UNMATCHED else None
                         tracing.finish_request(span, method, named, status)
@@ -143,6 +148,18 @@ class RequestMiddleware:
                             "duration_ms": round(elapsed * 1e3, 3),
                         },
                     )
+
+    def _children(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        key = (method, route, status)
+        children = self._metric_children.get(key)
+        if children is None:
+            children = (
+                self.metrics.http_requests.labels(method, route, str(status)),
+                self.metrics.http_duration.labels(method, route),
+            )
+            if len(self._metric_children) < 4096:  # routes x methods x statuses: bounded anyway
+                self._metric_children[key] = children
+        return children
 
 
 def request_id_from(given: str | None) -> str:
