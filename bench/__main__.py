@@ -55,6 +55,12 @@ def parse(argv: list[str]) -> tuple[Options, Path, Path | None]:
     parser.add_argument("--concurrency", type=_ints, help="default 1,8,32,128 (smoke: 1,8)")
     parser.add_argument("--duration", type=float, help="seconds per point (default 10, smoke 1)")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds (medians)")
+    parser.add_argument(
+        "--workloads",
+        type=lambda text: tuple(w.strip() for w in text.split(",") if w.strip()),
+        default=(),
+        help="comma-separated (v2-json, v2-binary, classify-png, grpc, ...); default every one",
+    )
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--inprocess", type=float, help="seconds for the ceiling (default 8)")
     parser.add_argument("--no-install", action="store_true", help="skip peers not installed")
@@ -91,6 +97,7 @@ def parse(argv: list[str]) -> tuple[Options, Path, Path | None]:
         inprocess_s=args.inprocess,
         install_peers=not args.no_install,
         cold_start=not args.no_cold_start,
+        workloads=args.workloads,
     )
     if smoke:
         options.systems = ("seedserve", "naive-fastapi")

@@ -58,6 +58,7 @@ class Options:
     inprocess_s: float = 8.0
     install_peers: bool = True
     cold_start: bool = True
+    workloads: tuple[str, ...] = ()  # only these (v2-json, v2-binary, ...); () = every one
     work_dir: Path | None = None
     log: Callable[[str], None] = field(default=lambda text: print(text, flush=True))
 
@@ -155,6 +156,8 @@ def _measure_system(
             return []
         rss_idle = server.rss_bytes()
         for workload, request in system.workloads(ctx).items():
+            if options.workloads and workload not in options.workloads:
+                continue
             problem = check_answer(server, workload, request, expected)
             if problem:
                 doc["skipped"][f"{name} {workload}"] = f"wrong answer: {problem}"

@@ -33,6 +33,10 @@ from service.metrics import Metrics
 from service.stats import ModelStats
 
 Signature = tuple[tuple[str, tuple[int, ...], str], ...]
+# the share of recent requests that found others queued, running or in flight (a moving
+# average over about the last 30): above this the batcher is under load and runs nothing inline,
+# since a request on the loop would keep it from reading the next ones while a core idles
+CROWDED = 0.1
 
 
 class Runs(Protocol):
@@ -96,6 +100,7 @@ class Batcher:
         self._inference_count = metrics.inference_count.labels(*labels)
         self._compute_duration = metrics.compute_duration.labels(*labels)
         self._typical_s = float("inf")  # moving average of a call's run time, once measured
+        self._crowded = 0.0  # moving share of requests that arrived with company (CROWDED)
 
     async def submit(
         self, feeds: Mapping[str, np.ndarray], deadline: float | None = None
@@ -108,8 +113,6 @@ class Batcher:
                 retry_after_s=1.0,
             )
         first = next(iter(feeds.values()))
-        if self._runs_inline():
-            return self._run_inline(feeds, int(first.shape[0]))
         loop = asyncio.get_running_loop()
         trace = tracing.current()
         pending = Pending(
@@ -123,6 +126,16 @@ class Batcher:
             enqueued_ns=0 if trace is None else tracing.now_ns(),
         )
         self._queue.append(pending)
+        if self._may_run_inline(trace):
+            # Requests the server has already read reach this queue within two turns of the
+            # loop (their first step runs after this one's): wait those turns for company.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            if len(self._queue) == 1 and self._queue[0] is pending and not self._busy:
+                self._queue.pop()
+                return self._run_inline(feeds, pending.size)
+            # company came, or the dispatcher took this request with it: batch as usual
+            self._crowded += (1.0 - self._crowded) / 8
         self._depth.set(len(self._queue))
         self._arrived.set()
         if self._task is None or self._task.done():
@@ -130,18 +143,20 @@ class Batcher:
             self._task = loop.create_task(self._dispatch_forever(), context=contextvars.Context())
         return await pending.future
 
-    def _runs_inline(self) -> bool:
-        """The only request the process is serving, nothing queued or running for this graph: a
-        cheap call is faster on the loop than a hop to an inference thread and back (the naive
-        handler's way). With other requests in flight it queues, so that they can batch with
-        it. Traced requests keep the batcher's spans, so they take the usual path."""
+    def _may_run_inline(self, trace: Span | None) -> bool:
+        """Whether this request, just queued, may run on the loop itself if no company comes
+        (the naive handler's way, without the hop to an inference thread and back): it is alone
+        (the only request the process is serving, nothing else queued or running for the
+        graph), few of the batcher's recent requests had company, and the graph is cheap.
+        Traced requests keep the batcher's spans. Keeps the moving share of crowded arrivals."""
+        alone = self.metrics.requests_in_flight <= 1 and len(self._queue) == 1 and not self._busy
+        self._crowded += ((0.0 if alone else 1.0) - self._crowded) / 32
         return (
-            self._typical_s <= self.policy.inline_max_s
-            and self.metrics.requests_in_flight <= 1
-            and not self._queue
-            and not self._busy
+            alone
+            and self._crowded < CROWDED
+            and self._typical_s <= self.policy.inline_max_s
             and not self._closing
-            and not tracing.on()
+            and trace is None
         )
 
     def _run_inline(self, feeds: Mapping[str, np.ndarray], size: int) -> list[np.ndarray]:

@@ -88,10 +88,11 @@ class Settings(BaseSettings):
     """Bytes of sequence state a stateful model version keeps, all its sequences together; a
     request that would go over gets 503 and its sequence keeps its previous state."""
     inline_max_ms: float = Field(0.25, ge=0, le=100)
-    """A batched model's request that finds nothing queued or running for its graph runs on the
-    event loop itself, without the hop to an inference thread, when the graph's calls take at
-    most this many milliseconds on average (0 = always hand over to the inference threads).
-    Under load requests queue and batch as usual."""
+    """A batched model's request that is the only one the server is serving, with nothing queued
+    or running for its graph, runs on the event loop itself (no hop to an inference thread) when
+    no company comes within two turns of the loop and the graph's calls take at most this many
+    milliseconds on average (0 = always hand over to the inference threads). Under load requests
+    queue and batch as usual (docs/benchmarks.md, "Round two")."""
     request_timeout_s: float = Field(0.0, ge=0)
     """A request still queued after this many seconds is dropped before inference (0 = never)."""
 
