@@ -7,7 +7,7 @@ inference of a small model (py-spy at concurrency 32 on cnn-mnist: dependency so
 of the process). So `App` answers every POST to that path itself, and this is its only
 implementation: the same request middleware as every route (request id, body limit, HTTP
 metrics, access log, tracing), the API-key check, the data-plane call and the error bodies every
-route uses. routers/v2.py declares the route for the OpenAPI schema and method matching only.
+route uses. routers/open_inference.py declares the route for the OpenAPI schema and method matching only.
 """
 
 from __future__ import annotations

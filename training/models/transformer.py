@@ -164,7 +164,7 @@ class TransformerLM(nn.Module):
             for kind in ("key", "value")
         ]
 
-    # the exported step graph takes an attention_mask after input_ids (training/lm_export.py)
+    # the exported step graph takes an attention_mask after input_ids (training/language_models/lm_graphs.py)
     step_attention_mask = True
 
     def step(self, idx: torch.Tensor, *cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
