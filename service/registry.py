@@ -18,7 +18,12 @@ from service.modelconfig import ModelConfig, VersionPolicy
 from service.repository import Repository
 from service.runtime import Graph
 from service.runtimes import RUNTIMES, Serving, TensorModel
-from service.sequences import FileStore, MemoryStore, SequenceLimits, SequenceStore
+from service.scheduling.sequence_batcher import (
+    FileStore,
+    MemoryStore,
+    SequenceLimits,
+    SequenceStore,
+)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

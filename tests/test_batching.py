@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from helpers.onnx_builders import write_classifier
 
-from service.batching import Batcher, BatchPolicy
 from service.errors import Overloaded
 from service.metrics import Metrics
 from service.runtime import Graph
+from service.scheduling.dynamic_batcher import Batcher, BatchPolicy
 from service.settings import Settings
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from service.errors import InvalidInput, Overloaded
-from service.sequences import (
+from service.scheduling.sequence_batcher import (
     FileStore,
     MemoryStore,
     SequenceId,

@@ -13,7 +13,7 @@ import numpy as np
 from service.errors import ModelLoadError
 from service.repository import Repository
 from service.runtimes.tensor import TensorModel
-from service.stepbatch import StepBatcher
+from service.scheduling.step_batcher import StepBatcher
 from service.tasks import imagegen
 
 

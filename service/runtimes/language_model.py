@@ -8,11 +8,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from service.batching import Batcher
 from service.errors import ModelLoadError
 from service.repository import Repository, read_json
 from service.runtimes.tensor import TensorModel, batch_policy
-from service.tasks.engine import DecodeEngine
+from service.scheduling.decode_engine import DecodeEngine
+from service.scheduling.dynamic_batcher import Batcher
 from service.tasks.textgen import Decoder
 from service.tasks.tokenizer import WordTokenizer
 

@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from service import tracing
-from service.batching import Batcher, BatchPolicy
 from service.errors import InvalidInput, ModelLoadError
 from service.metrics import Metrics
 from service.modelconfig import (
@@ -35,7 +34,8 @@ from service.modelconfig import (
 from service.protocol.types import ModelMetadata, TensorMetadata
 from service.repository import Repository
 from service.runtime import Graph
-from service.sequences import SequenceId, SequenceStore, sequence_request
+from service.scheduling.dynamic_batcher import Batcher, BatchPolicy
+from service.scheduling.sequence_batcher import SequenceId, SequenceStore, sequence_request
 from service.settings import Settings
 from service.stats import ModelStats
 from service.tensors import NUMPY_DTYPES, parse_bytes_elements

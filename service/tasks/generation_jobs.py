@@ -22,8 +22,8 @@ from service.errors import InvalidInput
 from service.protocol.text import GenerateParameters
 from service.registry import Registry
 from service.runtimes.language_model import LanguageModel
+from service.scheduling.decode_engine import DecodeRequest
 from service.settings import Settings
-from service.tasks.engine import DecodeRequest
 from service.tasks.sampling import SamplingParams
 from service.tasks.textgen import (
     Context,

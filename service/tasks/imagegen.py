@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from service.errors import InvalidInput
-from service.stepbatch import StepBatcher
+from service.scheduling.step_batcher import StepBatcher
 from service.tasks.diffusion import SAMPLERS, alphas_cumprod, denoise, sampling_timesteps
 
 KINDS = ("decoder", "diffusion", "latent-diffusion")

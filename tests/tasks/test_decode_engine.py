@@ -21,7 +21,7 @@ from helpers.onnx_builders import write_language_model
 
 from bench.decoding import decoder_of, generate
 from service.errors import Cancelled
-from service.tasks.engine import DecodeEngine, DecodeRequest
+from service.scheduling.decode_engine import DecodeEngine, DecodeRequest
 from service.tasks.sampling import SamplingParams
 from service.tasks.textgen import Context, Continuation, Decoder, GeneratedToken
 

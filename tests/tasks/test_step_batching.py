@@ -1,4 +1,4 @@
-"""Step batching (service/stepbatch.py): concurrent generations share denoiser calls, get their
+"""Step batching (service/scheduling/step_batcher.py): concurrent generations share denoiser calls, get their
 own rows back, and draw the same images as when run alone; a lone one never waits."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 
 from service.errors import Cancelled
 from service.runtime import Graph
+from service.scheduling.step_batcher import StepBatcher
 from service.settings import Settings
-from service.stepbatch import StepBatcher
 from service.tasks import imagegen
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
