@@ -148,9 +148,11 @@ class DataPlane:
         inputs: Mapping[str, np.ndarray],
         output_names: Sequence[str] | None = None,
         parameters: Mapping[str, Any] | None = None,
+        internal: bool = False,
     ) -> dict[str, np.ndarray]:
-        """Run `model` on `inputs` (its runtime checks, batches or sequences them)."""
-        return await model.infer(inputs, output_names, parameters)
+        """Run `model` on `inputs` (its runtime checks, batches or sequences them); `internal`:
+        with the graph outputs its task reads beyond the config's (TensorModel.infer)."""
+        return await model.infer(inputs, output_names, parameters, internal)
 
     async def infer_request(self, model: TensorModel, request: InferRequest) -> list[OutputTensor]:
         """One Open Inference Protocol request, whatever its transport: the outputs it asked

@@ -69,7 +69,7 @@ async def classify(
         else:
             feeds = await read_graph_batch(request, settings, model, reframe, graph_spec)
         prepared = time.perf_counter()
-        outputs = await dataplane.infer(model, feeds, None)
+        outputs = await dataplane.infer(model, feeds, None, internal=True)
         done = time.perf_counter()
         predictions = top_k(model.probabilities(outputs), model.config.labels, top_k_)
         checks = model.ood_checks(outputs, feeds)

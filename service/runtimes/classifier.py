@@ -40,6 +40,8 @@ class Classifier(TensorModel):
             self.graph = self._graph_spec(section)
         if "ood" in self.config.raw:
             self.ood = self._ood_spec(self.config.raw["ood"])
+        if self.ood is not None and self.config.output(self.ood.output) is None:
+            self.internal_outputs = (self.ood.output,)  # read by classify, not served over V2
         super().prepare(repository)
 
     def _ood_spec(self, section: object) -> OodSpec | None:
@@ -49,9 +51,10 @@ class Classifier(TensorModel):
             spec = OodSpec.from_config(section)
         except ValueError as exc:
             raise ModelLoadError(f"model {self.name!r}: config.json {exc}") from None
-        if self.config.output(spec.output) is None:
+        if spec.output not in self.primary.output_names:
             raise ModelLoadError(
-                f"model {self.name!r}: config.json ood.output {spec.output!r} is not an output"
+                f"model {self.name!r}: config.json ood.output {spec.output!r} is not an output "
+                f"of its graph (those are {self.primary.output_names})"
             )
         if spec.needs_pictures and self.graph is not None:
             raise ModelLoadError(

@@ -87,6 +87,8 @@ class TensorModel:
         self.output_labels: dict[str, tuple[str, ...]] = {}  # classification extension
         self.initial_state: dict[str, np.ndarray] = {}  # per state input, one row
         self.batcher: Batcher | None = None
+        # graph outputs the task reads but the config does not declare: never served over V2
+        self.internal_outputs: tuple[str, ...] = ()
         self.stats = ModelStats()  # Triton's statistics extension
         # Set by the registry when this version would replace a serving one: then a failed
         # automatic warm-up refuses it rather than swap a working model for a failing one.
@@ -266,10 +268,14 @@ class TensorModel:
         inputs: Mapping[str, np.ndarray],
         output_names: Sequence[str] | None = None,
         parameters: Mapping[str, Any] | None = None,
+        internal: bool = False,
     ) -> dict[str, np.ndarray]:
         """Check `inputs` against the config, run the model (batched with other requests, or in
-        its sequence) and return the requested outputs in the config's shapes."""
+        its sequence) and return the requested outputs in the config's shapes; `internal`: the
+        `internal_outputs` too (for the task's own endpoint, never for the protocol's)."""
         names = self.requested_outputs(output_names)
+        if internal:
+            names += [name for name in self.internal_outputs if name not in names]
         validate_inputs(self, inputs)
         self.check_inputs(inputs)
         sequence_id, start, end = (

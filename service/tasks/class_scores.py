@@ -15,9 +15,13 @@ import numpy as np
 #   pixel-statistics         Mahalanobis distance of four statistics of the prepared picture
 #                            (PIXEL_STATISTICS) from those of the training pictures
 #   energy+pixel-statistics  the sum of both, each standardised on held-out training pictures
+#   feature-mahalanobis      computed by the graph itself into the output `ood.output`: the
+#                            distance of the picture's activations from the training pictures'
+#                            (Lee et al. 2018; training/classifiers/ood_features.py)
 LOGIT_SCORES = ("energy", "max-logit", "max-softmax")
 PIXEL_SCORES = ("pixel-statistics", "energy+pixel-statistics")
-OOD_SCORES = LOGIT_SCORES + PIXEL_SCORES
+GRAPH_SCORES = ("feature-mahalanobis",)
+OOD_SCORES = LOGIT_SCORES + PIXEL_SCORES + GRAPH_SCORES
 PIXEL_STATISTICS = ("mean", "ink", "variation", "std")  # see pixel_statistics
 
 
@@ -57,7 +61,9 @@ def ood_scores(logits: np.ndarray, score: str, temperature: float = 1.0) -> np.n
         return np.asarray(-z.max(axis=1))
     if score == "max-softmax":
         return np.asarray(-softmax(z).max(axis=1))
-    raise ValueError(f"unknown score {score!r} (known: {', '.join(LOGIT_SCORES)})")
+    if score in GRAPH_SCORES:  # the graph's own score output, one number per row
+        return np.asarray(z.reshape(len(z), -1)[:, 0])
+    raise ValueError(f"unknown score {score!r} (known: {', '.join(LOGIT_SCORES + GRAPH_SCORES)})")
 
 
 def pixel_statistics(pictures: np.ndarray) -> np.ndarray:
@@ -135,7 +141,7 @@ class OodSpec:
     score: str
     threshold: float
     temperature: float = 1.0
-    output: str = "logits"  # the graph output the score is computed from
+    output: str = "logits"  # the graph output the score is computed from (or, GRAPH_SCORES, is)
     pixels: PixelModel | None = None  # for PIXEL_SCORES
 
     @property
@@ -166,6 +172,8 @@ class OodSpec:
             )
         pixels = PixelModel.from_config(section["pixels"]) if "pixels" in section else None
         output = str(section.get("output", "logits"))
+        if score in GRAPH_SCORES and output == "logits":
+            raise ValueError(f"ood.output must name the graph output that holds the {score} score")
         return cls(version, score, float(threshold), float(temperature), output, pixels)
 
     def scores(self, logits: np.ndarray, pictures: np.ndarray | None = None) -> np.ndarray:

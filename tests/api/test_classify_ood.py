@@ -174,19 +174,23 @@ def test_cnn_mnist_flags_blank_pictures_and_photos(shipped: TestClient, root: Pa
     assert flags(shipped, root, "cnn-mnist", pictures) == [False] * len(pictures)
 
 
-def test_cnn_fashion_mnist_flags_blank_and_black_pictures(shipped: TestClient, root: Path) -> None:
-    pictures = [picture for i, picture in enumerate(blank_pictures()) if i != 3]
+def test_cnn_fashion_mnist_flags_blank_pictures_and_photos(shipped: TestClient, root: Path) -> None:
+    """Version 1's energy score passed the grey square and the photos as a confident Bag;
+    version 2's feature score (its graph's `ood_score` output) flags them all."""
+    pictures = blank_pictures() + [jpeg_of(photo) for photo in photos()]
     assert flags(shipped, root, "cnn-fashion-mnist", pictures) == [False] * len(pictures)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #15 item 4 not reached for cnn-fashion-mnist: its logits (and the pixel "
-    "statistics) pass photos and a grey square as a confident Bag; see its card's ood section",
-)
-def test_cnn_fashion_mnist_flags_photos_and_grey_squares(shipped: TestClient, root: Path) -> None:
-    pictures = [blank_pictures()[3]] + [jpeg_of(photo) for photo in photos()]
-    assert flags(shipped, root, "cnn-fashion-mnist", pictures) == [False] * len(pictures)
+def test_the_graph_score_output_is_not_served_over_v2(shipped: TestClient) -> None:
+    body = {
+        "inputs": [
+            {"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [0.0] * 784}
+        ],
+        "outputs": [{"name": "ood_score"}],
+    }
+    response = shipped.post("/v2/models/cnn-fashion-mnist/infer", json=body)
+    assert response.status_code == 400, response.text
+    assert "no output 'ood_score'" in response.json()["error"]
 
 
 @pytest.mark.parametrize("model", CNNS)

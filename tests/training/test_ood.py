@@ -85,7 +85,9 @@ def test_docs_table_is_the_cards() -> None:
 
 
 MISSED = pytest.mark.xfail(
-    strict=True, reason="issue #15 item 4: AUROC 0.86-0.91 from the logits, target not reached"
+    strict=True,
+    reason="issue #15 item 4: version 2's feature score reaches 0.958 (MNIST), 0.997 (blank), "
+    "0.989 (noise) but 0.923 on photo crops (some look like garments), below the 0.95 target",
 )
 
 
