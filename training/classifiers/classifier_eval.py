@@ -24,12 +24,17 @@ BATCH_SIZE = 500  # fixed: the same batches give bit-identical logits on every r
 
 def onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:
     """Run the "image" input (N, 1, 28, 28) through the graph in batches: logits (N, classes)."""
+    return onnx_outputs(path, images, ["logits"])[0]
+
+
+def onnx_outputs(path: Path | bytes, images: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
+    """Run the "image" input through the graph in batches: each named output, (N, ...)."""
     session = onnx_session(path)
     batches = [
-        session.run(["logits"], {"image": images[i : i + BATCH_SIZE]})[0]
+        session.run(list(names), {"image": images[i : i + BATCH_SIZE]})
         for i in range(0, len(images), BATCH_SIZE)
     ]
-    return np.concatenate(batches)
+    return [np.concatenate([batch[k] for batch in batches]) for k in range(len(names))]
 
 
 def onnx_graph_logits(path: Path, graphs: Sequence[GraphSample]) -> np.ndarray:

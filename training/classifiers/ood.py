@@ -33,6 +33,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ from service.tasks.class_scores import (
 from service.tasks.graphs import GraphSpec, image_to_graph
 from service.tasks.image_preprocessing import ImageSpec, preprocess, to_gray
 from training.cards import markdown_table, replace_block
-from training.classifiers.classifier_eval import onnx_graph_logits
+from training.classifiers.classifier_eval import onnx_graph_logits, onnx_outputs
 from training.classifiers.ood_features import (
     OUTPUT,
     FeatureScore,
@@ -69,7 +70,6 @@ from training.data.images import (
     read_idx_split,
 )
 from training.files import REPO_ROOT, sha256_of, write_json
-from training.onnx_export import onnx_session
 from training.publish import DEFAULT_MODELS_DIR, latest_version
 
 TPR = 0.95  # share of in-distribution pictures the threshold lets through
@@ -213,7 +213,7 @@ class ShippedClassifier:
         """False for a graph classifier, which may be sent graphs: logit scores only."""
         return "graph" not in self.config
 
-    @property
+    @cached_property
     def has_head(self) -> bool:
         """Whether the graph computes a feature score (ood_features.with_head)."""
         return OUTPUT in {o.name for o in onnx.load(str(self.onnx_path)).graph.output}
@@ -223,20 +223,18 @@ class ShippedClassifier:
         score, if it has one) on them."""
         spec = ImageSpec.from_config(self.config["preprocessing"])
         images = np.stack([preprocess(picture, spec) for picture in pictures])  # (N, 1, H, W)
+        pictures_seen = images * spec.std + spec.mean
         if "graph" in self.config:
             graph = GraphSpec.from_config(self.config["graph"])
             logits = onnx_graph_logits(
                 self.onnx_path, [image_to_graph(i[0], graph) for i in images]
             )
-            return Batch(logits, images * spec.std + spec.mean, images)
-        session = onnx_session(self.onnx_path)
-        names = ["logits", OUTPUT] if self.has_head else ["logits"]
-        parts = [
-            session.run(names, {"image": images[i : i + 500]}) for i in range(0, len(images), 500)
-        ]
-        logits = np.concatenate([p[0] for p in parts])
-        graph_scores = np.concatenate([p[1] for p in parts]) if self.has_head else None
-        return Batch(logits, images * spec.std + spec.mean, images, graph_scores)
+            return Batch(logits, pictures_seen, images)
+        if not self.has_head:
+            (logits,) = onnx_outputs(self.onnx_path, images, ["logits"])
+            return Batch(logits, pictures_seen, images)
+        logits, graph_scores = onnx_outputs(self.onnx_path, images, ["logits", OUTPUT])
+        return Batch(logits, pictures_seen, images, graph_scores)
 
 
 @dataclass(frozen=True)
@@ -341,12 +339,14 @@ def measure(model: ShippedClassifier, count: int = 0) -> tuple[ShippedClassifier
     }
     chosen = max(scored, key=lambda c: worst_then_mean(compared[c.score]))
     if train is not None and worst_then_mean(compared[chosen.score])[0] < FLOOR:
-        feature, aurocs = best_feature_score(model, train, train_labels, validation, halves)
+        feature, aurocs, expected = best_feature_score(
+            model, train, train_labels, validation, halves
+        )
         compared[feature.label] = aurocs
         if worst_then_mean(aurocs) > worst_then_mean(compared[chosen.score]):
-            model = publish_head(model, feature, validation)
+            model, graph_scores = publish_head(model, feature, validation, expected)
             chosen = OodSpec(model.version, GRAPH_SCORES[0], 0.0, output=OUTPUT)
-            validation = model.run(dataset_pictures(dataset, "validation", count))
+            validation = replace(validation, graph_scores=graph_scores)  # the same logits
             halves = {
                 (name, "report"): model.run(ood_pictures(dataset, name, "report", count))
                 for name in OOD_SETS
@@ -360,9 +360,9 @@ def best_feature_score(
     labels: np.ndarray,
     validation: Batch,
     halves: dict[tuple[str, str], Batch],
-) -> tuple[FeatureScore, dict[str, float]]:
+) -> tuple[FeatureScore, dict[str, float], np.ndarray]:
     """The feature score (ood_features.candidates) with the best worst-case AUROC on the select
-    halves, and those AUROCs."""
+    halves, those AUROCs, and its scores of the validation pictures."""
     probe = SummaryProbe(onnx.load(str(model.onnx_path)))
     valid = probe(validation.images)
     layers = fit_layers(probe, probe(train.images), labels, valid)
@@ -370,9 +370,8 @@ def best_feature_score(
     results = []
     for feature in candidates(layers):
         inside = feature.numpy(valid)
-        results.append(
-            (feature, {name: auroc(inside, feature.numpy(select[name])) for name in OOD_SETS})
-        )
+        aurocs = {name: auroc(inside, feature.numpy(select[name])) for name in OOD_SETS}
+        results.append((feature, aurocs, inside))
     return max(results, key=lambda r: worst_then_mean(r[1]))
 
 
@@ -405,11 +404,12 @@ def report(
 
 
 def publish_head(
-    model: ShippedClassifier, feature: FeatureScore, validation: Batch
-) -> ShippedClassifier:
+    model: ShippedClassifier, feature: FeatureScore, validation: Batch, expected: np.ndarray
+) -> tuple[ShippedClassifier, np.ndarray]:
     """The graph with `feature` added as its `ood_score` output, as a new version (the same
     folder when the latest version already is such a graph), its card carried over; checked
-    against the numpy computation on the validation split."""
+    against `expected`, the numpy computation on the validation split. Returns the published
+    model and its graph's scores of the validation pictures."""
     headed = with_head(onnx.load(str(model.onnx_path)), feature)
     old = model.model_dir / str(model.version)
     version = model.version if model.has_head else model.version + 1
@@ -419,10 +419,7 @@ def publish_head(
         if folder != old and (old / name).exists():
             (folder / name).write_bytes((old / name).read_bytes())
     onnx.save(headed, str(folder / "model.onnx"))
-    graph_scores = onnx_session(headed.SerializeToString()).run(
-        [OUTPUT], {"image": validation.images}
-    )[0]
-    expected = feature.numpy(SummaryProbe(headed)(validation.images))
+    (graph_scores,) = onnx_outputs(folder / "model.onnx", validation.images, [OUTPUT])
     difference = float(np.max(np.abs(graph_scores - expected)))
     if difference > 1e-2 * max(1.0, float(np.max(np.abs(expected)))):
         raise RuntimeError(f"the ood head disagrees with its numpy computation by {difference}")
@@ -456,7 +453,7 @@ def publish_head(
     if not any(line.startswith(f"Version {version}: version") for line in lines):
         lines[1:1] = ["", head_note]
     card_md.write_text("\n".join(lines))
-    return ShippedClassifier.load(model.model_dir)
+    return ShippedClassifier.load(model.model_dir), graph_scores
 
 
 # ---------------------------------------------------------------------------------------------

@@ -230,6 +230,19 @@ def parameter_count(*modules: nn.Module) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
+def training_summary(saved: Mapping[str, Any], config: Any, *modules: nn.Module) -> dict[str, Any]:
+    """What every generator card's `training` section starts with: the training config, the
+    model's, the iterations, CPU and wall seconds, and the parameters of `modules`."""
+    return {
+        "config": config,
+        "model_config": saved["model_config"],
+        "iterations": saved["iterations"],
+        "seconds": round(saved["seconds"], 1),  # CPU seconds
+        "wall_seconds": round(saved.get("wall_seconds", saved["seconds"]), 1),
+        "parameters": parameter_count(*modules),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoints and shipping
 

@@ -55,10 +55,11 @@ def penultimate_tensor(model: onnx.ModelProto) -> str:
     """The input of the last fully connected layer: the Gemm or MatMul that gives the graph's
     first output (the logits), else the last one in the graph."""
     layers = [n for n in model.graph.node if n.op_type in {"Gemm", "MatMul"}]
+    if not layers:
+        raise ValueError("the classifier has no Gemm/MatMul node to take features from")
     first_output = model.graph.output[0].name
-    for node in [*(n for n in layers if first_output in n.output), *reversed(layers)]:
-        return str(node.input[0])
-    raise ValueError("the classifier has no Gemm/MatMul node to take features from")
+    last = next((n for n in layers if first_output in n.output), layers[-1])
+    return str(last.input[0])
 
 
 class ClassifierProbe:

@@ -52,6 +52,7 @@ from training.generators.common import (
     start,
     tensor_spec,
     train_on_ranks,
+    training_summary,
 )
 from training.generators.diffusion_objective import noise_predictor, training_target
 from training.generators.generation_config import (
@@ -278,12 +279,7 @@ def export_pixel(
         f"outputs the noise (trained to predict {config.prediction}); DDIM/DDPM sampling with "
         f"classifier-free guidance runs in the service. {config.notes}".strip(),
         "training": {
-            "config": asdict(config) | {"vae": None},
-            "model_config": saved["model_config"],
-            "iterations": saved["iterations"],
-            "seconds": round(saved["seconds"], 1),  # CPU seconds
-            "wall_seconds": round(saved.get("wall_seconds", saved["seconds"]), 1),
-            "parameters": parameter_count(model),
+            **training_summary(saved, asdict(config) | {"vae": None}, model),
             "final_loss": history.last_mean("loss"),
         },
     }
@@ -429,12 +425,7 @@ def export_latent(
             "decoder_sha256": sha256_of(vae_dir / "decoder.onnx"),
         },
         "training": {
-            "config": saved["train_config"],
-            "model_config": saved["model_config"],
-            "iterations": saved["iterations"],
-            "seconds": round(saved["seconds"], 1),  # CPU seconds
-            "wall_seconds": round(saved.get("wall_seconds", saved["seconds"]), 1),
-            "parameters": parameter_count(model),
+            **training_summary(saved, saved["train_config"], model),
             "final_loss": history.last_mean("loss"),
             "latent_scale": saved["latent_scale"],
             "latent_clip": saved["latent_clip"],

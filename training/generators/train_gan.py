@@ -49,6 +49,7 @@ from training.generators.common import (
     save_checkpoint,
     tensor_spec,
     train_decoder_family,
+    training_summary,
 )
 from training.generators.generation_config import decoder_generation
 from training.generators.generator_eval import (
@@ -371,12 +372,7 @@ def export_version(run: RunConfig, data: ImageData, checkpoint: Path) -> Path:
         "[0, 1]; the exponential moving average of the generator's weights. Trained against a "
         "spectrally normalised projection discriminator (not shipped).",
         "training": {
-            "config": saved["train_config"],
-            "model_config": saved["model_config"],
-            "iterations": saved["iterations"],
-            "seconds": round(saved["seconds"], 1),  # CPU seconds
-            "wall_seconds": round(saved.get("wall_seconds", saved["seconds"]), 1),
-            "parameters": parameter_count(generator),
+            **training_summary(saved, saved["train_config"], generator),
             "discriminator_parameters": saved["discriminator_parameters"],
             "final_losses": {
                 "discriminator": history.last_mean("discriminator_loss"),

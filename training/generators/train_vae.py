@@ -38,6 +38,7 @@ from training.generators.common import (
     save_checkpoint,
     tensor_spec,
     train_decoder_family,
+    training_summary,
 )
 from training.generators.generation_config import decoder_generation
 from training.models.vae import VAE, VAEConfig
@@ -177,12 +178,7 @@ def export_version(run: RunConfig, data: ImageData, checkpoint: Path) -> Path:
         "latent z ~ N(0, I) and a label to an image in [0, 1]; encoder.onnx maps an image in "
         "[0, 1] and its label to the posterior mean and log-variance.",
         "training": {
-            "config": saved["train_config"],
-            "model_config": saved["model_config"],
-            "iterations": saved["iterations"],
-            "seconds": round(saved["seconds"], 1),  # CPU seconds
-            "wall_seconds": round(saved.get("wall_seconds", saved["seconds"]), 1),
-            "parameters": parameter_count(model),
+            **training_summary(saved, saved["train_config"], model),
             "final_loss": history.last_mean("loss"),
         },
         "vae_metrics": test_elbo(model, data),
