@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -627,7 +629,10 @@ def main(argv: list[str], say: Callable[[str], None] = print) -> int:
         if model.dataset not in OTHER_DATASET:
             say(f"{model.name}: no out-of-distribution sets for dataset {model.dataset!r}")
             return 2
-        model, m = measure(model)
+        with tempfile.TemporaryDirectory() as scratch:
+            if args.dry_run:  # a feature score's new version goes into a copy, then away
+                model = ShippedClassifier.load(shutil.copytree(folder, Path(scratch) / folder.name))
+            model, m = measure(model)
         auroc = ", ".join(f"{k} {v:.4f}" for k, v in m.auroc.items())
         say(
             f"{model.name} v{model.version}: {m.spec.score} <= {m.spec.threshold:.4f}; AUROC {auroc}; "
