@@ -125,6 +125,7 @@ SHIPPED_RUNS: list[tuple[str, list[str]]] = [
     ("vae", [*FASHION, "--iterations", "4000", "--max-minutes", "5"]),
     # version 2: one run of 55 CPU minutes (version 1: four chained runs, 35 minutes in all)
     ("gan", [*FASHION, *GAN_DECAY, "--max-minutes", "55"]),
+    ("diffusion", [*FASHION, "--max-minutes", "50"]),
     ("latent-diffusion", FASHION),
 ]
 
