@@ -101,22 +101,25 @@ def _cpu_tag() -> str:
     return hashlib.sha256(f"{platform.machine()} {flags}".encode()).hexdigest()[:8]
 
 
-def cached_graph_path(path: Path, settings: Settings) -> Path | None:
-    """Where the optimised form of `path` is (or will be) cached; None when caching is off."""
+def cached_graph_path(source: Path | bytes, settings: Settings) -> Path | None:
+    """Where the optimised form of `source` (a file, or a graph's bytes) is (or will be) cached;
+    None when caching is off."""
     if settings.optimized_model_cache is None or settings.graph_optimization == "disable":
         return None
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:24]
+    content = source.read_bytes() if isinstance(source, Path) else source
+    digest = hashlib.sha256(content).hexdigest()[:24]
     name = f"{digest}-{settings.graph_optimization}-ort{ort.__version__}-{_cpu_tag()}.onnx"
     return settings.optimized_model_cache / name
 
 
 def create_session(
-    path: Path, settings: Settings, providers: Sequence[str]
+    source: Path | bytes, settings: Settings, providers: Sequence[str]
 ) -> ort.InferenceSession:
-    """A session for `path`; on CPU with a cache folder, the optimisation done at the first load
-    is saved there and later loads skip it."""
+    """A session for `source` (a file, or a graph's bytes); on CPU with a cache folder, the
+    optimisation done at the first load is saved there and later loads skip it."""
     options = session_options(settings)
-    cached = cached_graph_path(path, settings) if providers[0] == CPU else None
+    model = str(source) if isinstance(source, Path) else source
+    cached = cached_graph_path(source, settings) if providers[0] == CPU else None
     if cached is not None and cached.is_file():
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
@@ -125,19 +128,20 @@ def create_session(
             log.warning("ignoring the cached optimised graph %s: %s", cached, exc)
             options = session_options(settings)
     if cached is None:
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        return ort.InferenceSession(model, sess_options=options, providers=providers)
     partial = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         options.optimized_model_filepath = str(partial)
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        session = ort.InferenceSession(model, sess_options=options, providers=providers)
         os.replace(partial, cached)  # atomic: workers loading at once never see half a file
     except Exception as exc:  # an unwritable cache (OSError, or onnxruntime's own error)
-        log.warning("cannot cache the optimised graph of %s in %s: %s", path, cached.parent, exc)
+        what = source if isinstance(source, Path) else "a graph"
+        log.warning("cannot cache the optimised graph of %s in %s: %s", what, cached.parent, exc)
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
         options = session_options(settings)  # a broken model fails again here, with its reason
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        session = ort.InferenceSession(model, sess_options=options, providers=providers)
     return session
 
 
@@ -151,10 +155,14 @@ class GraphTensor:
 class Graph:
     """One ONNX graph in one onnxruntime session."""
 
-    def __init__(self, path: Path, settings: Settings) -> None:
-        self.path = served_file(path, settings)
+    def __init__(self, path: Path, settings: Settings, content: bytes | None = None) -> None:
+        """`content`: the graph's bytes when they are not the file's (a pruned graph)."""
+        self.path = served_file(path, settings) if content is None else path
+        self.settings = settings
         providers = choose_providers(settings.provider, ort.get_available_providers())
-        self.session = create_session(self.path, settings, providers)
+        self.session = create_session(
+            self.path if content is None else content, settings, providers
+        )
         self.provider = self.session.get_providers()[0]
         self.inputs = [_tensor(x) for x in self.session.get_inputs()]
         self.outputs = [_tensor(x) for x in self.session.get_outputs()]
@@ -214,6 +222,65 @@ class Graph:
         return [
             _bf16_bits(v) if v.data_type() == "tensor(bfloat16)" else v.numpy() for v in results
         ]
+
+
+def pruned_graph(graph: Graph, outputs: Sequence[str]) -> Graph | None:
+    """`graph` with only the nodes that `outputs` need, in a session of its own; None when it
+    needs them all, or cannot be pruned (then a warning: the whole graph serves, as before).
+
+    onnxruntime runs every node of a graph whatever outputs a call asks for: a graph whose
+    config serves some of its outputs (a classifier's out-of-distribution head, a user's debug
+    outputs) would pay for the rest on every request."""
+    try:
+        content = prune_outputs(graph.path, outputs)
+        return None if content is None else Graph(graph.path, graph.settings, content)
+    except Exception as exc:  # onnx's own errors for files onnxruntime accepted
+        log.warning("serving %s unpruned: %s", graph.path, exc)
+        return None
+
+
+def prune_outputs(path: Path, outputs: Sequence[str]) -> bytes | None:
+    """The ONNX file at `path` reduced to `outputs` and the nodes they depend on; None when no
+    node would go. Graph inputs all stay (requests may still send them)."""
+    import onnx  # imported here: only models with outputs to prune need it
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    needed = set(outputs)
+    kept = []
+    for node in reversed(graph.node):  # ONNX nodes are in topological order
+        if needed.isdisjoint(node.output):
+            continue
+        kept.append(node)
+        needed.update(node.input)
+        needed.update(_subgraph_names(node))
+    if len(kept) == len(graph.node):
+        return None
+    kept.reverse()
+    del graph.node[:]
+    graph.node.extend(kept)
+    keep_outputs = [o for o in graph.output if o.name in set(outputs)]
+    del graph.output[:]
+    graph.output.extend(keep_outputs)
+    initializers = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    value_info = [v for v in graph.value_info if v.name in needed]
+    del graph.value_info[:]
+    graph.value_info.extend(value_info)
+    return bytes(model.SerializeToString())
+
+
+def _subgraph_names(node: object) -> set[str]:
+    """Every name a control-flow node's subgraphs read (they may use the outer scope's values
+    without listing them as the node's inputs)."""
+    names: set[str] = set()
+    for attribute in getattr(node, "attribute", ()):
+        for subgraph in [*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs]:
+            for inner in subgraph.node:
+                names.update(inner.input)
+                names.update(_subgraph_names(inner))
+    return names
 
 
 def _text_feeds(feeds: Mapping[str, np.ndarray], strings: set[str]) -> dict[str, np.ndarray]:

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     """Serve a version's `model.int8.onnx` (int8 dynamic quantisation, accuracy cost measured in
     its card) instead of `model.onnx` where the version has one."""
 
+    prune_outputs: bool = True
+    """Where a graph has outputs its config does not serve, protocol requests run it without
+    the nodes only those need (onnxruntime would run them all); a task that reads such an
+    output (a classifier's out-of-distribution head) keeps the whole graph beside it."""
+
     batching: bool = True
     """Dynamic batching for models whose config allows it (max_batch_size > 0)."""
     max_queue_delay_ms: float | None = Field(None, ge=0, le=10_000)

@@ -33,7 +33,7 @@ from service.modelconfig import (
 )
 from service.protocol.types import ModelMetadata, TensorMetadata
 from service.repository import Repository
-from service.runtime import Graph
+from service.runtime import Graph, pruned_graph
 from service.scheduling.dynamic_batcher import Batcher, BatchPolicy
 from service.scheduling.sequence_batcher import SequenceId, SequenceStore, sequence_request
 from service.settings import Settings
@@ -76,6 +76,9 @@ class TensorModel:
         self.version = version
         self.config = config
         self.graphs = graphs  # "model" is model.onnx; config graphs add roles
+        # what protocol requests run: model.onnx pruned to the outputs they may ask for (set
+        # in prepare; the whole graph stays for the task's `internal_outputs`)
+        self.protocol = graphs["model"]
         self.card = card
         self.serving = serving
         self.labels = (self.name, str(version))  # metric labels
@@ -86,7 +89,8 @@ class TensorModel:
         self.reshapes = any(s.reshape is not None for s in config.inputs + config.outputs)
         self.output_labels: dict[str, tuple[str, ...]] = {}  # classification extension
         self.initial_state: dict[str, np.ndarray] = {}  # per state input, one row
-        self.batcher: Batcher | None = None
+        self.batcher: Batcher | None = None  # protocol requests'
+        self.internal_batcher: Batcher | None = None  # requests for the internal outputs too
         # graph outputs the task reads but the config does not declare: never served over V2
         self.internal_outputs: tuple[str, ...] = ()
         self.stats = ModelStats()  # Triton's statistics extension
@@ -107,20 +111,45 @@ class TensorModel:
         sequence = self.config.sequence_batching
         for state in sequence.states if sequence else ():
             self.initial_state[state.input_name] = self._initial(state, repository)
+        self._prune()
         for sample in self.config.warmup:
             self._warm_up(sample, repository)
         if not self.config.warmup:
             self._warm_up_automatically()
         policy = batch_policy(self.config, self.serving.settings)
         if policy is not None and self.config.sequence_batching is None:
-            self.batcher = Batcher(
-                self.primary,
-                policy,
-                self.serving.executor,
-                self.serving.metrics,
-                self.labels,
-                self.stats,
-            )
+            self.batcher = self._batcher(self.protocol, policy)
+            internal = self.protocol is not self.primary
+            self.internal_batcher = self._batcher(self.primary, policy) if internal else None
+
+    def _batcher(self, graph: Graph, policy: BatchPolicy) -> Batcher:
+        serving = self.serving
+        return Batcher(graph, policy, serving.executor, serving.metrics, self.labels, self.stats)
+
+    def _prune(self) -> None:
+        """Protocol requests run model.onnx without the nodes only other outputs need: the
+        whole graph stays only where the task reads `internal_outputs`."""
+        if not self.serving.settings.prune_outputs:
+            return
+        sequence = self.config.sequence_batching
+        served = [s.name for s in self.config.outputs]
+        served += [s.output_name for s in sequence.states] if sequence else []
+        if set(self.primary.output_names) <= set(served):
+            return
+        pruned = pruned_graph(self.primary, served)
+        if pruned is None:
+            return
+        log.info(
+            "model %r version %s: protocol requests run its graph pruned to %s",
+            self.name,
+            self.version,
+            served,
+        )
+        if self.internal_outputs:
+            self.protocol = pruned
+        else:  # nothing reads the other outputs: the whole graph is not kept
+            self.graphs = {**self.graphs, "model": pruned}
+            self.protocol = pruned
 
     def _initial(self, state: StateSpec, repository: Repository) -> np.ndarray:
         dtype = NUMPY_DTYPES[state.datatype]
@@ -149,7 +178,8 @@ class TensorModel:
             }
             feeds = {**feeds, **self._state_feeds()}
             for _ in range(max(1, sample.count)):
-                self.primary.run(self.graph_feeds(feeds))
+                for graph in self._served_graphs():
+                    graph.run(self.graph_feeds(feeds))
         except Exception as exc:  # a short data file, a graph that fails: this model only
             reason = exc.message if isinstance(exc, ModelLoadError) else str(exc)
             raise ModelLoadError(
@@ -198,12 +228,17 @@ class TensorModel:
             feeds[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
         feeds = {**feeds, **self._state_feeds()}
         try:
-            self.primary.run(self.graph_feeds(feeds))
+            for graph in self._served_graphs():
+                graph.run(self.graph_feeds(feeds))
         except Exception as exc:
             message = f"model {self.name!r} version {self.version}: warm-up failed: {exc}"
             if self.replaces_serving:
                 raise ModelLoadError(f"{message} (the serving version keeps serving)") from None
             log.warning("%s", message)
+
+    def _served_graphs(self) -> list[Graph]:
+        """model.onnx, and its pruned form where protocol requests run that."""
+        return [self.primary] + ([self.protocol] if self.protocol is not self.primary else [])
 
     def _state_feeds(self) -> dict[str, np.ndarray]:
         """Initial state and control values for a warm-up call of a stateful model."""
@@ -293,10 +328,14 @@ class TensorModel:
                 param="parameters.sequence_id",
             )
         elif self.batcher is not None:
-            results = await self.batcher.submit(feeds, self.deadline())
-            outputs = dict(zip(self.primary.output_names, results, strict=True))
+            batcher, graph = self.batcher, self.protocol
+            if internal and self.internal_batcher is not None:
+                batcher, graph = self.internal_batcher, self.primary
+            results = await batcher.submit(feeds, self.deadline())
+            outputs = dict(zip(graph.output_names, results, strict=True))
         else:
-            results = await self.run("model", feeds, names)
+            graph = self.primary if internal else self.protocol
+            results = await self.run_graph(graph, feeds, names)
             outputs = dict(zip(names, results, strict=True))
         if not self.reshapes:
             return {name: outputs[name] for name in names}
@@ -355,8 +394,8 @@ class TensorModel:
         async with self.serving.sequences.session(self.key, sequence_id, start, end) as slot:
             state = slot.state if slot.state is not None else self._fresh_state()
             full = {**feeds, **state, **self._controls(sequence_id, start, end)}
-            results = await self.run("model", full)
-            outputs = dict(zip(self.primary.output_names, results, strict=True))
+            results = await self.run_graph(self.protocol, full)
+            outputs = dict(zip(self.protocol.output_names, results, strict=True))
             slot.state = {s.input_name: outputs[s.output_name] for s in states}
         store, metrics = self.serving.sequences, self.serving.metrics
         metrics.sequences_live.labels(*self.labels).set(store.live(self.key))
@@ -393,8 +432,17 @@ class TensorModel:
     async def run(
         self, role: str, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
     ) -> list[np.ndarray]:
-        """Run one graph in the inference thread pool, timing queue and compute."""
-        graph, metrics = self.graphs[role], self.serving.metrics
+        """Run the graph of `role` in the inference thread pool, timing queue and compute."""
+        return await self.run_graph(self.graphs[role], feeds, output_names)
+
+    async def run_graph(
+        self,
+        graph: Graph,
+        feeds: Mapping[str, np.ndarray],
+        output_names: Sequence[str] | None = None,
+    ) -> list[np.ndarray]:
+        """Run `graph` in the inference thread pool, timing queue and compute."""
+        metrics = self.serving.metrics
         queued = time.perf_counter()
         batch = _batch_size(feeds) if self.config.batches else 1
         times = [queued, queued]  # the run's start and end, set on the inference thread
@@ -434,8 +482,9 @@ class TensorModel:
     async def close(self) -> None:
         """Answer what is queued, then stop this version's batchers. Its sequences are the data
         plane's to free: a reload of the same files goes on with them."""
-        if self.batcher is not None:
-            await self.batcher.close()
+        for batcher in (self.batcher, self.internal_batcher):
+            if batcher is not None:
+                await batcher.close()
 
 
 def sequence_key(name: str, version: int, graph: Graph) -> str:
