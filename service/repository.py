@@ -144,6 +144,12 @@ class Repository:
             raise ModelLoadError(f"model {name!r} version {version} has no {filename}")
         return path
 
+    def version_section(self, name: str, version: int, section: str) -> Any | None:
+        """`<version>/<section>.json`: a config.json section for this version only (a
+        generator's `generation`: each version samples as it was trained to); None if absent."""
+        path = self.version_dir(name, version) / f"{section}.json"
+        return read_json(path) if path.is_file() else None
+
     def card(self, name: str, version: int) -> dict[str, Any] | None:
         path = self.version_dir(name, version) / "card.json"
         if not path.is_file():

@@ -162,6 +162,8 @@ def publish_version(
     target = model_dir / str(version)
     if target.exists():
         shutil.rmtree(target)
+    if "generation" in config:  # a generator: how this version samples, whatever the next does
+        write_json(staging / "generation.json", config["generation"])
     card = {
         "name": name,
         "version": version,

@@ -89,6 +89,47 @@ def reference_features(dataset: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", GENERATORS)
+def test_every_version_keeps_its_own_generation_section(name: str) -> None:
+    """config.json's section is the latest version's; each version folder keeps the one it was
+    published with (an older version served beside the latest samples as it was trained to)."""
+    latest, config, _ = load(name)
+    for version in sorted(p for p in latest.parent.iterdir() if p.is_dir()):
+        section = json.loads((version / "generation.json").read_text())
+        assert section["kind"] == config["generation"]["kind"], version
+        if version == latest:
+            assert section == config["generation"]
+
+
+def test_older_versions_sample_with_their_own_section(tmp_path: Path) -> None:
+    """diffusion-mnist version 1 was published with guidance 3, version 2 with 1.25: served
+    together, each generates with its own default; without its generation.json, version 1
+    would take config.json's (version 2's)."""
+    root = tmp_path / "models"
+    shutil.copytree(MODELS / "diffusion-mnist", root / "diffusion-mnist")
+    settings = Settings(models_dir=root, load_versions=2, access_log=False)
+    query = "label=3&seed=5&steps=4"
+
+    def served() -> tuple[dict[int, float], bytes]:
+        with TestClient(create_app(settings)) as client:
+            registry = client.app.state.registry
+            guidance = {
+                v: registry.get("diffusion-mnist", str(v)).generation["defaults"]["guidance"]
+                for v in (1, 2)
+            }
+            url = f"/v1/models/diffusion-mnist/generate-image?{query}&version=1"
+            response = client.get(url)
+            assert response.status_code == 200, response.text
+            return guidance, response.content
+
+    guidance, own = served()
+    assert guidance == {1: 3.0, 2: 1.25}
+    (root / "diffusion-mnist" / "1" / "generation.json").unlink()
+    guidance, borrowed = served()
+    assert guidance == {1: 1.25, 2: 1.25}
+    assert own != borrowed  # the default guidance changes the picture
+
+
+@pytest.mark.parametrize("name", GENERATORS)
 def test_version_is_complete_and_checksummed(name: str) -> None:
     version, config, card = load(name)
     assert config["task"] == "image-generation" and config["generation"]["kind"]

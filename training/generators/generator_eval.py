@@ -218,6 +218,8 @@ def evaluate_shipped(family: str, run: Any, version: Path | None = None) -> dict
     data = load_image_data(run.dataset, run.data_dir)
     version_dir = version or latest_version(run.models_dir / f"{family}-{data.name}")
     config = json.loads((version_dir.parent / "config.json").read_text())
+    if (version_dir / "generation.json").is_file():  # how this version samples (the service too)
+        config["generation"] = json.loads((version_dir / "generation.json").read_text())
     card = json.loads((version_dir / "card.json").read_text())
     keys = ("sampler", "steps", "guidance", "samples")
     settings = [
