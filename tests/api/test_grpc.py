@@ -3,9 +3,13 @@ and grpcio's own stubs, against a real server (`python -m service`) with shipped
 
 from __future__ import annotations
 
+import json
 import queue
+import signal
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,6 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers.live_server import Server, live_server
 from helpers.onnx_builders import write_classifier
 from helpers.scrape import model_metric
@@ -327,3 +332,73 @@ def test_deadline_stops_the_generation(
 def generated_tokens(server: Server) -> float:
     text = httpx.get(f"{server.url}/metrics").text
     return model_metric(text, "seedserve_generated_tokens_total", "gru-austen")
+
+
+def test_request_id_and_metrics(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, server: Server
+) -> None:
+    request = pb.ModelReadyRequest(name="cnn-mnist")
+    _, call = stub.ModelReady.with_call(
+        request, metadata=(*AUTH.items(), ("x-request-id", "trace-me-42"))
+    )
+    assert dict(call.trailing_metadata())["x-request-id"] == "trace-me-42"
+    with pytest.raises(grpc.RpcError):  # no key: counted under its code
+        stub.ModelInfer(pb.ModelInferRequest(model_name="cnn-mnist"))
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'seedserve_grpc_requests_total{code="OK",method="ModelReady"}' in metrics
+    assert 'seedserve_grpc_requests_total{code="UNAUTHENTICATED",method="ModelInfer"}' in metrics
+    assert "seedserve_grpc_request_duration_seconds_bucket" in metrics
+
+
+def test_health_service(server: Server) -> None:
+    with grpc.insecure_channel(server.grpc) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService", "live"):
+            answer = health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as unknown:
+            health.Check(health_pb2.HealthCheckRequest(service="nope"))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_sigterm_drains_grpc(tmp_path: Path) -> None:
+    """SIGTERM: new calls are refused (health checks too), a running stream finishes,
+    the process exits 0; the JSON access log has each call's request id and status code."""
+    root = copy_models(["gru-austen"], tmp_path / "models")
+    env = {"SEEDSERVE_ACCESS_LOG": "true", "SEEDSERVE_SHUTDOWN_TIMEOUT_S": "20"}
+    with live_server(root, env=env) as running:
+        channel = grpc.insecure_channel(running.grpc)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        request = pb.ModelInferRequest(model_name="gru-austen", id="draining")
+        request.inputs.add(
+            name="text_input", datatype="BYTES", shape=[1]
+        ).contents.bytes_contents.append(b"Emma")
+        request.parameters["max_tokens"].int64_param = 120
+        tokens: list[str] = []
+        stream = stub.ModelStreamInfer(iter([request]), metadata=(("x-request-id", "drain-1"),))
+        first = next(stream)
+        tokens.append(first.infer_response.raw_output_contents[0][4:].decode())
+        reader = threading.Thread(
+            target=lambda: tokens.extend(
+                r.infer_response.raw_output_contents[0][4:].decode() for r in stream
+            )
+        )
+        reader.start()
+        running.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        for call in (
+            lambda: stub.ServerLive(pb.ServerLiveRequest()),
+            lambda: health.Check(health_pb2.HealthCheckRequest(service="")),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:  # new calls, probes too
+                call()
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        reader.join(timeout=30)
+        assert len(tokens) == 120, "the running generation finished"
+        assert running.process.wait(timeout=30) == 0
+        channel.close()
+    output = running.process.stdout.read().decode() if running.process.stdout else ""
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    access = [e for e in lines if e.get("grpc_method") == "ModelStreamInfer"]
+    assert access and access[0]["request_id"] == "drain-1" and access[0]["code"] == "OK"

@@ -5,13 +5,17 @@ client that disconnects mid-stream. Tiny real ONNX bigram models (tests/helpers/
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import openai
 import pytest
 from fastapi.testclient import TestClient
 from helpers.completion_answers import check_logprobs, events, merged_choice
+from helpers.live_server import Server, live_server
 from helpers.onnx_builders import write_classifier, write_language_model
 from helpers.scrape import model_metric
 
@@ -277,3 +281,212 @@ def test_models_list_includes_language_models(lm_client: TestClient) -> None:
 
 def metric(text: str, name: str, model: str = "lm-test") -> float:
     return model_metric(text, name, model)
+
+
+def test_generation_metrics(lm_client: TestClient) -> None:
+    before = lm_client.get("/metrics").text
+    complete(lm_client, prompt="the cat", max_tokens=7, n=2)
+    after = lm_client.get("/metrics").text
+    delta = {
+        name: metric(after, name) - metric(before, name)
+        for name in (
+            "seedserve_generated_tokens_total",
+            "seedserve_prompt_tokens_total",
+            "seedserve_time_to_first_token_seconds_count",
+            "seedserve_inter_token_latency_seconds_count",
+            "seedserve_generation_duration_seconds_count",
+        )
+    }
+    assert delta == {
+        "seedserve_generated_tokens_total": 14,
+        "seedserve_prompt_tokens_total": 2,
+        "seedserve_time_to_first_token_seconds_count": 1,
+        "seedserve_inter_token_latency_seconds_count": 12,  # 6 gaps in each of 2 sequences
+        "seedserve_generation_duration_seconds_count": 1,
+    }
+
+
+# -- bad input ---------------------------------------------------------------------------------
+LONG = "the " * 2049  # 2049 tokens, under the character limit
+
+# (body overrides, param the error must name); every one is a 400 in OpenAI's error shape
+BAD_COMPLETIONS: list[tuple[dict[str, Any], str | None]] = [
+    ({"prompt": None}, "prompt"),
+    ({"prompt": []}, "prompt"),
+    ({"prompt": "x" * 20_001}, "prompt"),
+    ({"prompt": LONG}, "prompt"),
+    ({"prompt": ["the", LONG]}, "prompt"),
+    ({"prompt": 7}, "prompt"),
+    ({"max_tokens": 513}, "max_tokens"),
+    ({"max_tokens": -1}, "max_tokens"),
+    ({"n": 0}, "n"),
+    ({"n": 17}, "n"),
+    ({"n": 9, "prompt": ["a", "b"]}, "n"),
+    ({"temperature": -0.5}, "temperature"),
+    ({"temperature": "hot"}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"top_k": -2}, "top_k"),
+    ({"logprobs": 21}, "logprobs"),
+    ({"logprobs": -1}, "logprobs"),
+    ({"stop": [""]}, "stop"),
+    ({"stop": ["x"] * 17}, "stop"),
+    ({"stop": ["x" * 201]}, "stop"),
+    ({"seed": -1}, "seed"),
+    ({"seed": 2**63}, "seed"),
+    ({"repetition_penalty": 0}, "repetition_penalty"),
+    ({"presence_penalty": 0.5}, "presence_penalty"),
+    ({"frequency_penalty": 1}, "frequency_penalty"),
+    ({"best_of": 3}, "best_of"),
+    ({"logit_bias": {"3": 5}}, "logit_bias"),
+    ({"suffix": "the end"}, "suffix"),
+    ({"bogus": 1}, "bogus"),
+    (
+        {"stream": True, "stream_options": {"include_usage": True, "extra": 1}},
+        "stream_options.extra",
+    ),
+    ({"model": "linear-test"}, "model"),
+]
+
+
+@pytest.mark.parametrize(("override", "param"), BAD_COMPLETIONS)
+def test_bad_completion_requests(
+    lm_client: TestClient, override: dict[str, Any], param: str | None
+) -> None:
+    body = {"model": "lm-test", "prompt": "the", **override}
+    body = {k: v for k, v in body.items() if v is not None}
+    response = lm_client.post("/v1/completions", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == param and error["code"] == 400
+    assert error["type"] == "invalid_request_error" and param.split(".")[0] in error["message"]
+
+
+def test_completion_errors_in_openai_shape(lm_client: TestClient) -> None:
+    missing = lm_client.post("/v1/completions", json={"model": "nope", "prompt": "a"})
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "not_found_error"
+    broken = lm_client.post(
+        "/v1/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert broken.status_code == 400 and "JSON" in broken.json()["error"]["message"]
+
+
+# (path, body, status, words the error must contain) for the other text endpoints
+BAD_TEXT: list[tuple[str, dict[str, Any], int, str]] = [
+    ("/v1/models/lm-test/next-word", {"text": "a", "top_k": 101}, 400, "top_k"),
+    ("/v1/models/lm-test/next-word", {"text": "a", "top_k": 0}, 400, "top_k"),
+    ("/v1/models/lm-test/next-word", {"text": LONG}, 400, "text"),
+    ("/v1/models/lm-test/next-word", {"txt": "a"}, 400, "txt"),
+    ("/v1/models/linear-test/next-word", {"text": "a"}, 400, "not a language model"),
+    ("/v1/models/nope/next-word", {"text": "a"}, 404, "nope"),
+    ("/v2/models/lm-test/generate", {}, 400, "text_input"),
+    ("/v2/models/lm-test/generate", {"text_input": LONG}, 400, "text_input"),
+    ("/v2/models/lm-test/generate", {"text_input": "a", "parameters": {"max_tokens": 600}}, 400,
+     "max_tokens"),
+    ("/v2/models/lm-test/generate", {"text_input": "a", "parameters": {"top_p": 2}}, 400, "top_p"),
+    ("/v2/models/lm-test/generate", {"text_input": "a", "parameters": {"beam": 2}}, 400, "beam"),
+    ("/v2/models/lm-test/generate_stream", {"text_input": "a", "parameters": {"stop": [""]}}, 400,
+     "stop"),
+    ("/v2/models/lm-test/versions/9/generate", {"text_input": "a"}, 404, "version"),
+    ("/v2/models/linear-test/generate_stream", {"text_input": "a"}, 400, "not a language model"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "body", "status", "words"), BAD_TEXT)
+def test_bad_text_requests(
+    lm_client: TestClient, path: str, body: dict[str, Any], status: int, words: str
+) -> None:
+    response = lm_client.post(path, json=body)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert words in response.json()["error"]
+
+
+def test_api_key_errors_in_openai_shape(lm_dir: Path) -> None:
+    settings = Settings(models_dir=lm_dir, access_log=False, api_key="k" * 20)
+    with TestClient(create_app(settings)) as client:
+        denied = client.post("/v1/completions", json={"model": "lm-test", "prompt": "a"})
+        assert denied.status_code == 401
+        assert denied.json()["error"]["type"] == "authentication_error"
+        allowed = client.post(
+            "/v1/completions",
+            json={"model": "lm-test", "prompt": "a"},
+            headers={"Authorization": f"Bearer {'k' * 20}"},
+        )
+        assert allowed.status_code == 200
+
+
+# -- a live server: the official openai client, disconnects, the concurrency limit --------------
+MAX_NEW = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def server(lm_dir: Path) -> Iterator[Server]:
+    env = {"SEEDSERVE_MAX_NEW_TOKENS": str(MAX_NEW), "SEEDSERVE_MAX_CONCURRENT_GENERATIONS": "1"}
+    with live_server(lm_dir, env=env) as running:
+        yield running
+    log = running.process.stdout.read().decode() if running.process.stdout else ""
+    assert "Traceback" not in log and "never retrieved" not in log, log[-3000:]
+    assert running.returncode == 0
+
+
+def test_openai_client_plain_and_streaming(server: Server) -> None:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    plain = client.completions.create(
+        model="lm-test", prompt="the", max_tokens=6, seed=4, temperature=1.1,
+        extra_body={"top_k": 6, "repetition_penalty": 1.1},
+    )  # fmt: skip
+    assert plain.object == "text_completion" and plain.choices[0].finish_reason == "length"
+    assert plain.usage is not None and plain.usage.completion_tokens == 6
+    stream = client.completions.create(
+        model="lm-test", prompt="the", max_tokens=6, seed=4, temperature=1.1, stream=True,
+        stream_options={"include_usage": True}, extra_body={"top_k": 6, "repetition_penalty": 1.1},
+    )  # fmt: skip
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == plain.choices[0].text
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 7
+    listed = {m.id for m in client.models.list()}
+    assert {"lm-test", "kv-test"} <= listed
+    with pytest.raises(openai.BadRequestError) as error:
+        client.completions.create(model="lm-test", prompt="the", max_tokens=-3)
+    assert error.value.status_code == 400 and "max_tokens" in str(error.value)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="the")
+
+
+def scrape(server: Server, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    return metric(text, name, "kv-test")
+
+
+def test_a_client_that_disconnects_stops_its_generation(server: Server) -> None:
+    body = {"model": "kv-test", "prompt": "the", "max_tokens": MAX_NEW, "stream": True}
+    before = scrape(server, "seedserve_generated_tokens_total")
+    with (
+        httpx.Client(timeout=10) as http,
+        http.stream("POST", f"{server.url}/v1/completions", json=body) as response,
+    ):
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+        assert scrape(server, "seedserve_generation_tasks_in_flight") == 1
+        # one generation at a time on this server: the next is refused, in OpenAI's shape
+        busy = http.post(f"{server.url}/v1/completions", json={**body, "max_tokens": 1})
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert busy.json()["error"]["type"] == "server_error"
+    # leaving the block closed the connection mid-stream
+    deadline = time.monotonic() + 10
+    while scrape(server, "seedserve_generation_tasks_in_flight") != 0:
+        assert time.monotonic() < deadline, "the generation kept running after the disconnect"
+        time.sleep(0.05)
+    stopped = scrape(server, "seedserve_generated_tokens_total")
+    time.sleep(0.3)
+    assert scrape(server, "seedserve_generated_tokens_total") == stopped, "tokens still produced"
+    assert 0 < stopped - before < MAX_NEW / 10
+    # and the model serves the next request
+    again = httpx.post(
+        f"{server.url}/v1/completions", json={**body, "stream": False, "max_tokens": 2}
+    )
+    assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 2
