@@ -53,8 +53,13 @@ BATCH_SWEEP = (1, 2, 4, 8, 16, 32, 64)
 # Enough task threads that all 32 generations sample at once (the default, 8, queues the rest):
 # with step batching on, every running generation can put its step into the shared call.
 SERVICE_ENV = {"SEEDSERVE_TASK_THREADS": "32"}
-# batching on (as configured) / off: step batching for diffusion, dynamic batching for V2
-MODES = {"on": {}, "off": {"SEEDSERVE_STEP_BATCHING": "false", "SEEDSERVE_BATCHING": "false"}}
+# batching on (step batching forced on for diffusion, whatever its load-time timing says),
+# auto (the defaults: step batching only where the denoiser's timing says it pays) and off
+MODES = {
+    "on": {"SEEDSERVE_STEP_BATCHING_MIN_SAVING_MS": "-1000"},
+    "auto": {},
+    "off": {"SEEDSERVE_STEP_BATCHING": "false", "SEEDSERVE_BATCHING": "false"},
+}
 WORKS = ("diffusion", "transformer")
 
 
@@ -315,7 +320,9 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"{doc['machine']}; onnxruntime one intra-op thread per call; {doc['seconds']:.0f} s run"
         + (" (--quick: figures are not meaningful)" if doc["quick"] else "")
-        + f". Service on 127.0.0.1 with {env}; batching `off` = "
+        + f". Service on 127.0.0.1 with {env}; batching `on` = step batching forced on "
+        "(`SEEDSERVE_STEP_BATCHING_MIN_SAVING_MS=-1000`), `auto` = the defaults (step batching "
+        "where the denoiser's load-time timing says it pays), `off` = "
         "`SEEDSERVE_STEP_BATCHING=false` and `SEEDSERVE_BATCHING=false`.",
         "",
         f"- **diffusion**: {IMAGE_MODEL}, 1 image per request, DDIM {STEPS} steps, default "

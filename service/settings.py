@@ -131,9 +131,16 @@ class Settings(BaseSettings):
     """Most image-steps per request: n x steps (x 2 with classifier-free guidance)."""
     step_batching: bool = True
     """Denoising steps of image generations running at once on one model version share one
-    onnxruntime call (rows stacked, results split back; same images as run alone). What it
-    gains and costs on a CPU, measured: docs/benchmarks.md, "Generation", and
-    bench/results/compute.md."""
+    onnxruntime call (rows stacked, results split back; same images as run alone), for the
+    denoisers where that pays (`SEEDSERVE_STEP_BATCHING_MIN_SAVING_MS`). What it gains and costs on
+    a CPU, measured: docs/benchmarks.md, "Generation", and bench/results/compute.md."""
+    step_batching_min_saving_ms: float = Field(0.25, ge=-1000, le=1000)
+    """Step batching serves a denoiser only where, timed when the model loads, a generation's
+    step costs at least this many milliseconds less inside one call of 8 generations' steps
+    than alone: enough to pay for the hand-offs between threads that sharing needs. Elsewhere
+    (on a 2-core CPU: the pixel U-Net costs the same per row at any batch, the latent
+    denoiser saves 0.06 ms a step) each step runs as it comes, as with step batching off.
+    Negative: always batch."""
     max_step_delay_ms: float = Field(0.0, ge=0, le=1000)
     """How long a denoising step may wait for the model's other running generations to submit
     theirs, in milliseconds (it runs at once when all of them have); 0 = no waiting (steps that

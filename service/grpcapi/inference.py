@@ -291,7 +291,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         except pydantic.ValidationError as exc:
             raise InvalidInput(_validation_message(exc), param="parameters") from None
         job = generation_job(backend.settings, model, text, sampling)
-        events = stream_generation(backend.dataplane, model, job, None)
+        events = stream_generation(backend.dataplane, model, job, None, streamed)
         head = (model.name, str(model.version), request.id or None)
         pieces: list[str] = []
         reason = "length"

@@ -91,9 +91,10 @@ async def start_generation(
     settings: Settings,
     model: LanguageModel,
     body: GenerateRequest,
+    each_step: bool,
 ) -> AsyncGenerator[Event, None]:
     job = generation_job(settings, model, body.text_input, body.parameters or GenerateParameters())
-    events = stream_generation(dataplane, model, job, request.is_disconnected)
+    events = stream_generation(dataplane, model, job, request.is_disconnected, each_step)
     await first_event(events)
     return events
 
@@ -115,7 +116,7 @@ async def generate(
 ) -> GenerateResponse:
     """Generate text from `text_input` (Open Inference Protocol generate extension)."""
     model = language_model(registry, model_name, model_version)
-    events = await start_generation(request, dataplane, settings, model, body)
+    events = await start_generation(request, dataplane, settings, model, body, False)
     pieces, reason = [], "length"
     async for event in events:
         if isinstance(event, SequenceToken):
@@ -149,7 +150,7 @@ async def generate_stream(
 ) -> StreamingResponse:
     """Generate text as server-sent events, one per token; the last has `done: true`."""
     model = language_model(registry, model_name, model_version)
-    events = await start_generation(request, dataplane, settings, model, body)
+    events = await start_generation(request, dataplane, settings, model, body, True)
     head = {"model_name": model.name, "model_version": str(model.version), "id": body.id}
 
     async def stream() -> AsyncIterator[bytes]:

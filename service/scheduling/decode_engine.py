@@ -7,7 +7,8 @@ request, in ONE scheduler thread. Each iteration it
        and drops the sequences of requests that were cancelled (their client went away),
     2. picks the next token of every running sequence (its own `Continuation`: sampler, text
        writer, stop strings, token budget — the same code as `Decoder.continue_many`),
-    3. hands each request its new tokens (one `call_soon_threadsafe` per event loop), and
+    3. hands each request its new tokens (one `call_soon_threadsafe` per event loop; a request
+       answered whole gets them all at its end), and
     4. advances every sequence that continues with ONE `Decoder.feed_many` call.
 
 Sequences join and leave between iterations, whatever their length or start time: a request
@@ -52,8 +53,13 @@ class DecodeRequest:
         sequences: int,
         started: float,
         on_leave: Callable[[], None],
+        each_step: bool = True,
     ) -> None:
         self.loop = loop
+        # False: the tokens are handed over once, when the request ends (a plain answer reads
+        # nothing before then), instead of waking its loop at every step
+        self.each_step = each_step
+        self.held: Tokens = []  # tokens not handed over yet (the scheduler thread's)
         self.remaining = sequences  # sequences not finished or dropped (the scheduler's count)
         self.started = started  # when the request arrived: time to first token counts from it
         self.on_leave = on_leave
@@ -143,12 +149,14 @@ class DecodeEngine:
         sequences: Sequence[Continuation],
         started: float,
         on_leave: Callable[[], None] = lambda: None,
+        each_step: bool = True,
     ) -> DecodeRequest:
         """Queue a request's sequences (prefill done) and return the handle to read them with.
-        Call from the request's event loop."""
+        Call from the request's event loop. `each_step` False: its tokens come all at once, at
+        the end (for an answer that is not streamed)."""
         loop = asyncio.get_running_loop()
         live = [(i, s) for i, s in enumerate(sequences) if not s.done]
-        request = DecodeRequest(loop, len(live), started, on_leave)
+        request = DecodeRequest(loop, len(live), started, on_leave, each_step)
         if not live:  # max_tokens 0: nothing to write
             request._hand_over([], end=True)
             return request
@@ -275,10 +283,17 @@ class DecodeEngine:
 
     @staticmethod
     def _deliver(parcels: Iterable[_Parcel]) -> None:
-        """Hand every request its parcel: one callback per event loop per iteration."""
+        """Hand every request its parcel (held back until its end where it reads them only
+        then): one callback per event loop per iteration."""
         by_loop: dict[asyncio.AbstractEventLoop, list[_Parcel]] = {}
         for parcel in parcels:
-            by_loop.setdefault(parcel.request.loop, []).append(parcel)
+            request = parcel.request
+            if not request.each_step:
+                request.held += parcel.tokens
+                if not parcel.end:
+                    continue
+                parcel.tokens, request.held = request.held, []
+            by_loop.setdefault(request.loop, []).append(parcel)
         for loop, batch in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_hand_over_all, batch)

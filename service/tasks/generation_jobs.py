@@ -211,9 +211,11 @@ async def stream_generation(
     model: LanguageModel,
     job: GenerationJob,
     disconnected: Callable[[], Awaitable[bool]] | None = None,
+    each_step: bool = True,
 ) -> AsyncGenerator[Event, None]:
     """Read the prompts in the task pool, then write `job` in the model's decode engine
-    (continuous batching with every other request), yielding the events as they happen.
+    (continuous batching with every other request), yielding the events as they happen; with
+    `each_step` False (an answer sent whole), the tokens come all together at the end.
 
     Closing the iterator (a client that went away, a cancelled request) takes the sequences out
     of the engine before its next step; the generation's slot (`max_concurrent_generations`,
@@ -244,7 +246,7 @@ async def stream_generation(
             sequences = await loop.run_in_executor(dataplane.task_executor, tracing.bind(prefill))
             contexts = [s.context for s in sequences[:: job.n]]
             metrics.prompt_tokens.labels(*labels).inc(sum(len(c.tokens) for c in contexts))
-            request = model.decode_engine().submit(sequences, started, release)
+            request = model.decode_engine().submit(sequences, started, release, each_step)
             if disconnected is not None:
                 watcher = asyncio.create_task(cancel_when_disconnected(disconnected, request))
             yield PromptsRead(contexts)

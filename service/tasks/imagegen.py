@@ -137,6 +137,18 @@ def denoiser_call(
     return lambda feeds: run_in_chunks(session, output, feeds, DENOISER_ROWS_PER_CALL)
 
 
+def denoiser_step(generation: Mapping[str, Any], rows: int = 2) -> dict[str, np.ndarray]:
+    """Denoiser feeds of one step of one generation (2 rows: classifier-free guidance), as a
+    sample: zeros at mid-schedule, the unconditional label."""
+    spec = generation["denoiser"]
+    middle = int(generation["schedule"]["timesteps"]) // 2
+    return {
+        spec["sample_input"]: np.zeros((rows, *generation["latent_shape"]), dtype=np.float32),
+        spec["timestep_input"]: np.full(rows, middle, dtype=np.int64),
+        spec["label_input"]: np.full(rows, int(generation["null_label"]), dtype=np.int64),
+    }
+
+
 def decode(
     spec: Mapping[str, Any], sessions: Sessions, latents: np.ndarray, labels: np.ndarray
 ) -> np.ndarray:

@@ -1,5 +1,5 @@
 """`python -m bench.compute --quick` end to end: the shipped diffusion-mnist and transformer-austen
-in process and behind a real service on loopback, batching on and off. Checks the structure of
+in process and behind a real service on loopback, batching on, auto and off. Checks the structure of
 what it writes, never its speed (this machine is shared)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def test_quick_run_writes_both_works_in_both_modes(tmp_path: Path) -> None:
     assert set(rows) == {
         (work, mode, c)
         for work in ("diffusion", "transformer")
-        for mode in ("on", "off")
+        for mode in ("on", "auto", "off")
         for c in (1, 4)
     }
     for row in rows.values():

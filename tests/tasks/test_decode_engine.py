@@ -150,6 +150,31 @@ def test_concurrent_requests_share_steps_and_write_what_each_writes_alone(
     assert engine.steps == len(batches) < written - len(jobs)
 
 
+def test_a_request_read_whole_gets_every_token_in_one_hand_over(
+    decoders: dict[str, Decoder],
+) -> None:
+    """each_step=False (an answer that is not streamed): the same tokens, handed over once at
+    the end instead of waking the request's loop at every step; a streamed request beside it
+    still gets its tokens step by step."""
+    decoder = decoders["cache"]
+    engine = DecodeEngine(decoder, max_batch=8)
+
+    async def main() -> tuple[list, list]:
+        hand_overs: tuple[list, list] = ([], [])
+        whole = engine.submit(sequences(decoder, PROMPTS[2], 9, 4, n=2), 0.0, each_step=False)
+        streamed = engine.submit(sequences(decoder, PROMPTS[1], 12, 7), 0.0)
+        for request, seen in zip((whole, streamed), hand_overs, strict=True):
+            while tokens := await request.next_tokens():
+                seen.append(tokens)
+        return hand_overs
+
+    whole, streamed = closing(engine, main)
+    assert len(whole) == 1 and len(streamed) > 1
+    for i in range(2):
+        same([t for index, t in whole[0] if index == i], alone(decoder, PROMPTS[2], 9, 4 + i))
+    same([t for tokens in streamed for _, t in tokens], alone(decoder, PROMPTS[1], 12, 7))
+
+
 def test_a_request_that_joins_later_writes_the_same(decoders: dict[str, Decoder]) -> None:
     decoder = decoders["cache"]
     engine = DecodeEngine(decoder, max_batch=8)

@@ -16,7 +16,7 @@ import pytest
 
 from service.errors import Cancelled
 from service.runtime import Graph
-from service.scheduling.step_batcher import StepBatcher
+from service.scheduling.step_batcher import StepBatcher, batching_saving
 from service.settings import Settings
 from service.tasks import imagegen
 
@@ -205,3 +205,20 @@ def test_a_stopped_generation_leaves_the_batcher_at_once() -> None:
     started = time.perf_counter()
     imagegen.generate(config, sessions, 1, steps=3, step_batcher=batcher)
     assert time.perf_counter() - started < 5.0
+
+
+def test_batching_saving_is_measured_from_the_calls() -> None:
+    """A call that costs the same per row saves nothing when shared (the pixel U-Net on a
+    CPU); one dominated by a fixed cost per call saves most of that cost at each step."""
+
+    def per_row(feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        time.sleep(0.001 * len(feeds["x"]))
+        return feeds["x"]
+
+    def per_call(feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        time.sleep(0.004 + 0.0001 * len(feeds["x"]))
+        return feeds["x"]
+
+    assert batching_saving(per_row, step(2, 1.0)) < 0.0005
+    # alone 4.2 ms for 2 rows, shared 5.6 ms for 16 = 0.7 ms a step: 3.5 ms saved
+    assert 0.0025 < batching_saving(per_call, step(2, 1.0)) < 0.0045
