@@ -157,6 +157,15 @@ def decode(
     return run_in_chunks(sessions[spec["graph"]], spec["output"], feeds)
 
 
+def prior_latents(
+    spec: Mapping[str, Any], sessions: Sessions, noise: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
+    """Noise ~ N(0, I) (N, *latent_shape) -> latents of the labels' classes through the prior
+    graph (a VAE's per-class Gaussian fitted to its encoder's latents)."""
+    feeds = {spec["noise_input"]: noise, spec["label_input"]: labels}
+    return run_in_chunks(sessions[spec["graph"]], spec["output"], feeds)
+
+
 def to_uint8(images: np.ndarray, output_range: Sequence[float]) -> np.ndarray:
     """(N, C, H, W) floats in output_range -> uint8 (N, H, W), or (N, H, W, C) when C > 1."""
     low, high = float(output_range[0]), float(output_range[1])
@@ -197,6 +206,8 @@ def iter_generate(
     if kind == "decoder":
         refuse_diffusion_options(steps, guidance, sampler)
         latents = rng.standard_normal(shape, dtype=np.float32)
+        if "prior" in generation:  # a learned prior maps the noise to the decoder's latents
+            latents = prior_latents(generation["prior"], sessions, latents, label_ids)
         images = decode(generation["decoder"], sessions, latents, label_ids)
         yield Progress(1, 1, to_uint8(images, generation["output_range"]))
         return

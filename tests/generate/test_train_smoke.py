@@ -65,6 +65,22 @@ def test_vae_trains_exports_and_reconstructs(vae_version: Path) -> None:
     assert reconstruct(config, sessions, images[0], 0).shape == (28, 28)
 
 
+def test_a_vae_with_a_kl_weight_below_one_ships_a_class_prior(tmp_path: Path) -> None:
+    """Its latents are sampled from a Gaussian per class fitted to its encoder (prior.onnx,
+    verified against torch like every graph), and the sampler goes through it."""
+    version = train("vae", tmp_path, "--kl-weight", "0.5", "--blocks", "1")
+    config, card = check_version(version)
+    assert config["graphs"]["prior"] == "prior.onnx" and "prior" in config["generation"]
+    assert "prior.onnx" in card["export"]["max_abs_diff"]
+    sessions = load_sessions(version, config)
+    labels = [0, 1, 2]
+    noise = np.random.default_rng(0).standard_normal((3, 16), dtype=np.float32)
+    (latents,) = sessions["prior"].run(None, {"noise": noise, "label": np.array(labels)})
+    (decoded,) = sessions["decoder"].run(None, {"latent": latents, "label": np.array(labels)})
+    expected = np.rint(np.clip(decoded[:, 0], 0, 1) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(generate(config, sessions, labels, seed=0), expected)
+
+
 def test_exporting_the_checkpoint_again_gives_the_same_graphs(
     vae_version: Path, tmp_path: Path
 ) -> None:

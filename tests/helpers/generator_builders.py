@@ -129,6 +129,30 @@ def denoiser_onnx(sample_shape: tuple[int, ...]) -> onnx.ModelProto:
     return finish(graph)
 
 
+def prior_onnx(seed: int = 2) -> onnx.ModelProto:
+    """(noise (B, 4), label (B,)) -> latent (B, 4) = means[label] + 0.5 noise: a class prior."""
+    means = np.random.default_rng(seed).normal(0, 3, (CLASSES, LATENT)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gather", ["means", "label"], ["centre"], axis=0),
+        helper.make_node("Mul", ["noise", "half"], ["spread"]),
+        helper.make_node("Add", ["centre", "spread"], ["latent"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "prior",
+        [
+            helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["batch", LATENT]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
+        ],
+        [helper.make_tensor_value_info("latent", TensorProto.FLOAT, ["batch", LATENT])],
+        [
+            numpy_helper.from_array(means, "means"),
+            numpy_helper.from_array(np.float32(0.5), "half"),
+        ],
+    )
+    return finish(graph)
+
+
 def session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 

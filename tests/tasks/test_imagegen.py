@@ -7,10 +7,14 @@ import io
 import numpy as np
 import pytest
 from helpers.generator_builders import (
+    CLASSES,
+    LATENT,
     diffusion_config,
     diffusion_sessions,
     latent_diffusion_config,
     latent_diffusion_sessions,
+    prior_onnx,
+    session,
     vae_config,
     vae_sessions,
 )
@@ -24,7 +28,9 @@ from service.tasks.imagegen import (
     iter_generate,
     reconstruct,
     to_png,
+    to_uint8,
 )
+from training.generators.generation_config import decoder_generation
 
 CASES = {
     "decoder": (vae_config, vae_sessions),
@@ -134,3 +140,25 @@ def test_png_is_valid_and_sized() -> None:
     assert Image.open(io.BytesIO(grid_png(images, nrow=5, scale=2))).size == (2 * 152, 2 * 152)
     tiles = grid(images, nrow=10, padding=2)
     np.testing.assert_array_equal(tiles[2:30, 32:60], images[1])
+
+
+def test_a_prior_graph_maps_the_noise_before_the_decoder() -> None:
+    """A VAE with a class prior samples decoder(prior(noise, label)); reconstruction still
+    decodes the encoder's latents as they are."""
+    config = vae_config()
+    config["generation"] = decoder_generation(LATENT, CLASSES, encoder=True, prior=True)
+    config["graphs"]["prior"] = "prior.onnx"
+    sessions = {**vae_sessions(), "prior": session(prior_onnx())}
+    labels = np.array([1, 4, 4, 9])
+    images = generate(config, sessions, labels.tolist(), seed=3)
+    noise = np.random.default_rng(3).standard_normal((4, LATENT), dtype=np.float32)
+    (latents,) = sessions["prior"].run(None, {"noise": noise, "label": labels})
+    (expected,) = sessions["decoder"].run(None, {"latent": latents, "label": labels})
+    np.testing.assert_array_equal(images, to_uint8(expected, [0.0, 1.0]))
+    plain = generate(vae_config(), vae_sessions(), labels.tolist(), seed=3)
+    assert not np.array_equal(images, plain)
+    pictures = plain[:2]
+    assert np.array_equal(
+        reconstruct(config, sessions, pictures, labels[:2]),
+        reconstruct(vae_config(), vae_sessions(), pictures, labels[:2]),
+    )

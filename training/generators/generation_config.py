@@ -16,6 +16,7 @@ ENCODER = {
     "mean_output": "mean",
     "log_variance_output": "log_variance",
 }
+PRIOR = {"graph": "prior", "noise_input": "noise", "label_input": "label", "output": "latent"}
 DENOISER = {
     "graph": "model",
     "sample_input": "x_t",
@@ -34,9 +35,12 @@ def schedule_parameters(kind: str, timesteps: int) -> dict[str, Any]:
     raise ValueError(f"unknown schedule {kind!r} (known: linear, cosine)")
 
 
-def decoder_generation(latent_dim: int, num_classes: int, encoder: bool) -> dict[str, Any]:
-    """A GAN's generator or a VAE's decoder (and, for the VAE, its encoder): one call, latent and
-    label in, an image in [0, 1] out."""
+def decoder_generation(
+    latent_dim: int, num_classes: int, encoder: bool, prior: bool = False
+) -> dict[str, Any]:
+    """A GAN's generator or a VAE's decoder (and, for the VAE, its encoder and maybe a prior
+    graph that maps the noise to its latents): one call, latent and label in, an image in
+    [0, 1] out."""
     section: dict[str, Any] = {
         "kind": "decoder",
         "image_shape": IMAGE_SHAPE,
@@ -45,7 +49,7 @@ def decoder_generation(latent_dim: int, num_classes: int, encoder: bool) -> dict
         "num_classes": num_classes,
         "decoder": DECODER,
     }
-    return section | ({"encoder": ENCODER} if encoder else {})
+    return section | ({"encoder": ENCODER} if encoder else {}) | ({"prior": PRIOR} if prior else {})
 
 
 def denoising(

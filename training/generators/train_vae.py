@@ -41,7 +41,7 @@ from training.generators.common import (
     training_summary,
 )
 from training.generators.generation_config import decoder_generation
-from training.models.vae import VAE, VAEConfig
+from training.models.vae import VAE, VAEConfig, fit_class_prior
 from training.publish import Graph
 
 
@@ -153,6 +153,13 @@ def export_version(run: RunConfig, data: ImageData, checkpoint: Path) -> Path:
             encoder_check,
         ),
     ]
+    # a KL weight below 1 leaves latents that N(0, I) fits badly: sample from a Gaussian per
+    # class fitted to them instead (prior.onnx; training/models/vae.py's ClassPrior)
+    prior = saved["train_config"]["kl_weight"] < 1.0
+    if prior:
+        fitted = fit_class_prior(model.encoder, x, y, model_config.num_classes)
+        prior_check = {"noise": latent, "label": y[:64]}
+        graphs.append(Graph("prior.onnx", fitted, first(prior_check, 2), ["latent"], prior_check))
     history = History(
         saved["history"]["iterations"],
         {k: v for k, v in saved["history"].items() if k != "iterations"},
@@ -172,11 +179,22 @@ def export_version(run: RunConfig, data: ImageData, checkpoint: Path) -> Path:
         [tensor_spec("image", "FP32", [1, 28, 28])],
     )
     config["graphs"] = {"decoder": "decoder.onnx", "encoder": "encoder.onnx"}
-    config["generation"] = decoder_generation(latent_dim, model_config.num_classes, encoder=True)
+    if prior:
+        config["graphs"]["prior"] = "prior.onnx"
+    config["generation"] = decoder_generation(
+        latent_dim, model_config.num_classes, encoder=True, prior=prior
+    )
     card = {
         "description": "Class-conditional convolutional VAE. model.onnx (= decoder.onnx) maps a "
         "latent z ~ N(0, I) and a label to an image in [0, 1]; encoder.onnx maps an image in "
-        "[0, 1] and its label to the posterior mean and log-variance.",
+        "[0, 1] and its label to the posterior mean and log-variance."
+        + (
+            " prior.onnx maps noise ~ N(0, I) and a label to a latent of that class (a Gaussian "
+            "per class fitted to the encoder's latents of the training images): the service "
+            "samples through it."
+            if prior
+            else ""
+        ),
         "training": {
             **training_summary(saved, saved["train_config"], model),
             "final_loss": history.last_mean("loss"),

@@ -21,6 +21,23 @@ class VAEConfig:
     hidden: int = 256  # width of the fully connected layer on each side
     label_dim: int = 16  # class embedding size, concatenated to features / latents
     num_classes: int = 10
+    blocks: int = 0  # residual 3x3 conv blocks at each of the decoder's resolutions (7, 14)
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(SiLU(conv(SiLU(x)))): detail the transposed convolutions alone blur away."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
 
 
 class VAEEncoder(nn.Module):
@@ -63,8 +80,10 @@ class VAEDecoder(nn.Module):
             nn.Unflatten(1, (c2, 7, 7)),
         )
         self.deconvs = nn.Sequential(
+            *[ResidualBlock(c2) for _ in range(config.blocks)],
             nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),  # 7 -> 14
             nn.SiLU(),
+            *[ResidualBlock(c1) for _ in range(config.blocks)],
             nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1),  # 14 -> 28
         )
 
@@ -95,3 +114,41 @@ class VAE(nn.Module):
         )
         kl = -0.5 * torch.sum(1 + log_variance - mean.pow(2) - log_variance.exp()) / len(image)
         return reconstruction, kl
+
+
+class ClassPrior(nn.Module):
+    """A Gaussian per class over the latents: z = mean[label] + cholesky[label] @ noise, with
+    noise ~ N(0, I). Fitted to the encoder's posterior means of the training images
+    (`fit_class_prior`): ex-post density estimation (Ghosh et al. 2020, "From Variational to
+    Deterministic Autoencoders"), which samples where the decoder was trained to decode when
+    N(0, I) fits the aggregate posterior badly (a KL weight below 1)."""
+
+    def __init__(self, means: torch.Tensor, cholesky: torch.Tensor) -> None:
+        super().__init__()
+        self.means: torch.Tensor
+        self.cholesky: torch.Tensor
+        self.register_buffer("means", means)  # (classes, latent_dim)
+        self.register_buffer("cholesky", cholesky)  # (classes, latent_dim, latent_dim)
+
+    def forward(self, noise: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """(B, latent_dim), (B,) -> latents (B, latent_dim) of the labels' classes."""
+        spread = torch.matmul(self.cholesky[label], noise.unsqueeze(-1)).squeeze(-1)
+        return self.means[label] + spread
+
+
+@torch.no_grad()
+def fit_class_prior(
+    encoder: VAEEncoder, images: torch.Tensor, labels: torch.Tensor, classes: int
+) -> ClassPrior:
+    """Mean and full covariance (plus 1e-4 on the diagonal) of the posterior means per class;
+    images (N, 1, 28, 28) in [0, 1], labels (N,)."""
+    means = torch.cat(
+        [encoder(images[i : i + 1000], labels[i : i + 1000])[0] for i in range(0, len(images), 1000)]
+    ).double()
+    centres, factors = [], []
+    for c in range(classes):
+        z = means[labels == c]
+        covariance = torch.cov(z.T) + 1e-4 * torch.eye(z.shape[1], dtype=z.dtype)
+        centres.append(z.mean(0))
+        factors.append(torch.linalg.cholesky(covariance))
+    return ClassPrior(torch.stack(centres).float(), torch.stack(factors).float())
