@@ -56,7 +56,10 @@ SERVICE_ENV = {"SEEDSERVE_TASK_THREADS": "32"}
 # batching on (step batching forced on for diffusion, whatever its load-time timing says),
 # auto (the defaults: step batching only where the denoiser's timing says it pays) and off
 MODES = {
-    "on": {"SEEDSERVE_STEP_BATCHING_MIN_SAVING_MS": "-1000"},
+    "on": {
+        "SEEDSERVE_STEP_BATCHING_MIN_SAVING_MS": "-1000",
+        "SEEDSERVE_STEP_BATCHING_MIN_GAIN": "-1000",
+    },
     "auto": {},
     "off": {"SEEDSERVE_STEP_BATCHING": "false", "SEEDSERVE_BATCHING": "false"},
 }
@@ -321,7 +324,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{doc['machine']}; onnxruntime one intra-op thread per call; {doc['seconds']:.0f} s run"
         + (" (--quick: figures are not meaningful)" if doc["quick"] else "")
         + f". Service on 127.0.0.1 with {env}; batching `on` = step batching forced on "
-        "(`SEEDSERVE_STEP_BATCHING_MIN_SAVING_MS=-1000`), `auto` = the defaults (step batching "
+        "(`SEEDSERVE_STEP_BATCHING_MIN_SAVING_MS` and `_MIN_GAIN` -1000), `auto` = the defaults (step batching "
         "where the denoiser's load-time timing says it pays), `off` = "
         "`SEEDSERVE_STEP_BATCHING=false` and `SEEDSERVE_BATCHING=false`.",
         "",

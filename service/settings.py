@@ -137,10 +137,13 @@ class Settings(BaseSettings):
     step_batching_min_saving_ms: float = Field(0.25, ge=-1000, le=1000)
     """Step batching serves a denoiser only where, timed when the model loads, a generation's
     step costs at least this many milliseconds less inside one call of 8 generations' steps
-    than alone: enough to pay for the hand-offs between threads that sharing needs. Elsewhere
-    (on a 2-core CPU: the pixel U-Net costs the same per row at any batch, the latent
-    denoiser saves 0.06 ms a step) each step runs as it comes, as with step batching off.
-    Negative: always batch."""
+    than alone (enough to pay for the hand-offs between threads that sharing needs), and at
+    least `SEEDSERVE_STEP_BATCHING_MIN_GAIN` of its time alone. Elsewhere (on a 2-core CPU the
+    pixel U-Net costs about the same per row at any batch, the latent denoiser saves 0.06 ms a
+    step) each step runs as it comes, as with step batching off. Negative: always batch."""
+    step_batching_min_gain: float = Field(0.5, ge=-1000, le=1)
+    """The other condition for step batching a denoiser: the share of a step's time alone that
+    sharing a call saves (timed at load, as above)."""
     max_step_delay_ms: float = Field(0.0, ge=0, le=1000)
     """How long a denoising step may wait for the model's other running generations to submit
     theirs, in milliseconds (it runs at once when all of them have); 0 = no waiting (steps that

@@ -15,7 +15,7 @@ import numpy as np
 from service.errors import ModelLoadError
 from service.repository import Repository
 from service.runtimes.tensor import TensorModel
-from service.scheduling.step_batcher import StepBatcher, batching_saving
+from service.scheduling.step_batcher import StepBatcher, step_timing
 from service.tasks import imagegen
 
 log = logging.getLogger(__name__)
@@ -59,18 +59,24 @@ class ImageGenerator(TensorModel):
         denoiser = imagegen.denoiser_call(self.config.raw, self.sessions)
         settings = self.serving.settings
         if settings.step_batching and denoiser is not None:
-            step = imagegen.denoiser_step(self.generation)
-            self.step_batching_saving_ms = 1e3 * batching_saving(denoiser, step)
-            if self.step_batching_saving_ms >= settings.step_batching_min_saving_ms:
+            alone, shared = step_timing(denoiser, imagegen.denoiser_step(self.generation))
+            self.step_batching_saving_ms = 1e3 * (alone - shared)
+            gain = (alone - shared) / alone
+            if (
+                self.step_batching_saving_ms >= settings.step_batching_min_saving_ms
+                and gain >= settings.step_batching_min_gain
+            ):
                 self.step_batcher = self._step_batcher(denoiser)
             log.info(
-                "model %r version %s: a step shared with 7 others saves %.3f ms: step batching "
-                "%s (SEEDSERVE_STEP_BATCHING_MIN_SAVING_MS %s)",
+                "model %r version %s: a denoising step takes %.3f ms alone, %.3f ms in a call "
+                "shared by 8: step batching %s (needs a saving of %s ms and %s of the time)",
                 self.name,
                 self.version,
-                self.step_batching_saving_ms,
+                1e3 * alone,
+                1e3 * shared,
                 "on" if self.step_batcher is not None else "off",
                 settings.step_batching_min_saving_ms,
+                settings.step_batching_min_gain,
             )
 
     def _step_batcher(self, denoiser: Any) -> StepBatcher:

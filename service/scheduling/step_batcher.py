@@ -209,12 +209,11 @@ class StepBatcher:
             s.done.set()
 
 
-def batching_saving(
+def step_timing(
     run_rows: RunRows, step: Mapping[str, np.ndarray], generations: int = 8, repeats: int = 5
-) -> float:
-    """Seconds a step saves when `generations` steps share one call instead of each running
-    alone: time alone - time shared / generations, medians of `repeats` timed calls of each
-    after one untimed. <= 0: sharing calls gains nothing on this device."""
+) -> tuple[float, float]:
+    """Seconds a step costs alone, and in one call shared by `generations` steps (that call's
+    time / generations): medians of `repeats` timed calls of each, after one untimed."""
     stacked = {name: np.concatenate([value] * generations) for name, value in step.items()}
     alone: list[float] = []
     together: list[float] = []
@@ -225,7 +224,7 @@ def batching_saving(
             started = time.perf_counter()
             run_rows(feeds)
             times.append(time.perf_counter() - started)
-    return float(np.median(alone)) - float(np.median(together)) / generations
+    return float(np.median(alone)), float(np.median(together)) / generations
 
 
 def _call_span(batch: list[_Step], rows: int) -> AbstractContextManager[Span | None]:

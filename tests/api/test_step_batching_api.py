@@ -32,7 +32,12 @@ def client_for(tmp_path: Path, **overrides: object) -> TestClient:
 
 @pytest.fixture
 def gen(tmp_path: Path) -> Iterator[TestClient]:
-    with client_for(tmp_path, max_step_delay_ms=50.0, step_batching_min_saving_ms=-1000) as client:
+    with client_for(
+        tmp_path,
+        max_step_delay_ms=50.0,
+        step_batching_min_saving_ms=-1000,
+        step_batching_min_gain=-1000,
+    ) as client:
         yield client
 
 
@@ -74,7 +79,9 @@ def test_step_batching_off_runs_each_generation_alone(tmp_path: Path) -> None:
 def test_a_denoiser_that_gains_nothing_from_sharing_runs_each_step_alone(tmp_path: Path) -> None:
     """Where the load-time timing finds a smaller saving than SEEDSERVE_STEP_BATCHING_MIN_SAVING_MS
     (here an impossible second), steps run as they come: same images, no shared calls."""
-    with client_for(tmp_path, step_batching_min_saving_ms=-1000) as client:
+    with client_for(
+        tmp_path, step_batching_min_saving_ms=-1000, step_batching_min_gain=-1000
+    ) as client:
         batched = pngs(client, BODIES[0])
     with client_for(tmp_path, step_batching_min_saving_ms=1000) as client:
         model = client.app.state.registry.get("diffusion-test")
