@@ -223,7 +223,9 @@ def test_concurrent_completions_share_a_traced_decode_step(
 
         def send(trace_id: str) -> None:
             start.wait()
-            body = {"model": "lm-test", "prompt": "the", "max_tokens": 200, "seed": 1}
+            # streamed: each step hands its tokens over as it goes, as the clients read them
+            body = {"model": "lm-test", "prompt": "the", "max_tokens": 500, "seed": 1}
+            body["stream"] = True
             headers = {"traceparent": f"00-{trace_id}-{PARENT_ID}-01"}
             assert client.post("/v1/completions", json=body, headers=headers).status_code == 200
 

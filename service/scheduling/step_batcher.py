@@ -209,6 +209,24 @@ class StepBatcher:
             s.done.set()
 
 
+def traced_alone(run_rows: RunRows) -> RunRows:
+    """`run_rows` for steps that run as they come (no batcher): each call is a `denoise.step`
+    span of its generation's request, as the batcher's shared calls are."""
+
+    def run(feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        if not tracing.on():
+            return run_rows(feeds)
+        rows = len(next(iter(feeds.values())))
+        attributes: tracing.Attributes = {
+            "seedserve.batch.size": rows,
+            "seedserve.batch.requests": 1,
+        }
+        with tracing.batch_span("denoise.step", [tracing.current()], attributes):
+            return run_rows(feeds)
+
+    return run
+
+
 def step_timing(
     run_rows: RunRows, step: Mapping[str, np.ndarray], generations: int = 8, repeats: int = 5
 ) -> tuple[float, float]:

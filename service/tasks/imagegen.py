@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from service.errors import InvalidInput
-from service.scheduling.step_batcher import StepBatcher
+from service.scheduling.step_batcher import StepBatcher, traced_alone
 from service.tasks.diffusion import SAMPLERS, alphas_cumprod, denoise, sampling_timesteps
 
 KINDS = ("decoder", "diffusion", "latent-diffusion")
@@ -215,8 +215,9 @@ def iter_generate(
     abar = alphas_cumprod(generation["schedule"])
     total = len(sampling_timesteps(len(abar), steps))
     spec = generation["denoiser"]
-    run_rows = step_batcher.run if step_batcher is not None else denoiser_call(config, sessions)
-    assert run_rows is not None, "a diffusion model has a denoiser"
+    alone = denoiser_call(config, sessions)
+    assert alone is not None, "a diffusion model has a denoiser"
+    run_rows = step_batcher.run if step_batcher is not None else traced_alone(alone)
 
     def predict_noise(x: np.ndarray, t: np.ndarray, y: np.ndarray) -> np.ndarray:
         feeds = {spec["sample_input"]: x, spec["timestep_input"]: t, spec["label_input"]: y}
