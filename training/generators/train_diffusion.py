@@ -380,6 +380,8 @@ def export_latent(
     model.eval()
     vae_dir = Path(saved["vae"])
     vae_config = json.loads((vae_dir.parent / "config.json").read_text())
+    if (vae_dir / "generation.json").is_file():  # that version's own, not the latest's
+        vae_config["generation"] = json.loads((vae_dir / "generation.json").read_text())
     name = f"latent-diffusion-{data.name}"
     check = {
         "x_t": torch.randn(64, denoiser.latent_dim),
