@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from service.autocomplete import complete
+from service.config_json import read_config_json
 from service.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, ServiceError
 from service.metrics import Metrics
 from service.modelconfig import ModelConfig, VersionPolicy
-from service.repository import Repository
+from service.repository import VERSION_SECTIONS, Repository
 from service.runtime import Graph
 from service.runtimes import RUNTIMES, Serving, TensorModel
 from service.scheduling.sequence_batcher import (
@@ -208,6 +209,7 @@ class Registry:
         name = config.name
         graphs: dict[str, Graph] = {}
         settings = model_settings(config, self.settings)
+        config = self._version_config(config, version)
         for role, filename in {"model": "model.onnx", **config.graphs}.items():
             path = self.repository.graph_path(name, version, filename)
             try:
@@ -238,6 +240,25 @@ class Registry:
         if completed.sequence_batching is not None:
             self.serving.sequences.configure(model.key, self.sequence_limits(completed))
         return model
+
+    def _version_config(self, config: ModelConfig, version: int) -> ModelConfig:
+        """config.json with the sections this version keeps for itself: training writes each
+        version's VERSION_SECTIONS into its folder (`<section>.json`), since config.json holds
+        the latest version's and an older one may differ (a generator's latent size, graphs,
+        sampling settings)."""
+        if config.source != "config.json":
+            return config
+        own = {}
+        for section in VERSION_SECTIONS:
+            value = self.repository.version_section(config.name, version, section)
+            if value is not None:
+                own[section] = value
+        if not own:
+            return config
+        try:
+            return read_config_json({**config.raw, **own}, config.name)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"version {version}'s own sections: {exc.message}") from None
 
     def sequence_limits(self, config: ModelConfig) -> SequenceLimits:
         assert config.sequence_batching is not None, "only stateful models keep sequences"

@@ -46,6 +46,11 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
+# config.json sections a version folder may hold for itself (`<version>/<section>.json`):
+# config.json has the latest version's, an older version may differ in them
+VERSION_SECTIONS = ("inputs", "outputs", "graphs", "generation")
+
+
 def read_json(path: Path) -> Any:
     """Read a repository JSON file with bounded size and nesting depth."""
     if path.suffix != ".json":
@@ -145,8 +150,8 @@ class Repository:
         return path
 
     def version_section(self, name: str, version: int, section: str) -> Any | None:
-        """`<version>/<section>.json`: a config.json section for this version only (a
-        generator's `generation`: each version samples as it was trained to); None if absent."""
+        """`<version>/<section>.json`: a config.json section for this version only
+        (VERSION_SECTIONS); None if absent."""
         path = self.version_dir(name, version) / f"{section}.json"
         return read_json(path) if path.is_file() else None
 

@@ -25,6 +25,7 @@ import onnx
 import onnxruntime
 import torch
 
+from service.repository import VERSION_SECTIONS
 from training.files import REPO_ROOT, sha256_of, write_json
 from training.onnx_export import OPSET, export_onnx, verify
 
@@ -163,7 +164,8 @@ def publish_version(
     if target.exists():
         shutil.rmtree(target)
     if "generation" in config:  # a generator: how this version samples, whatever the next does
-        write_json(staging / "generation.json", config["generation"])
+        for section in VERSION_SECTIONS:  # its own, read by the service over config.json's
+            write_json(staging / f"{section}.json", config.get(section, {}))
     card = {
         "name": name,
         "version": version,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -30,8 +29,8 @@ class ImageGenerator(TensorModel):
 
     @property
     def generation(self) -> dict[str, Any]:
-        """The version's `generation` section: its generation.json, else config.json's (both
-        written by training; docs/image-generation.md)."""
+        """The version's `generation` section: its generation.json, else config.json's (the
+        registry reads both; written by training; docs/image-generation.md)."""
         section: dict[str, Any] = self.config.raw["generation"]
         return section
 
@@ -45,14 +44,6 @@ class ImageGenerator(TensorModel):
         return int(height), int(width)
 
     def prepare(self, repository: Repository) -> None:
-        own = repository.version_section(self.name, self.version, "generation")
-        if own is not None:  # this version's own section, over config.json's (the latest's)
-            if not isinstance(own, dict):
-                raise ModelLoadError(
-                    f"model {self.name!r} version {self.version}: generation.json must hold an "
-                    "object (config.json's generation section for this version)"
-                )
-            self.config = replace(self.config, raw={**self.config.raw, "generation": own})
         if not isinstance(self.config.raw.get("generation"), dict):
             raise ModelLoadError(f"model {self.name!r}: config.json needs a generation section")
         super().prepare(repository)

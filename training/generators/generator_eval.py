@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from service.repository import VERSION_SECTIONS
 from service.tasks.imagegen import generate, grid_png
 from training.data.images import fixed_permutation, load_image_data
 from training.families import of_group
@@ -218,8 +219,9 @@ def evaluate_shipped(family: str, run: Any, version: Path | None = None) -> dict
     data = load_image_data(run.dataset, run.data_dir)
     version_dir = version or latest_version(run.models_dir / f"{family}-{data.name}")
     config = json.loads((version_dir.parent / "config.json").read_text())
-    if (version_dir / "generation.json").is_file():  # how this version samples (the service too)
-        config["generation"] = json.loads((version_dir / "generation.json").read_text())
+    for section in VERSION_SECTIONS:  # this version's own, as the service reads them
+        if (version_dir / f"{section}.json").is_file():
+            config[section] = json.loads((version_dir / f"{section}.json").read_text())
     card = json.loads((version_dir / "card.json").read_text())
     keys = ("sampler", "steps", "guidance", "samples")
     settings = [
