@@ -16,7 +16,7 @@ from service.config_json import read_config_json
 from service.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, ServiceError
 from service.metrics import Metrics
 from service.modelconfig import ModelConfig, VersionPolicy
-from service.repository import VERSION_SECTIONS, Repository
+from service.repository import Repository, version_config
 from service.runtime import Graph
 from service.runtimes import RUNTIMES, Serving, TensorModel
 from service.scheduling.sequence_batcher import (
@@ -242,21 +242,17 @@ class Registry:
         return model
 
     def _version_config(self, config: ModelConfig, version: int) -> ModelConfig:
-        """config.json with the sections this version keeps for itself: training writes each
-        version's VERSION_SECTIONS into its folder (`<section>.json`), since config.json holds
-        the latest version's and an older one may differ (a generator's latent size, graphs,
-        sampling settings)."""
+        """config.json with the sections this version keeps for itself (repository's
+        `version_config`): training writes them into each generator version's folder, since
+        config.json holds the latest version's and an older one may differ (a generator's
+        latent size, graphs, sampling settings)."""
         if config.source != "config.json":
             return config
-        own = {}
-        for section in VERSION_SECTIONS:
-            value = self.repository.version_section(config.name, version, section)
-            if value is not None:
-                own[section] = value
-        if not own:
+        raw = version_config(self.repository.version_dir(config.name, version), config.raw)
+        if raw is config.raw:
             return config
         try:
-            return read_config_json({**config.raw, **own}, config.name)
+            return read_config_json(raw, config.name)
         except ModelLoadError as exc:
             raise ModelLoadError(f"version {version}'s own sections: {exc.message}") from None
 

@@ -51,6 +51,17 @@ def _depth(value: Any, limit: int) -> int:
 VERSION_SECTIONS = ("inputs", "outputs", "graphs", "generation")
 
 
+def version_config(version_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """config.json's content with the sections `version_dir` keeps for itself
+    (`<section>.json`, VERSION_SECTIONS) in their place; `config` itself when it keeps none."""
+    own = {
+        section: read_json(path)
+        for section in VERSION_SECTIONS
+        if (path := version_dir / f"{section}.json").is_file()
+    }
+    return {**config, **own} if own else config
+
+
 def read_json(path: Path) -> Any:
     """Read a repository JSON file with bounded size and nesting depth."""
     if path.suffix != ".json":
@@ -148,12 +159,6 @@ class Repository:
         if not path.is_file():
             raise ModelLoadError(f"model {name!r} version {version} has no {filename}")
         return path
-
-    def version_section(self, name: str, version: int, section: str) -> Any | None:
-        """`<version>/<section>.json`: a config.json section for this version only
-        (VERSION_SECTIONS); None if absent."""
-        path = self.version_dir(name, version) / f"{section}.json"
-        return read_json(path) if path.is_file() else None
 
     def card(self, name: str, version: int) -> dict[str, Any] | None:
         path = self.version_dir(name, version) / "card.json"

@@ -12,6 +12,7 @@ import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -259,16 +260,17 @@ def prune_outputs(path: Path, outputs: Sequence[str]) -> bytes | None:
     kept.reverse()
     del graph.node[:]
     graph.node.extend(kept)
-    keep_outputs = [o for o in graph.output if o.name in set(outputs)]
-    del graph.output[:]
-    graph.output.extend(keep_outputs)
-    initializers = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
-    value_info = [v for v in graph.value_info if v.name in needed]
-    del graph.value_info[:]
-    graph.value_info.extend(value_info)
+    _retain(graph.output, set(outputs))
+    _retain(graph.initializer, needed)
+    _retain(graph.value_info, needed)
     return bytes(model.SerializeToString())
+
+
+def _retain(items: Any, names: set[str]) -> None:
+    """Remove in place the items of a protobuf repeated field whose name is not in `names`."""
+    kept = [item for item in items if item.name in names]
+    del items[:]
+    items.extend(kept)
 
 
 def _subgraph_names(node: object) -> set[str]:

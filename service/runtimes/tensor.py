@@ -145,11 +145,9 @@ class TensorModel:
             self.version,
             served,
         )
-        if self.internal_outputs:
-            self.protocol = pruned
-        else:  # nothing reads the other outputs: the whole graph is not kept
+        self.protocol = pruned
+        if not self.internal_outputs:  # nothing reads the other outputs: the whole graph goes
             self.graphs = {**self.graphs, "model": pruned}
-            self.protocol = pruned
 
     def _initial(self, state: StateSpec, repository: Repository) -> np.ndarray:
         dtype = NUMPY_DTYPES[state.datatype]

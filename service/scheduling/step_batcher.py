@@ -193,7 +193,7 @@ class StepBatcher:
             else:
                 feeds = {k: np.concatenate([s.feeds[k] for s in batch]) for k in batch[0].feeds}
             rows = sum(s.rows for s in batch)
-            with _call_span(batch, rows) if tracing.on() else tracing.OFF:
+            with _call_span([s.trace for s in batch], rows) if tracing.on() else tracing.OFF:
                 output = self.run_rows(feeds)
             if self.on_call is not None:
                 self.on_call(rows, len(batch))
@@ -216,12 +216,7 @@ def traced_alone(run_rows: RunRows) -> RunRows:
     def run(feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         if not tracing.on():
             return run_rows(feeds)
-        rows = len(next(iter(feeds.values())))
-        attributes: tracing.Attributes = {
-            "seedserve.batch.size": rows,
-            "seedserve.batch.requests": 1,
-        }
-        with tracing.batch_span("denoise.step", [tracing.current()], attributes):
+        with _call_span([tracing.current()], len(next(iter(feeds.values())))):
             return run_rows(feeds)
 
     return run
@@ -245,9 +240,11 @@ def step_timing(
     return float(np.median(alone)), float(np.median(together)) / generations
 
 
-def _call_span(batch: list[_Step], rows: int) -> AbstractContextManager[Span | None]:
+def _call_span(traces: list[Span | None], rows: int) -> AbstractContextManager[Span | None]:
+    """The `denoise.step` span of one denoiser call for the generations whose request spans
+    are `traces`."""
     attributes: tracing.Attributes = {
         "seedserve.batch.size": rows,
-        "seedserve.batch.requests": len(batch),
+        "seedserve.batch.requests": len(traces),
     }
-    return tracing.batch_span("denoise.step", (s.trace for s in batch), attributes)
+    return tracing.batch_span("denoise.step", traces, attributes)

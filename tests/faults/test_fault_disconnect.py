@@ -45,9 +45,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
     }
     with live_server(tmp_path, env=env) as running:
         yield running
-    log = running.process.stdout.read().decode() if running.process.stdout else ""
-    assert "Traceback" not in log and "never retrieved" not in log, log[-3000:]
-    assert running.returncode == 0
+    running.assert_clean_exit()
 
 
 def metrics(server: Server) -> str:

@@ -30,6 +30,13 @@ class Server:
     grpc: str = ""  # host:port of its gRPC endpoint ("" when the test turned gRPC off)
     returncode: int | None = None  # set once it has stopped
 
+    def assert_clean_exit(self) -> None:
+        """After `live_server`'s block: it stopped with 0 and logged no traceback and no
+        exception that an asyncio task never retrieved."""
+        log = self.process.stdout.read().decode() if self.process.stdout else ""
+        assert "Traceback" not in log and "never retrieved" not in log, log[-3000:]
+        assert self.returncode == 0
+
 
 @contextmanager
 def live_server(

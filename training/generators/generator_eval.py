@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from service.repository import VERSION_SECTIONS
+from service.repository import version_config
 from service.tasks.imagegen import generate, grid_png
 from training.data.images import fixed_permutation, load_image_data
 from training.families import of_group
@@ -218,10 +218,10 @@ def evaluate_shipped(family: str, run: Any, version: Path | None = None) -> dict
     """Re-measure a shipped version (default: the latest) with the settings its card lists."""
     data = load_image_data(run.dataset, run.data_dir)
     version_dir = version or latest_version(run.models_dir / f"{family}-{data.name}")
-    config = json.loads((version_dir.parent / "config.json").read_text())
-    for section in VERSION_SECTIONS:  # this version's own, as the service reads them
-        if (version_dir / f"{section}.json").is_file():
-            config[section] = json.loads((version_dir / f"{section}.json").read_text())
+    # with this version's own sections, as the service reads them
+    config = version_config(
+        version_dir, json.loads((version_dir.parent / "config.json").read_text())
+    )
     card = json.loads((version_dir / "card.json").read_text())
     keys = ("sampler", "steps", "guidance", "samples")
     settings = [

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from service.repository import version_config
 from service.tasks.diffusion import alphas_cumprod
 from training.data.images import ImageData, load_image_data
 from training.distributed import Distributed
@@ -379,9 +380,8 @@ def export_latent(
     model.load_state_dict(saved["state_dict"])
     model.eval()
     vae_dir = Path(saved["vae"])
-    vae_config = json.loads((vae_dir.parent / "config.json").read_text())
-    if (vae_dir / "generation.json").is_file():  # that version's own, not the latest's
-        vae_config["generation"] = json.loads((vae_dir / "generation.json").read_text())
+    # that VAE version's own sections, not config.json's (the latest VAE's)
+    vae_config = version_config(vae_dir, json.loads((vae_dir.parent / "config.json").read_text()))
     name = f"latent-diffusion-{data.name}"
     check = {
         "x_t": torch.randn(64, denoiser.latent_dim),
