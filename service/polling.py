@@ -6,6 +6,7 @@ its answer on every worker (only one worker watches, see there)."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, Protocol
@@ -14,7 +15,9 @@ from service.errors import ServiceError
 
 Operation = Literal["load", "unload"]
 Change = tuple[Operation, str]
-Stamp = tuple[int, int, int]  # newest version, config.json and config.pbtxt mtimes (ns, 0 = none)
+# newest version, config.json and config.pbtxt mtimes (ns, 0 = none), and a digest of the
+# version folders' files (their paths, sizes and mtimes)
+Stamp = tuple[int, int, int, int]
 CONFIG_FILES = ("config.json", "config.pbtxt")
 
 
@@ -38,7 +41,8 @@ class RegistryLike(Protocol):
 
 class RepositoryWatcher:
     """Load new models and new versions, reload changed configs, unload models whose folder is
-    gone. A model whose load failed is tried again only once its folder changes again."""
+    gone. A model whose load failed is tried again only once its folder changes again: a new
+    version, a config, or any file of a version folder (one still being written, say)."""
 
     def __init__(self, registry: RegistryLike) -> None:
         self.registry = registry
@@ -64,16 +68,33 @@ class RepositoryWatcher:
 
 
 def stamp_of(repository: RepositoryLike, name: str) -> Stamp | None:
-    """What a reload depends on: the newest version on disk (-1: none) and the config's
-    modification time (whichever config file the folder has: ours, Triton's, or none); None when
-    the model's folder is gone."""
+    """What a reload depends on: the newest version on disk (-1: none), the config's
+    modification time (whichever config file the folder has: ours, Triton's, or none) and the
+    version folders' files, as Triton's poll mode compares them: a version whose files were
+    still being written when a load failed is tried again once they change. None when the
+    model's folder is gone."""
     try:
         folder = repository.model_dir(name)
-        newest = max(repository.versions(name), default=-1)
+        versions = repository.versions(name)
     except (ServiceError, OSError):  # gone, or going, while we looked
         return None
     json_mtime, pbtxt_mtime = (_mtime_ns(folder / f) for f in CONFIG_FILES)
-    return (newest, json_mtime, pbtxt_mtime)
+    files = hash(tuple(_files(folder / str(v)) for v in versions))
+    return (max(versions, default=-1), json_mtime, pbtxt_mtime, files)
+
+
+def _files(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """(path, size, mtime) of every file under `folder`, in a stable order."""
+    found = []
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(parent, name)
+            try:
+                status = os.stat(path)
+            except OSError:  # deleted while we looked
+                continue
+            found.append((path, status.st_size, status.st_mtime_ns))
+    return tuple(sorted(found))
 
 
 def _mtime_ns(path: Path) -> int:

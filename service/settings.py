@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     max_decode_batch: int = Field(64, ge=1, le=4096)
     """Most sequences (over all requests) one language-model version advances per decode step;
     the sequences of further requests wait their turn (continuous batching)."""
+    max_unread_stream_tokens: int = Field(64, ge=1)
+    """Most tokens a streamed generation may write ahead of its client: past this its sequences
+    wait (and their decode-batch slots with them) until the stream's reader catches up, so a
+    slow or stalled reader costs neither unbounded memory nor the event loop's other requests."""
     max_logprobs: int = Field(20, ge=0)
     """Largest `logprobs` (alternative tokens reported per token) of a completion request."""
     max_stop_sequences: int = Field(16, ge=0)

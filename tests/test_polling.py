@@ -55,3 +55,21 @@ def test_a_model_without_versions_is_tried_once(tmp_path: Path) -> None:
     assert look(watcher) == []
     (tmp_path / "empty" / "1").mkdir()
     assert look(watcher) == [("load", "empty")]
+
+
+def test_a_version_whose_files_come_after_its_folder_is_tried_again(tmp_path: Path) -> None:
+    """A copy seen half-done (the version folder and config first, the graph later) fails to
+    load; the files that follow make the watcher try again (found as a race in CI)."""
+    (tmp_path / "model" / "1").mkdir(parents=True)
+    (tmp_path / "model" / "config.json").write_text("{}")
+    models = {"model": loaded(1)}
+    watcher = RepositoryWatcher(SimpleNamespace(repository=Repository(tmp_path), models=models))
+    assert look(watcher) == []
+    (tmp_path / "model" / "2").mkdir()
+    assert look(watcher) == [("load", "model")]  # no graph yet: this load fails
+    assert look(watcher) == []
+    (tmp_path / "model" / "2" / "model.onnx").write_bytes(b"half")
+    assert look(watcher) == [("load", "model")]
+    touch_later(tmp_path / "model" / "2" / "model.onnx")  # the rest of the bytes
+    assert look(watcher) == [("load", "model")]
+    assert look(watcher) == []

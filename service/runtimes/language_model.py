@@ -70,8 +70,13 @@ class LanguageModel(TensorModel):
         """The decode engine of this version, made on first use (its thread starts then)."""
         if self.engine is None:
             serving = self.serving
+            settings = serving.settings
             self.engine = DecodeEngine(
-                self.decoder, serving.settings.max_decode_batch, serving.metrics, self.labels
+                self.decoder,
+                settings.max_decode_batch,
+                serving.metrics,
+                self.labels,
+                settings.max_unread_stream_tokens,
             )
         return self.engine
 

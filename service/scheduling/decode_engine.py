@@ -11,6 +11,10 @@ request, in ONE scheduler thread. Each iteration it
        answered whole gets them all at its end), and
     4. advances every sequence that continues with ONE `Decoder.feed_many` call.
 
+A streamed request whose reader has `max_unread` tokens still to read gets no token in an
+iteration (it is held back: a slow client costs neither unbounded memory nor, with every token
+sent at once later, the event loop's other requests); reading wakes the engine.
+
 Sequences join and leave between iterations, whatever their length or start time: a request
 never holds a thread while it waits for tokens, it awaits them on its event loop. Prefill (the
 prompt) is done by the caller before `submit`. The same seed gives the same tokens alone or
@@ -40,6 +44,8 @@ from service.tasks.textgen import Continuation, Decoder, GeneratedToken
 
 Tokens = list[tuple[int, GeneratedToken]]  # (sequence index in its request, token)
 
+HELD_BACK_WAIT_S = 0.1  # longest wait for a reader's wake-up (which should come first)
+
 
 class DecodeRequest:
     """One request's sequences inside the engine; its event loop reads their tokens.
@@ -68,33 +74,60 @@ class DecodeRequest:
         self.error: BaseException | None = None
         self.first_token_at: float | None = None
         self.previous: dict[int, float] = {}  # sequence index -> when its last token came
-        self._inbox: asyncio.Queue[Tokens | BaseException | None] = asyncio.Queue()
+        self._inbox: Tokens = []  # handed over, not read yet (the loop's)
+        self._arrived = asyncio.Event()
+        self._outcome: BaseException | None = None  # raised by next_tokens once the inbox is read
         self.left = False  # set on the loop when the end of the request was handed over
+        # backpressure of a streamed request: tokens handed over (the scheduler's count) and
+        # read (the loop's); the engine holds its sequences back while too many are unread
+        self.delivered = 0
+        self.read = 0
+        self.held_back = False  # the engine waits for this reader (set by the scheduler)
+        self.wake: Callable[[], None] = lambda: None  # the engine's, set at submit
 
     def cancel(self) -> None:
         self.cancelled = True
+        self.wake()  # an engine that waits for readers must see it go
+
+    def behind(self, max_unread: int) -> bool:
+        """Whether its reader has `max_unread` or more tokens still to read."""
+        return self.each_step and self.delivered - self.read >= max_unread
 
     async def next_tokens(self) -> Tokens:
-        """The tokens of the next iteration(s) that gave this request any; [] once every
-        sequence is finished. Raises the engine's error, or Cancelled after `cancel()`."""
-        item = await self._inbox.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item or []
+        """Every token handed over since the last call (the tokens of one or more iterations);
+        [] once every sequence is finished. Raises the engine's error, or Cancelled after
+        `cancel()`, once the tokens before it were read.
+
+        It always gives the event loop a turn: a reader whose tokens are already waiting would
+        otherwise write a fast stream without ever letting the loop's other requests (nor the
+        news that this client went away) in."""
+        if self._inbox:
+            await asyncio.sleep(0)
+        while not self._inbox and not self.left:
+            self._arrived.clear()
+            await self._arrived.wait()
+        if self._inbox:
+            tokens, self._inbox = self._inbox, []
+            self.read += len(tokens)
+            if self.held_back:
+                self.held_back = False
+                self.wake()
+            return tokens
+        if self._outcome is not None:
+            raise self._outcome
+        return []
 
     def _hand_over(self, tokens: Tokens, end: bool) -> None:
-        """On the request's loop: queue the tokens, and the end (None or the error) if it left."""
-        if tokens:
-            self._inbox.put_nowait(tokens)
+        """On the request's loop: add the tokens to the inbox, and the outcome if it left."""
+        self._inbox += tokens
         if end and not self.left:
             self.left = True
             if self.error is not None:
-                self._inbox.put_nowait(self.error)
+                self._outcome = self.error
             elif self.cancelled:
-                self._inbox.put_nowait(Cancelled("the client went away; generation stopped"))
-            else:
-                self._inbox.put_nowait(None)
+                self._outcome = Cancelled("the client went away; generation stopped")
             self.on_leave()
+        self._arrived.set()
 
 
 @dataclass
@@ -130,10 +163,13 @@ class DecodeEngine:
         max_batch: int,
         metrics: Metrics | None = None,
         labels: tuple[str, str] = ("", ""),
+        max_unread: int = 64,
     ) -> None:
         assert max_batch >= 1, "max_batch must be at least 1"
+        assert max_unread >= 1, "max_unread must be at least 1"
         self.decoder = decoder
         self.max_batch = max_batch
+        self.max_unread = max_unread  # tokens a streamed request may be ahead of its reader
         self.steps = 0  # feed_many calls made
         self.tokens = 0  # tokens written
         self._labels = labels
@@ -157,6 +193,7 @@ class DecodeEngine:
         loop = asyncio.get_running_loop()
         live = [(i, s) for i, s in enumerate(sequences) if not s.done]
         request = DecodeRequest(loop, len(live), started, on_leave, each_step)
+        request.wake = self._wake
         if not live:  # max_tokens 0: nothing to write
             request._hand_over([], end=True)
             return request
@@ -181,24 +218,43 @@ class DecodeEngine:
         if thread is not None:
             await asyncio.to_thread(thread.join)
 
+    def _wake(self) -> None:
+        with self._lock:
+            self._lock.notify()
+
     # -- the scheduler thread ----------------------------------------------------------------------
     def _run(self) -> None:
         running: list[_Running] = []
         while True:
             with self._lock:
-                while not running and not self._waiting:
-                    if self._closing:
-                        self._thread = None
-                        return
-                    self._lock.wait()
-                dropped = [r for r in self._waiting if r.request.cancelled]
-                if dropped:
-                    self._waiting = deque(r for r in self._waiting if not r.request.cancelled)
-                while self._waiting and len(running) < self.max_batch:
-                    running.append(self._waiting.popleft())
-            dropped += [r for r in running if r.request.cancelled]
-            running = [r for r in running if not r.request.cancelled]
+                while True:
+                    while not running and not self._waiting:
+                        if self._closing:
+                            self._thread = None
+                            return
+                        self._lock.wait()
+                    dropped = [r for r in self._waiting if r.request.cancelled]
+                    if dropped:
+                        self._waiting = deque(r for r in self._waiting if not r.request.cancelled)
+                    while self._waiting and len(running) < self.max_batch:
+                        running.append(self._waiting.popleft())
+                    dropped += [r for r in running if r.request.cancelled]
+                    running = [r for r in running if not r.request.cancelled]
+                    if dropped or not self._all_held_back(running):
+                        break
+                    # every running stream is ahead of its reader: wait until one reads (its
+                    # `wake`); the timeout only guards against a wake-up that never comes
+                    self._lock.wait(HELD_BACK_WAIT_S)
             running = self._iterate(running, dropped)
+
+    def _all_held_back(self, running: list[_Running]) -> bool:
+        """Whether every running sequence waits for its reader; if so each of those readers
+        is asked to wake the engine once it reads (then checked again: it may just have)."""
+        if not all(r.request.behind(self.max_unread) for r in running):
+            return False
+        for item in running:
+            item.request.held_back = True
+        return all(r.request.behind(self.max_unread) for r in running)
 
     def _iterate(self, running: list[_Running], dropped: list[_Running]) -> list[_Running]:
         """One token for every running sequence, then one step for those that continue.
@@ -207,9 +263,13 @@ class DecodeEngine:
         for item in dropped:
             self._count_down(item.request, parcels)
         continuing: list[_Running] = []
+        held: list[_Running] = []  # streams ahead of their readers: no token this time
         now = time.perf_counter()
         try:
             for item in running:
+                if item.request.behind(self.max_unread):
+                    held.append(item)
+                    continue
                 token = item.sequence.next_token()
                 self._observe(item, now)
                 parcel = parcels.get(item.request)
@@ -225,7 +285,7 @@ class DecodeEngine:
             return self._fail(running, exc)
         self._deliver(parcels.values())
         if not continuing:
-            return continuing
+            return held
         try:
             with self._step_span(continuing):
                 self.decoder.feed_many(
@@ -233,11 +293,11 @@ class DecodeEngine:
                     [c.sequence.chosen for c in continuing],
                 )
         except Exception as exc:  # a failing step graph: every request in the step gets it
-            return self._fail(continuing, exc)
+            return self._fail(continuing, exc) + held
         self.steps += 1
         if self._metrics is not None:
             self._metrics.decode_batch_size.observe(len(continuing))
-        return continuing
+        return continuing + held
 
     def _step_span(self, continuing: list[_Running]) -> AbstractContextManager[Span | None]:
         if not tracing.on():
@@ -293,6 +353,7 @@ class DecodeEngine:
                 if not parcel.end:
                     continue
                 parcel.tokens, request.held = request.held, []
+            request.delivered += len(parcel.tokens)
             by_loop.setdefault(request.loop, []).append(parcel)
         for loop, batch in by_loop.items():
             try:

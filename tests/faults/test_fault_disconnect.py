@@ -1,8 +1,9 @@
 """Clients that go away before their answer is ready.
 
 What must happen: a long image generation, or a text completion streamed as server-sent
-events, stops within moments (the loops check between steps and tokens) and frees its slot; a request cut off mid-upload is recorded as 499 (client closed), not
-as a server error, and logs no traceback; a request abandoned while it waits in the batch queue
+events, stops within moments (the loops check between steps and tokens) and frees its slot; a stream
+whose client stops reading is held back (bounded memory, the other requests still answered); a
+request cut off mid-upload is recorded as 499 (client closed), not as a server error, and logs no traceback; a request abandoned while it waits in the batch queue
 does not disturb the requests batched with it; and the service stays healthy for the next client.
 """
 
@@ -152,3 +153,28 @@ def test_streamed_completion_stops_when_the_client_goes_away(server: Server) -> 
         f"{server.url}/v1/completions", json={**body, "max_tokens": 5, "stream": False}
     )
     assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 5
+
+
+def test_a_stream_whose_client_stops_reading_is_held_back(server: Server) -> None:
+    """The client reads nothing: once the socket buffers are full, the engine holds the stream
+    at SEEDSERVE_MAX_UNREAD_STREAM_TOKENS unread tokens instead of writing all 100,000 into
+    memory, the service answers everyone else meanwhile, and the stream ends when the client
+    goes."""
+    lm = {"model": "lm-test", "version": "1"}
+    full = 100_000
+    body = {"model": "lm-test", "prompt": "the", "max_tokens": full, "stream": True}
+    sock = raw_request(server.url, "POST", "/v1/completions", json.dumps(body).encode())
+    counts: list[float] = []
+
+    def still() -> bool:
+        counts.append(metric(metrics(server), "seedserve_generated_tokens_total", **lm) or 0.0)
+        return len(counts) > 10 and counts[-1] == counts[-11] > 0  # unchanged for 10 looks
+
+    wait_until(still, "the stalled stream to be held back", timeout=60)
+    assert counts[-1] < full / 2  # what the socket buffers hold, and no more
+    answer = httpx.post(
+        f"{server.url}/v1/completions", json={**body, "max_tokens": 5, "stream": False}
+    )
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 5
+    sock.close()
+    assert_stopped(server, "seedserve_generated_tokens_total", lm, full)

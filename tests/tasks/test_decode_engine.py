@@ -21,6 +21,7 @@ from helpers.onnx_builders import write_language_model
 
 from bench.decoding import decoder_of, generate
 from service.errors import Cancelled
+from service.scheduling import decode_engine
 from service.scheduling.decode_engine import DecodeEngine, DecodeRequest
 from service.tasks.sampling import SamplingParams
 from service.tasks.textgen import Context, Continuation, Decoder, GeneratedToken
@@ -154,22 +155,23 @@ def test_a_request_read_whole_gets_every_token_in_one_hand_over(
     decoders: dict[str, Decoder],
 ) -> None:
     """each_step=False (an answer that is not streamed): the same tokens, handed over once at
-    the end instead of waking the request's loop at every step; a streamed request beside it
-    still gets its tokens step by step."""
+    the end instead of waking the request's loop at every step, and never held back for its
+    reader; a streamed request beside it gets its tokens step by step (with max_unread 1, one
+    token per read)."""
     decoder = decoders["cache"]
-    engine = DecodeEngine(decoder, max_batch=8)
+    engine = DecodeEngine(decoder, max_batch=8, max_unread=1)
 
     async def main() -> tuple[list, list]:
         hand_overs: tuple[list, list] = ([], [])
         whole = engine.submit(sequences(decoder, PROMPTS[2], 9, 4, n=2), 0.0, each_step=False)
         streamed = engine.submit(sequences(decoder, PROMPTS[1], 12, 7), 0.0)
-        for request, seen in zip((whole, streamed), hand_overs, strict=True):
+        for request, seen in zip((streamed, whole), hand_overs[::-1], strict=True):
             while tokens := await request.next_tokens():
                 seen.append(tokens)
         return hand_overs
 
     whole, streamed = closing(engine, main)
-    assert len(whole) == 1 and len(streamed) > 1
+    assert len(whole) == 1 and len(streamed) == len(alone(decoder, PROMPTS[1], 12, 7))
     for i in range(2):
         same([t for index, t in whole[0] if index == i], alone(decoder, PROMPTS[2], 9, 4 + i))
     same([t for tokens in streamed for _, t in tokens], alone(decoder, PROMPTS[1], 12, 7))
@@ -184,7 +186,7 @@ def test_a_request_that_joins_later_writes_the_same(decoders: dict[str, Decoder]
         early = await first.next_tokens()  # the first request is running already
         second = engine.submit(sequences(decoder, PROMPTS[0], 6, 2, n=3), 0.0)
         rest, other = await asyncio.gather(collect(first), collect(second))
-        for index, token in early:
+        for index, token in reversed(early):  # early holds one or more steps' tokens
             rest[index].insert(0, token)
         return rest, other
 
@@ -304,6 +306,66 @@ def test_nothing_to_write_ends_at_once(decoders: dict[str, Decoder]) -> None:
         return await collect(request)
 
     assert closing(engine, main) == {} and left == [True] and engine._thread is None
+
+
+async def settled(request: DecodeRequest, count: int) -> None:
+    """Wait until the engine has handed `request` `count` tokens, then a little longer."""
+    async with asyncio.timeout(10):
+        while request.delivered < count:
+            await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)
+
+
+def test_a_stream_ahead_of_its_reader_waits_for_it(
+    decoders: dict[str, Decoder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A streamed request whose reader does not read gets `max_unread` tokens and then waits
+    (its client is slow: memory and the event loop stay bounded); a request beside it goes on
+    unhindered; reading wakes the engine (no timed polling: the fallback wait is an hour here),
+    and the held request then writes exactly what it writes alone."""
+    monkeypatch.setattr(decode_engine, "HELD_BACK_WAIT_S", 3600.0)
+    decoder = decoders["cache"]
+    engine = DecodeEngine(decoder, max_batch=8, max_unread=5)
+
+    async def main() -> tuple[dict, dict, int]:
+        slow = engine.submit(sequences(decoder, PROMPTS[2], 40, 1, stop=False), 0.0)
+        other = await collect(engine.submit(sequences(decoder, PROMPTS[1], 30, 2), 0.0))
+        await settled(slow, 5)
+        held = slow.delivered
+        async with asyncio.timeout(10):
+            return await collect(slow), other, held
+
+    slow, other, held = closing(engine, main)
+    assert held == 5
+    same(other[0], alone(decoder, PROMPTS[1], 30, 2))
+    want = list(generate(decoder, PROMPTS[2], 40, params(1)))
+    same(slow[0], want)
+
+
+def test_a_held_back_stream_that_is_cancelled_leaves(
+    decoders: dict[str, Decoder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(decode_engine, "HELD_BACK_WAIT_S", 3600.0)
+    decoder = decoders["recurrent"]
+    engine = DecodeEngine(decoder, max_batch=8, max_unread=3)
+    left: list[bool] = []
+
+    async def main() -> list:
+        slow = engine.submit(
+            sequences(decoder, "the", 10**9, 1, stop=False), 0.0, lambda: left.append(True)
+        )
+        await settled(slow, 3)
+        assert slow.delivered == 3 and slow.held_back  # the engine waits for this reader
+        slow.cancel()
+        got: list = []
+        async with asyncio.timeout(10):
+            with pytest.raises(Cancelled):
+                while tokens := await slow.next_tokens():
+                    got += tokens
+        return got
+
+    assert len(closing(engine, main)) == 3 and left == [True]
+    assert engine._thread is None or not engine._waiting
 
 
 def test_shipped_lstm_batched_greedy_equals_alone() -> None:
