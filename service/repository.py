@@ -47,8 +47,11 @@ def _depth(value: Any, limit: int) -> int:
 
 
 # config.json sections a version folder may hold for itself (`<version>/<section>.json`):
-# config.json has the latest version's, an older version may differ in them
-VERSION_SECTIONS = ("inputs", "outputs", "graphs", "generation")
+# config.json has the latest version's, an older version may differ in them. Training writes the
+# generator ones into every generator version, and `ood` (the out-of-distribution flag fitted on
+# that version) into every classifier version it measured.
+GENERATOR_SECTIONS = ("inputs", "outputs", "graphs", "generation")
+VERSION_SECTIONS = (*GENERATOR_SECTIONS, "ood")
 
 
 def version_config(version_dir: Path, config: dict[str, Any]) -> dict[str, Any]:

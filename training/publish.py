@@ -25,7 +25,7 @@ import onnx
 import onnxruntime
 import torch
 
-from service.repository import VERSION_SECTIONS
+from service.repository import GENERATOR_SECTIONS
 from training.files import REPO_ROOT, sha256_of, write_json
 from training.onnx_export import OPSET, export_onnx, verify
 
@@ -164,7 +164,7 @@ def publish_version(
     if target.exists():
         shutil.rmtree(target)
     if "generation" in config:  # a generator: how this version samples, whatever the next does
-        for section in VERSION_SECTIONS:  # its own, read by the service over config.json's
+        for section in GENERATOR_SECTIONS:  # its own, read by the service over config.json's
             write_json(staging / f"{section}.json", config.get(section, {}))
     card = {
         "name": name,

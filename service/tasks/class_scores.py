@@ -17,10 +17,12 @@ import numpy as np
 #   energy+pixel-statistics  the sum of both, each standardised on held-out training pictures
 #   feature-mahalanobis      computed by the graph itself into the output `ood.output`: the
 #                            distance of the picture's activations from the training pictures'
-#                            (Lee et al. 2018; training/classifiers/ood_features.py)
+#                            class Gaussians (Lee et al. 2018; training/classifiers/ood_features.py)
+#   feature-knn              the same, as the distance to the nearest of a bank of training
+#                            pictures' activations (Sun et al. 2022)
 LOGIT_SCORES = ("energy", "max-logit", "max-softmax")
 PIXEL_SCORES = ("pixel-statistics", "energy+pixel-statistics")
-GRAPH_SCORES = ("feature-mahalanobis",)
+GRAPH_SCORES = ("feature-mahalanobis", "feature-knn")
 OOD_SCORES = LOGIT_SCORES + PIXEL_SCORES + GRAPH_SCORES
 PIXEL_STATISTICS = ("mean", "ink", "variation", "std")  # see pixel_statistics
 

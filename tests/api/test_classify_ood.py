@@ -134,6 +134,32 @@ def test_no_section_or_another_version_answers_null(tmp_path: Path) -> None:
     assert set(answer["ood"][0]) == {"score", "threshold", "in_distribution"}
 
 
+def test_each_version_keeps_its_own_section(tmp_path: Path) -> None:
+    """config.json's section is the latest version's; an older version served beside it keeps
+    the flag fitted on it from its own ood.json (training writes one into each version)."""
+    root = tmp_path / "models"
+    model_dir = write_classifier(root, "linear-test")
+    write_classifier(root, "linear-test", version=2, seed=3)
+    config = json.loads((model_dir / "config.json").read_text())
+    older = {"version": 1, "score": "energy", "threshold": -100.0}  # everything flagged
+    latest = {"version": 2, "score": "max-logit", "threshold": 100.0}  # nothing flagged
+    policy = {"version_policy": {"all": {}}}
+    (model_dir / "config.json").write_text(json.dumps(config | policy | {"ood": latest}))
+    (model_dir / "1" / "ood.json").write_text(json.dumps(older))
+    picture = png_of(np.zeros((28, 28)))
+    with serve(root) as client:
+        answers = {
+            v: client.post(
+                f"/v1/models/linear-test/classify?version={v}", files=[("file", ("p.png", picture))]
+            ).json()
+            for v in ("1", "2")
+        }
+    assert answers["1"]["ood"][0]["threshold"] == -100.0
+    assert answers["1"]["ood"][0]["in_distribution"] is False
+    assert answers["2"]["ood"][0]["threshold"] == 100.0
+    assert answers["2"]["ood"][0]["in_distribution"] is True
+
+
 # ---------------------------------------------------------------------------------------------
 # The shipped CNNs through the real app
 
@@ -176,7 +202,7 @@ def test_cnn_mnist_flags_blank_pictures_and_photos(shipped: TestClient, root: Pa
 
 def test_cnn_fashion_mnist_flags_blank_pictures_and_photos(shipped: TestClient, root: Path) -> None:
     """Version 1's energy score passed the grey square and the photos as a confident Bag;
-    version 2's feature score (its graph's `ood_score` output) flags them all."""
+    version 3's nearest-neighbour feature score (its graph's `ood_score` output) flags them all."""
     pictures = blank_pictures() + [jpeg_of(photo) for photo in photos()]
     assert flags(shipped, root, "cnn-fashion-mnist", pictures) == [False] * len(pictures)
 

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
-from service.repository import VERSION_SECTIONS
+from service.repository import GENERATOR_SECTIONS
 from service.settings import Settings
 from service.tasks.imagegen import generate
 from training.data.images import DatasetMissing, load_image_data
@@ -97,7 +97,7 @@ def test_every_version_keeps_its_own_generation_section(name: str) -> None:
     for version in sorted(p for p in latest.parent.iterdir() if p.is_dir()):
         section = json.loads((version / "generation.json").read_text())
         assert section["kind"] == config["generation"]["kind"], version
-        for name in VERSION_SECTIONS:
+        for name in GENERATOR_SECTIONS:
             own = json.loads((version / f"{name}.json").read_text())
             if version == latest:
                 assert own == config.get(name, {}), (version, name)

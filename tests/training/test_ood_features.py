@@ -7,9 +7,12 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 
 from training.classifiers.ood_features import (
+    KINDS,
     OUTPUT,
+    LayerBank,
     LayerGaussian,
     SummaryProbe,
     candidates,
@@ -27,10 +30,20 @@ def pictures(count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 1, (count, 1, 28, 28)).astype(np.float32)
 
 
-def test_the_shipped_head_sits_on_the_earlier_version_unchanged() -> None:
-    card = json.loads((MODEL / "2" / "card.json").read_text())
+HEADED = sorted(
+    p.parent.name for p in MODEL.glob("*/card.json") if "ood_head" in json.loads(p.read_text())
+)
+
+
+def test_the_latest_version_has_a_head() -> None:
+    assert HEADED and int(HEADED[-1]) == max(int(p.name) for p in MODEL.glob("[0-9]*"))
+
+
+@pytest.mark.parametrize("version", HEADED)
+def test_a_shipped_head_sits_on_the_earlier_version_unchanged(version: str) -> None:
+    card = json.loads((MODEL / version / "card.json").read_text())
     base = card["ood_head"]["weights_of_version"]
-    headed = onnx.load(str(MODEL / "2" / "model.onnx"))
+    headed = onnx.load(str(MODEL / version / "model.onnx"))
     earlier = onnx.load(str(MODEL / str(base) / "model.onnx"))
     stripped = strip_head(headed)
     assert OUTPUT in {o.name for o in headed.graph.output}
@@ -43,16 +56,20 @@ def test_the_shipped_head_sits_on_the_earlier_version_unchanged() -> None:
         assert np.array_equal(a, b)
 
 
-def test_the_head_computes_the_numpy_score() -> None:
+@pytest.mark.parametrize("kind", [LayerGaussian, LayerBank])
+def test_the_head_computes_the_numpy_score(kind: type) -> None:
     base = strip_head(onnx.load(str(MODEL / "1" / "model.onnx")))
     probe = SummaryProbe(base)
     assert probe.pooled == ["relu", "relu_1", "relu_2"]
     train, labels = pictures(400, 1), np.arange(400) % 10
     validation = pictures(100, 2)
-    layers = fit_layers(probe, probe(train), labels, probe(validation))
-    assert all(isinstance(g, LayerGaussian) and g.scale > 0 for g in layers.values())
-    scores = candidates(layers)
-    assert len(scores) == len(layers) + 1  # each layer alone, then all together
+    layers = fit_layers(probe, probe(train), labels, probe(validation), bank=300)
+    assert all(g.scale > 0 for fitted in layers.values() for g in fitted)
+    scores = [s for s in candidates(layers) if type(s.layers[0]) is kind]
+    # each layer alone, (the bank: every pair,) then all together
+    pairs = len(layers) * (len(layers) - 1) // 2 if kind is LayerBank else 0
+    assert len(scores) == len(layers) + pairs + 1
+    assert {s.score for s in scores} == {KINDS[kind]}
     x = pictures(16, 3) * 3  # further out than the training pictures
     summaries = probe(x)
     for score in (scores[0], scores[-1]):
@@ -62,3 +79,14 @@ def test_the_head_computes_the_numpy_score() -> None:
         np.testing.assert_allclose(computed, score.numpy(summaries), rtol=1e-3, atol=1e-3)
     inside = scores[-1].numpy(probe(validation))
     assert np.median(scores[-1].numpy(summaries)) > np.median(inside)
+
+
+def test_a_bank_finds_its_own_pictures_at_no_distance() -> None:
+    """feature-knn: a training picture of the bank is at distance 0 (cosine 1) from itself,
+    a picture between two bank rows at the distance from the nearer one."""
+    bank = LayerBank.fit("x", False, np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]]))
+    assert bank.bank.shape == (3, 2)
+    np.testing.assert_allclose(bank.distance(np.array([[5.0, 0.0], [0.0, 0.1]])), 0, atol=1e-6)
+    np.testing.assert_allclose(
+        bank.distance(np.array([[1.0, 0.2]])), 1 - 1 / np.sqrt(1.04), rtol=1e-3
+    )

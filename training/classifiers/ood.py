@@ -59,6 +59,7 @@ from training.classifiers.classifier_eval import onnx_graph_logits, onnx_outputs
 from training.classifiers.ood_features import (
     OUTPUT,
     FeatureScore,
+    LayerBank,
     SummaryProbe,
     candidates,
     fit_layers,
@@ -341,13 +342,12 @@ def measure(model: ShippedClassifier, count: int = 0) -> tuple[ShippedClassifier
     }
     chosen = max(scored, key=lambda c: worst_then_mean(compared[c.score]))
     if train is not None and worst_then_mean(compared[chosen.score])[0] < FLOOR:
-        feature, aurocs, expected = best_feature_score(
-            model, train, train_labels, validation, halves
-        )
-        compared[feature.label] = aurocs
+        tried = feature_scores(model, train, train_labels, validation, halves)
+        compared |= {feature.label: aurocs for feature, aurocs, _ in tried}
+        feature, aurocs, expected = max(tried, key=lambda r: worst_then_mean(r[1]))
         if worst_then_mean(aurocs) > worst_then_mean(compared[chosen.score]):
             model, graph_scores = publish_head(model, feature, validation, expected)
-            chosen = OodSpec(model.version, GRAPH_SCORES[0], 0.0, output=OUTPUT)
+            chosen = OodSpec(model.version, feature.score, 0.0, output=OUTPUT)
             validation = replace(validation, graph_scores=graph_scores)  # the same logits
             halves = {
                 (name, "report"): model.run(ood_pictures(dataset, name, "report", count))
@@ -356,15 +356,15 @@ def measure(model: ShippedClassifier, count: int = 0) -> tuple[ShippedClassifier
     return model, report(model, chosen, compared, validation, halves, count)
 
 
-def best_feature_score(
+def feature_scores(
     model: ShippedClassifier,
     train: Batch,
     labels: np.ndarray,
     validation: Batch,
     halves: dict[tuple[str, str], Batch],
-) -> tuple[FeatureScore, dict[str, float], np.ndarray]:
-    """The feature score (ood_features.candidates) with the best worst-case AUROC on the select
-    halves, those AUROCs, and its scores of the validation pictures."""
+) -> list[tuple[FeatureScore, dict[str, float], np.ndarray]]:
+    """Every feature score (ood_features.candidates) with its AUROCs on the select halves and
+    its scores of the validation pictures."""
     probe = SummaryProbe(onnx.load(str(model.onnx_path)))
     valid = probe(validation.images)
     layers = fit_layers(probe, probe(train.images), labels, valid)
@@ -374,7 +374,7 @@ def best_feature_score(
         inside = feature.numpy(valid)
         aurocs = {name: auroc(inside, feature.numpy(select[name])) for name in OOD_SETS}
         results.append((feature, aurocs, inside))
-    return max(results, key=lambda r: worst_then_mean(r[1]))
+    return results
 
 
 def report(
@@ -414,7 +414,9 @@ def publish_head(
     model and its graph's scores of the validation pictures."""
     headed = with_head(onnx.load(str(model.onnx_path)), feature)
     old = model.model_dir / str(model.version)
-    version = model.version if model.has_head else model.version + 1
+    card = json.loads((old / "card.json").read_text())
+    same_head = card.get("ood_head", {}).get("score") == feature.label
+    version = model.version if model.has_head and same_head else model.version + 1
     folder = model.model_dir / str(version)
     folder.mkdir(exist_ok=True)
     for name in ("card.md", "curves.png"):
@@ -425,7 +427,6 @@ def publish_head(
     difference = float(np.max(np.abs(graph_scores - expected)))
     if difference > 1e-2 * max(1.0, float(np.max(np.abs(expected)))):
         raise RuntimeError(f"the ood head disagrees with its numpy computation by {difference}")
-    card = json.loads((old / "card.json").read_text())
     old_sha = card["files"]["model.onnx"]["sha256"]
     based_on = card.get("ood_head", {}).get("weights_of_version", model.version)
     card["version"] = version
@@ -433,6 +434,7 @@ def publish_head(
         "weights_of_version": based_on,
         "score": feature.label,
         "layers": [g.tensor for g in feature.layers],
+        **({"bank": len(first.bank)} if isinstance(first := feature.layers[0], LayerBank) else {}),
         "output": OUTPUT,
         "max_abs_diff_vs_numpy": difference,
         "note": f"version {based_on}'s graph and weights, unchanged, with the out-of-distribution "
@@ -559,10 +561,13 @@ def card_markdown(model: ShippedClassifier, section: dict[str, Any]) -> str:
 
 
 def write_results(model: ShippedClassifier, m: Measurement) -> dict[str, Any]:
-    """The `ood` section into config.json, card.json and card.md; returns the card's section."""
+    """The `ood` section into config.json and the version's own ood.json (what the service
+    reads for that version, whatever a later version's score), card.json and card.md; returns
+    the card's section."""
     config = {k: v for k, v in model.config.items() if k != "ood"} | {"ood": config_section(m)}
     write_json(model.model_dir / "config.json", config)
     folder = model.model_dir / str(model.version)
+    write_json(folder / "ood.json", config["ood"])
     card = json.loads((folder / "card.json").read_text())
     card["ood"] = section = card_section(model, m)
     write_json(folder / "card.json", card)

@@ -1,21 +1,30 @@
-"""The feature score of the out-of-distribution flag: how far a picture's activations lie from
-the training pictures' (Lee et al. 2018, "A simple unified framework for detecting
-out-of-distribution samples and adversarial attacks"), computed inside the classifier's graph.
+"""The feature scores of the out-of-distribution flag: how far a picture's activations lie from
+the training pictures', computed inside the classifier's graph.
 
 For each chosen layer of a convolutional classifier, a picture is summarised by the mean and the
 standard deviation of every channel over the picture (a fully connected layer: its activations as
-they are); the training pictures of each class give a Gaussian over that summary, all classes
-sharing one covariance. The layer's score is the squared Mahalanobis distance to the nearest
-class mean, standardised on the validation split; the picture's score is the sum over the layers.
+they are). Two ways to measure the distance of a summary from the training pictures':
 
-`with_head` appends exactly that computation to the graph as one more output, `ood_score` (N,),
-so the service reads the score off onnxruntime's outputs (config.json: `"score":
-"feature-mahalanobis", "output": "ood_score"`) with no other model and no statistics to carry;
+- feature-mahalanobis (Lee et al. 2018, "A simple unified framework for detecting
+  out-of-distribution samples and adversarial attacks"): the training pictures of each class give
+  a Gaussian over the summary, all classes sharing one covariance; the layer's distance is the
+  squared Mahalanobis distance to the nearest class mean;
+- feature-knn (Sun et al. 2022, "Out-of-distribution detection with deep nearest neighbors"):
+  the summaries of a bank of training pictures, scaled to length 1; the layer's distance is 1 -
+  the cosine similarity to the nearest of them. No shape is assumed for the training pictures'
+  cloud, so a picture in a gap between classes (a face crop among the shirts) is not taken for
+  one of them.
+
+Each layer's distance is standardised on the validation split; the picture's score is the sum
+over the layers. `with_head` appends exactly that computation to the graph as one more output,
+`ood_score` (N,), so the service reads the score off onnxruntime's outputs (config.json:
+`"score": "feature-knn", "output": "ood_score"`) with no other model and no statistics to carry;
 `FeatureScore.numpy` is the same computation, to choose the layers and check the graph against.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -29,6 +38,9 @@ from training.onnx_export import onnx_session
 OUTPUT = "ood_score"  # the graph output the head adds
 PREFIX = "ood_head/"  # names of the head's nodes and tensors
 SHRINK = 1e-3  # covariance + SHRINK * mean variance * I: invertible on few pictures
+BANK = (
+    5000  # training pictures a feature-knn layer keeps (docs/models.md: 2,000 to 20,000 compared)
+)
 BATCH = 250
 
 
@@ -139,14 +151,55 @@ class LayerGaussian:
 
 
 @dataclass(frozen=True)
-class FeatureScore:
-    """The sum over some layers of their standardised distances."""
+class LayerBank:
+    """The summaries of `BANK` training pictures, each scaled to length 1 (float16 values, as
+    the graph stores them): the distance of x is 1 - its cosine similarity to the nearest."""
 
-    layers: tuple[LayerGaussian, ...]
+    tensor: str
+    pooled: bool
+    bank: np.ndarray  # (M, D)
+    center: float = 0.0
+    scale: float = 1.0
+
+    @classmethod
+    def fit(cls, tensor: str, pooled: bool, summaries: np.ndarray, size: int = BANK) -> LayerBank:
+        bank = unit_rows(summaries[:size]).astype(np.float16).astype(np.float32)
+        return cls(tensor, pooled, bank)
+
+    def distance(self, summaries: np.ndarray) -> np.ndarray:
+        """1 - cosine similarity to the nearest bank row, (N,)."""
+        similarity = unit_rows(summaries).astype(np.float32) @ self.bank.T
+        return np.asarray(1.0 - similarity.max(axis=1), dtype=np.float64)
+
+    def standardised(self, validation: np.ndarray) -> LayerBank:
+        d = self.distance(validation)
+        return replace(self, center=float(d.mean()), scale=float(d.std() or 1.0))
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), EPSILON))
+
+
+EPSILON = 1e-6  # the smallest norm a summary is divided by (an all-zero summary stays zero)
+Layer = LayerGaussian | LayerBank
+KINDS: dict[type, str] = {LayerGaussian: "feature-mahalanobis", LayerBank: "feature-knn"}
+
+
+@dataclass(frozen=True)
+class FeatureScore:
+    """The sum over some layers (all of one kind) of their standardised distances."""
+
+    layers: tuple[Layer, ...]
+
+    @property
+    def score(self) -> str:
+        """Its name in config.json's `ood.score` (service/tasks/class_scores.py GRAPH_SCORES)."""
+        (kind,) = {KINDS[type(g)] for g in self.layers}
+        return kind
 
     @property
     def label(self) -> str:
-        return "feature-mahalanobis(" + "+".join(g.tensor for g in self.layers) + ")"
+        return f"{self.score}(" + "+".join(g.tensor for g in self.layers) + ")"
 
     def numpy(self, summaries: dict[str, np.ndarray]) -> np.ndarray:
         return np.asarray(
@@ -159,20 +212,35 @@ def fit_layers(
     train: dict[str, np.ndarray],
     labels: np.ndarray,
     validation: dict[str, np.ndarray],
-) -> dict[str, LayerGaussian]:
-    """Every layer's Gaussian, fitted on training summaries, standardised on validation ones."""
+    bank: int = BANK,
+) -> dict[str, list[Layer]]:
+    """Every layer's Gaussian and bank, fitted on training summaries (the bank: the first
+    `bank` of them), standardised on validation ones."""
     return {
-        tensor: LayerGaussian.fit(
-            tensor, tensor in probe.pooled, train[tensor], labels
-        ).standardised(validation[tensor])
+        tensor: [
+            LayerGaussian.fit(tensor, tensor in probe.pooled, train[tensor], labels).standardised(
+                validation[tensor]
+            ),
+            LayerBank.fit(tensor, tensor in probe.pooled, train[tensor], bank).standardised(
+                validation[tensor]
+            ),
+        ]
         for tensor in probe.tensors
     }
 
 
-def candidates(layers: dict[str, LayerGaussian]) -> list[FeatureScore]:
-    """The feature scores compared: each layer alone, and all of them together."""
-    alone = [FeatureScore((g,)) for g in layers.values()]
-    return [*alone, FeatureScore(tuple(layers.values()))] if len(layers) > 1 else alone
+def candidates(layers: dict[str, list[Layer]]) -> list[FeatureScore]:
+    """The feature scores compared, of each kind: each layer alone, every pair of layers (the
+    bank), and all of them together."""
+    found = []
+    for kind in KINDS:
+        mine = [g for fitted in layers.values() for g in fitted if type(g) is kind]
+        found += [FeatureScore((g,)) for g in mine]
+        if kind is LayerBank:
+            found += [FeatureScore(pair) for pair in itertools.combinations(mine, 2)]
+        if len(mine) > 2 or (len(mine) == 2 and kind is LayerGaussian):
+            found.append(FeatureScore(tuple(mine)))
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,12 +266,11 @@ def with_head(model: onnx.ModelProto, score: FeatureScore) -> onnx.ModelProto:
         return PREFIX + name
 
     spatial = const("spatial_axes", np.array([2, 3], dtype=np.int64))
-    feature_axis = const("feature_axis", np.array([2], dtype=np.int64))
     middle = const("middle_axis", np.array([1], dtype=np.int64))
     terms = []
     for i, g in enumerate(score.layers):
         x = g.tensor
-        if len(g.means[0]) != g.factor.shape[0]:
+        if isinstance(g, LayerGaussian) and len(g.means[0]) != g.factor.shape[0]:
             raise ValueError(f"{g.tensor}: means and factor disagree")
         if g.pooled:  # a convolutional layer: each channel's mean and std
             mean = node("ReduceMean", [x, spatial], f"{i}/mean", keepdims=1)
@@ -213,14 +280,27 @@ def with_head(model: onnx.ModelProto, score: FeatureScore) -> onnx.ModelProto:
             flat_mean = node("Flatten", [mean], f"{i}/flat_mean", axis=1)
             flat_std = node("Flatten", [std], f"{i}/flat_std", axis=1)
             x = node("Concat", [flat_mean, flat_std], f"{i}/summary", axis=1)
-        factor = const(f"{i}/factor", g.factor.astype(np.float32))
-        centres = const(f"{i}/centres", (g.means @ g.factor).astype(np.float32))
-        projected = node("MatMul", [x, factor], f"{i}/projected")  # (N, D)
-        lifted = node("Unsqueeze", [projected, middle], f"{i}/lifted")  # (N, 1, D)
-        gaps = node("Sub", [lifted, centres], f"{i}/gaps")  # (N, classes, D)
-        squared = node("Mul", [gaps, gaps], f"{i}/squared")
-        distances = node("ReduceSum", [squared, feature_axis], f"{i}/distances", keepdims=0)
-        nearest = node("ReduceMin", [distances, middle], f"{i}/nearest", keepdims=0)  # (N,)
+        if isinstance(g, LayerBank):
+            # 1 - max over the bank of unit(x) . b; the bank kept in float16 (half the bytes)
+            norm = node("ReduceL2", [x, middle], f"{i}/norm", keepdims=1)
+            floor = const(f"{i}/epsilon", np.array(EPSILON, np.float32))
+            unit = node("Div", [x, node("Max", [norm, floor], f"{i}/norm_floor")], f"{i}/unit")
+            stored = const(f"{i}/bank", g.bank.T.astype(np.float16))  # (D, M)
+            bank = node("Cast", [stored], f"{i}/bank32", to=TensorProto.FLOAT)
+            similarity = node("MatMul", [unit, bank], f"{i}/similarity")  # (N, M)
+            closest = node("ReduceMax", [similarity, middle], f"{i}/closest", keepdims=0)
+            one = const(f"{i}/one", np.array(1.0, np.float32))
+            nearest = node("Sub", [one, closest], f"{i}/nearest")  # (N,)
+        else:
+            factor = const(f"{i}/factor", g.factor.astype(np.float32))
+            centres = const(f"{i}/centres", (g.means @ g.factor).astype(np.float32))
+            projected = node("MatMul", [x, factor], f"{i}/projected")  # (N, D)
+            lifted = node("Unsqueeze", [projected, middle], f"{i}/lifted")  # (N, 1, D)
+            gaps = node("Sub", [lifted, centres], f"{i}/gaps")  # (N, classes, D)
+            squared = node("Mul", [gaps, gaps], f"{i}/squared")
+            feature_axis = const(f"{i}/feature_axis", np.array([2], dtype=np.int64))
+            distances = node("ReduceSum", [squared, feature_axis], f"{i}/distances", keepdims=0)
+            nearest = node("ReduceMin", [distances, middle], f"{i}/nearest", keepdims=0)  # (N,)
         shifted = node(
             "Sub", [nearest, const(f"{i}/center", np.array(g.center, np.float32))], f"{i}/c"
         )
