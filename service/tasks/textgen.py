@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, overload
 
 import numpy as np
 import onnxruntime as ort
@@ -28,6 +28,7 @@ import onnxruntime as ort
 from service.tasks.sampling import Choice, Sampler, SamplingParams, log_softmax, top_logprobs
 from service.tasks.tokenizer import PARAGRAPH, Detokenizer, Token, WordTokenizer
 
+MAX_PADDING = 4  # a reused batch's caches may be padded by a quarter of the longest one
 # the runtime's calling convention: run(feeds, output_names) -> outputs in that order
 StepRunner = Callable[[Mapping[str, np.ndarray], Sequence[str]], Sequence[np.ndarray]]
 
@@ -82,15 +83,18 @@ class StepModel:
         self.max_length: int | None = config.get("max_length")  # positions the graph supports
         mask = section.get("attention_mask")  # input name; None: caches must be equally long
         self.attention_mask: str | None = None if mask is None else str(mask)
-        # what the last split handed out, and the batched state and mask it was cut from
-        self._last_split: tuple[tuple[list[np.ndarray], ...], list[np.ndarray], np.ndarray | None]
-        self._last_split = ((), [], None)
+        # what the last split handed out (by row; None: a row nobody holds), and the batched
+        # state and mask it was cut from
+        self._last_split: tuple[list[SplitState | None], list[np.ndarray], np.ndarray | None]
+        self._last_split = ([], [], None)
 
     def initial_state(self, batch: int = 1) -> list[np.ndarray]:
         return [s.zeros(batch) for s in self.state]
 
     def past_length(self, state: Sequence[np.ndarray]) -> int:
         """Tokens in a (joined) state's cache, padding included; 0 for a fixed-size state."""
+        if isinstance(state, SplitState):
+            return state.past
         for spec, tensor in zip(self.state, state, strict=True):
             if spec.length_axis is not None:
                 return int(tensor.shape[spec.length_axis])
@@ -127,18 +131,24 @@ class StepModel:
             all_logits.append(logits)
         return np.concatenate(all_logits, axis=1), list(state)
 
-    def join(
-        self, states: Sequence[Sequence[np.ndarray]]
-    ) -> tuple[list[np.ndarray], np.ndarray | None] | None:
-        """Several sequences' states as one batch, and the mask of its past (B, past): None when
-        no cache needed padding. Caches of different lengths are padded at the start when the
-        graph takes an attention mask; without one they cannot be joined (None).
+    def join(self, states: Sequence[Sequence[np.ndarray]]) -> Joined | None:
+        """Several sequences' states as one batch, the mask of its past (B, past; None when no
+        cache needed padding) and each sequence's row. Caches of different lengths are padded at
+        the start when the graph takes an attention mask; without one they cannot be joined
+        (None).
 
-        The states the last `split` handed out, all of them in the same order (the next decode
-        step of the same batch), are joined already: that batch comes back without a copy."""
-        handed, batched, batched_mask = self._last_split
-        if len(states) == len(handed) and all(s is h for s, h in zip(states, handed, strict=True)):
-            return list(batched), batched_mask
+        The batch the last `split` came from is reused when the states are its parts (the next
+        decode step, in any order, with or without some of them): no copy. Rows nobody asks for
+        stay in the batch as spare ones (their outputs are dropped) while they are at most a
+        quarter of it, and a sequence new to the batch takes a spare row (written in place:
+        nothing else can see a row nobody was handed, or whose part was never read), while the
+        caches' padding stays under 1 / MAX_PADDING of the longest one. Otherwise the states are
+        copied into a new batch (compact: the cost of the copy is about one step's, a spare row
+        or column costs a little at every step)."""
+        reused = self._reuse(states)
+        if reused is not None:
+            return reused
+        rows = list(range(len(states)))
         lengths = [self.past_length(s) for s in states]
         longest = max(lengths, default=0)
         if longest == min(lengths, default=0):
@@ -146,15 +156,101 @@ class StepModel:
                 np.concatenate([s[k] for s in states], axis=spec.batch_axis)
                 for k, spec in enumerate(self.state)
             ]
-            return joined, None
+            return Joined(joined, None, rows)
         if self.attention_mask is None:
             return None
         mask = np.zeros((len(states), longest), dtype=np.int64)
         for row, length in enumerate(lengths):
             mask[row, longest - length :] = 1
-        return [
-            self._pad_and_join(k, [s[k] for s in states], longest) for k in range(len(self.state))
-        ], mask
+        return Joined(
+            [
+                self._pad_and_join(k, [s[k] for s in states], longest)
+                for k in range(len(self.state))
+            ],
+            mask,
+            rows,
+        )
+
+    def _reuse(self, states: Sequence[Sequence[np.ndarray]]) -> Joined | None:
+        """`join` from the last split's batch (see there), or None when it cannot be."""
+        handed, batched, mask = self._last_split
+        if not handed or not states:
+            return None
+        row_of = {id(h): r for r, h in enumerate(handed) if h is not None}
+        rows: list[int | None] = []
+        for state in states:
+            row = row_of.pop(id(state), None)  # popped: the same part twice is not the same row
+            rows.append(row if row is not None and handed[row] is state else None)
+        taken = {r for r in rows if r is not None}
+        free = [r for r in range(len(handed)) if r not in taken]
+        newcomers = [j for j, r in enumerate(rows) if r is None]
+        if len(free) - len(newcomers) > max(1, len(handed) // 4):
+            return None  # mostly spare rows: a compact batch is cheaper to run
+        longest = max(self.past_length(s) for s in states)
+        if (self.past_length(batched) - longest) * MAX_PADDING > longest:
+            return None  # the longest sequences left: trim the padding they leave behind
+        if newcomers:
+            writable = [r for r in free if handed[r] is None or not handed[r].read]  # type: ignore[union-attr]
+            if len(writable) < len(newcomers) or not all(t.flags.writeable for t in batched):
+                return None
+            arriving = [states[j] for j in newcomers]
+            if not self._fit(batched, arriving):
+                return None
+            mask = self._place(batched, mask, arriving, writable)
+            for j, row in zip(newcomers, writable, strict=False):
+                rows[j] = row
+        kept = [r for r in rows if r is not None]
+        spare = sorted(set(range(len(handed))) - set(kept))
+        if spare and self.attention_mask is not None:
+            # a spare row sees no past: its positions never run past the graph's limit
+            if mask is None:
+                mask = np.ones((len(handed), self.past_length(batched)), np.int64)
+            else:
+                mask = mask.copy()
+            mask[spare] = 0
+        return Joined(list(batched), mask, kept)
+
+    def _fit(self, batched: list[np.ndarray], states: Sequence[Sequence[np.ndarray]]) -> bool:
+        """Whether the states fit rows of the batch: no longer cache than the batch's, and a
+        shorter one only with an attention mask."""
+        longest = self.past_length(batched)
+        lengths = [self.past_length(s) for s in states]
+        return all(n <= longest for n in lengths) and (
+            self.attention_mask is not None or all(n == longest for n in lengths)
+        )
+
+    def _place(
+        self,
+        batched: list[np.ndarray],
+        mask: np.ndarray | None,
+        states: Sequence[Sequence[np.ndarray]],
+        rows: Sequence[int],
+    ) -> np.ndarray | None:
+        """Write each state (`_fit`) into its spare row of `batched`, its cache right-aligned
+        with zeros before it, and return the batch's past mask."""
+        longest = self.past_length(batched)
+        lengths = [self.past_length(s) for s in states]
+        if any(n < longest for n in lengths) or mask is not None:
+            mask = (
+                np.ones((batched[0].shape[self.state[0].batch_axis], longest), np.int64)
+                if mask is None
+                else mask.copy()
+            )
+        for state, row, length in zip(states, rows, lengths, strict=False):
+            for spec, tensor, part in zip(self.state, batched, state, strict=True):
+                where: list[slice] = [slice(None)] * tensor.ndim
+                where[spec.batch_axis] = slice(row, row + 1)
+                if spec.length_axis is None:
+                    tensor[tuple(where)] = part
+                    continue
+                where[spec.length_axis] = slice(0, longest - length)
+                tensor[tuple(where)] = 0
+                where[spec.length_axis] = slice(longest - length, longest)
+                tensor[tuple(where)] = part
+            if mask is not None:
+                mask[row, : longest - length] = 0
+                mask[row, longest - length :] = 1
+        return mask
 
     def _pad_and_join(self, k: int, parts: Sequence[np.ndarray], longest: int) -> np.ndarray:
         """State tensor k of every sequence in one array, caches padded with zeros at the start."""
@@ -175,27 +271,78 @@ class StepModel:
         return joined
 
     def split(
-        self, state: Sequence[np.ndarray], attention_mask: np.ndarray | None = None
-    ) -> list[list[np.ndarray]]:
-        """One batched state back into per-sequence states (each keeps a batch axis of 1); given
-        the call's mask (B, past + new), each cache keeps only its own (real) entries. The parts
-        are views of the batch (state arrays are never written in place)."""
+        self,
+        state: Sequence[np.ndarray],
+        attention_mask: np.ndarray | None = None,
+        rows: Sequence[int] | None = None,
+    ) -> list[SplitState]:
+        """One batched state back into per-sequence states, those of `rows` (all by default), in
+        that order; given the call's mask (B, past + new), each cache keeps only its own (real)
+        entries. The parts are views of the batch, cut only when read (`SplitState`)."""
         batch = state[0].shape[self.state[0].batch_axis] if state else 0
         real = None if attention_mask is None else (attention_mask > 0).sum(axis=1)
+        padded = self.past_length(state)
+        handed: list[SplitState | None] = [None] * batch
         parts = []
-        for i in range(batch):
+        for row in range(batch) if rows is None else rows:
+            past = padded if real is None or not self.has_length() else int(real[row])
+            parts.append(SplitState(self, state, row, past, real is not None))
+            handed[row] = parts[-1]
+        self._last_split = (handed, list(state), attention_mask)
+        return parts
+
+    def has_length(self) -> bool:
+        return any(s.length_axis is not None for s in self.state)
+
+
+class Joined(NamedTuple):
+    state: list[np.ndarray]
+    mask: np.ndarray | None  # (B, past), 1 = real; None when no cache needed padding
+    rows: list[int]  # the batch row of each sequence, in the order given (others are spare)
+
+
+class SplitState(Sequence[np.ndarray]):
+    """One sequence's part of a batched state (batch axis of 1; a cache without the padding
+    before it): views of the batch, cut when first read. The next step of the same batch joins
+    it back without reading it."""
+
+    def __init__(
+        self, model: StepModel, batch: Sequence[np.ndarray], row: int, past: int, trim: bool
+    ) -> None:
+        self.model = model
+        self.batch = batch
+        self.row = row
+        self.past = past  # tokens in its own cache (0 for a fixed-size state)
+        self.trim = trim  # the cache has padding before it to cut off
+        self._parts: list[np.ndarray] | None = None
+
+    @property
+    def read(self) -> bool:
+        return self._parts is not None
+
+    def parts(self) -> list[np.ndarray]:
+        if self._parts is None:
             own = []
-            for spec, tensor in zip(self.state, state, strict=True):
+            for spec, tensor in zip(self.model.state, self.batch, strict=True):
                 where = [slice(None)] * tensor.ndim
-                where[spec.batch_axis] = slice(i, i + 1)
-                if real is not None and spec.length_axis is not None:  # padding is at the start
+                where[spec.batch_axis] = slice(self.row, self.row + 1)
+                if self.trim and spec.length_axis is not None:  # padding is at the start
                     where[spec.length_axis] = slice(
-                        tensor.shape[spec.length_axis] - int(real[i]), None
+                        tensor.shape[spec.length_axis] - self.past, None
                     )
                 own.append(tensor[tuple(where)])
-            parts.append(own)
-        self._last_split = (tuple(parts), list(state), attention_mask)
-        return parts
+            self._parts = own
+        return self._parts
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        return self.parts()[index]
+
+    def __len__(self) -> int:
+        return len(self.batch)
 
 
 @dataclass
@@ -203,7 +350,7 @@ class Context:
     """One sequence being read or written: every id fed so far, the state after them."""
 
     ids: list[int]
-    state: list[np.ndarray]
+    state: Sequence[np.ndarray]  # a list, or the decoder's SplitState
     logits: np.ndarray  # (V,) for the token after the last id
     tokens: list[Token] = field(default_factory=list)  # the prompt as the user typed it
     text: str = ""  # the prompt
@@ -370,24 +517,26 @@ class Decoder:
             key = self.past_length(context) if self.has_cache() and not padded else 0
             groups.setdefault(-1 - i if needs_restart else key, []).append(i)
         for key, members in groups.items():
-            joined = self.model.join([contexts[i].state for i in members])
-            if key < 0 or joined is None:
+            joined = None if key < 0 else self.model.join([contexts[i].state for i in members])
+            if joined is None:
                 for i in members:
                     self.feed(contexts[i], token_ids[i])
                 continue
-            state, past_mask = joined
+            state, past_mask, rows = joined
+            batch = state[0].shape[self.model.state[0].batch_axis] if state else len(members)
             mask = None
             if past_mask is not None:  # the new tokens are real
-                mask = np.concatenate([past_mask, np.ones((len(members), 1), np.int64)], axis=1)
-            ids = np.array([[token_ids[i]] for i in members], dtype=np.int64)
+                mask = np.concatenate([past_mask, np.ones((batch, 1), np.int64)], axis=1)
+            ids = np.zeros((batch, 1), dtype=np.int64)  # spare rows read id 0, never used
+            ids[rows, 0] = [token_ids[i] for i in members]
             logits, state = self.model.run(ids, state, mask)
-            parts = self.model.split(state, mask)
-            for row, (i, part) in enumerate(zip(members, parts, strict=True)):
+            parts = self.model.split(state, mask, rows)
+            for row, i, part in zip(rows, members, parts, strict=True):
                 contexts[i].ids.append(token_ids[i])
                 contexts[i].state, contexts[i].logits = part, logits[row, -1]
 
     def has_cache(self) -> bool:
-        return any(s.length_axis is not None for s in self.model.state)
+        return self.model.has_length()
 
 
 class Continuation:

@@ -62,9 +62,13 @@ def step_together_and_alone(
         restarting = sum(needs_restart(decoder, c) for c in batch)
         runner.batches.clear()
         decoder.feed_many(batch, [greedy(c) for c in batch])
-        # one call for every sequence that keeps its cache, plus one per restart
-        expected = [1] * restarting + [len(batch) - restarting] * (restarting < len(batch))
-        assert sorted(runner.batches) == sorted(expected), runner.batches
+        # one call for every sequence that keeps its cache, plus one per restart; the shared
+        # call may keep the rows of sequences that left as spare ones (StepModel.join)
+        calls = sorted(runner.batches)
+        kept = len(batch) - restarting
+        assert calls[:restarting] == [1] * restarting, runner.batches
+        assert len(calls) == restarting + (kept > 0), runner.batches
+        assert kept == 0 or kept <= calls[-1] <= kept + max(1, len(prompts) // 4), runner.batches
         restarts += restarting
         for i in active:
             decoder.feed(alone[i], greedy(alone[i]))

@@ -73,11 +73,17 @@ def test_shipped_transformer_prefill_of_left_padded_prompts() -> None:
         for got, expected in zip(own, alone_state, strict=True):  # split drops the padding
             assert got.shape == expected.shape
             np.testing.assert_allclose(got, expected, atol=1e-4)
-    # the next decode step of the same batch gets the batch back as it is (no copy)
+    # the next decode step of the same batch gets the batch back as it is (no copy), in any order
     parts = model.split(state, mask)
     again = model.join(parts)
-    assert again is not None and again[0][0] is state[0] and again[1] is mask
-    assert model.join(parts[1:]) is not None and model.join(parts[1:])[0][0] is not state[0]
+    assert again is not None and again.state[0] is state[0] and again.mask is mask
+    assert again.rows == [0, 1, 2] and model.join(parts[::-1]).rows == [2, 1, 0]  # type: ignore[union-attr]
+    # one sequence gone: its row stays, spare, its past masked out; two of three: a compact copy
+    fewer = model.join(parts[1:])
+    assert fewer is not None and fewer.state[0] is state[0] and fewer.rows == [1, 2]
+    assert fewer.mask is not None and not fewer.mask[0].any() and (fewer.mask[1:] == mask[1:]).all()
+    compact = model.join(parts[2:])
+    assert compact is not None and compact.state[0] is not state[0] and compact.rows == [0]
     with pytest.raises(ValueError, match="attention mask"):
         StepModel(model.run_graph, {"step": {"state": []}}).run(ids, [], mask)
 
@@ -112,3 +118,48 @@ def test_a_graph_without_the_mask_batches_only_equal_lengths(tmp_path: Path) -> 
             decoder.feed(context, greedy(context))
         for a, b in zip(together, alone, strict=True):
             np.testing.assert_allclose(a.logits, b.logits, atol=1e-5)
+
+
+def test_a_newcomer_takes_the_spare_row_of_one_that_left() -> None:
+    """A sequence that leaves the batch leaves its row spare; one that arrives is written into
+    it in place (no new batch, one call of 3) and every sequence still decodes what it decodes
+    alone; a row whose part somebody read is never written over."""
+    decoder, runner = counted_decoder(MODELS / "transformer-austen")
+    first, second, third, late = prompts_of(decoder, AUSTEN, [30, 20, 12, 8])
+    together = {p: decoder.read(p) for p in (first, second, third)}
+    alone = {p: decoder.read(p) for p in (first, second, third, late)}
+
+    def step(prompts: list[str]) -> None:
+        batch = [together[p] for p in prompts]
+        decoder.feed_many(batch, [greedy(c) for c in batch])
+        for p in prompts:
+            decoder.feed(alone[p], greedy(alone[p]))
+            np.testing.assert_allclose(together[p].logits, alone[p].logits, atol=1e-4)
+
+    step([first, second, third])
+    step([first, second])  # `third` is done: its row stays, spare
+    batch_state = decoder.model._last_split[1][0]
+    together[late] = decoder.read(late)
+    joined = decoder.model.join([together[p].state for p in (second, first, late)])
+    assert joined is not None and joined.state[0] is batch_state and joined.rows == [1, 0, 2]
+    runner.batches.clear()
+    step([second, first, late])  # the newcomer takes row 2 (written again: the same bytes)
+    assert runner.batches == [3, 1, 1, 1]  # one shared call, then each alone
+    for _ in range(3):
+        step([late, first, second])
+    assert [together[p].ids for p in (first, second, late)] == [
+        alone[p].ids for p in (first, second, late)
+    ]
+    # a part that was read (its views may live on) keeps its row: the newcomer gets a new batch
+    held = [np.array(t) for t in together[second].state]  # reads it
+    views = list(together[second].state)
+    again = decoder.read(third)
+    batch_before = decoder.model._last_split[1][0]
+    decoder.feed_many(
+        [together[late], together[first], again],
+        [greedy(together[late]), greedy(together[first]), greedy(again)],
+    )
+    assert decoder.model._last_split[1][0] is not batch_before
+    for view, copy in zip(views, held, strict=True):
+        np.testing.assert_array_equal(view, copy)
+    assert batch_state is not batch_before  # (each step's outputs are new arrays)

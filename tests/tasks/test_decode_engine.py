@@ -179,15 +179,15 @@ def test_a_request_read_whole_gets_every_token_in_one_hand_over(
 
 def test_a_request_that_joins_later_writes_the_same(decoders: dict[str, Decoder]) -> None:
     decoder = decoders["cache"]
-    engine = DecodeEngine(decoder, max_batch=8)
+    engine = DecodeEngine(decoder, max_batch=8, max_unread=2)  # the first waits for its reader
 
     async def main() -> tuple[dict, dict]:
         first = engine.submit(sequences(decoder, PROMPTS[2], 40, 1), 0.0)
         early = await first.next_tokens()  # the first request is running already
         second = engine.submit(sequences(decoder, PROMPTS[0], 6, 2, n=3), 0.0)
         rest, other = await asyncio.gather(collect(first), collect(second))
-        for index, token in reversed(early):  # early holds one or more steps' tokens
-            rest[index].insert(0, token)
+        for index, token in reversed(early):  # early holds one or two steps' tokens
+            rest.setdefault(index, []).insert(0, token)
         return rest, other
 
     first, second = closing(engine, main)
