@@ -143,6 +143,11 @@ class Batcher:
             self._task = loop.create_task(self._dispatch_forever(), context=contextvars.Context())
         return await pending.future
 
+    def idle(self) -> bool:
+        """Whether a request submitted now would be alone: nothing queued or running for the
+        graph, and no other request in flight in the process."""
+        return self.metrics.requests_in_flight <= 1 and not self._queue and not self._busy
+
     def _may_run_inline(self, trace: Span | None) -> bool:
         """Whether this request, just queued, may run on the loop itself if no company comes
         (the naive handler's way, without the hop to an inference thread and back): it is alone

@@ -180,15 +180,19 @@ async def next_words(
     """The k most likely next words after `text`. Prompts of concurrent requests are read in
     one step-graph call (the model's dynamic batcher, policy as for its V2 graph): each is
     padded on the right to a multiple of PREFILL_BUCKET tokens, and requests whose padded
-    lengths agree are stacked. Without batching, or where the graph cannot read a prompt in one
-    call, the prompt is read alone in the task pool."""
+    lengths agree are stacked; a request alone (nothing queued or running, nothing else in
+    flight) is not padded (a Transformer reads 16 tokens in 1.06 ms, 9 in 0.89). Without
+    batching, or where the graph cannot read a prompt in one call, the prompt is read alone in
+    the task pool."""
     decoder = model.decoder
     ids = decoder.prompt_window(text)
+    batcher = model.prefill
     width = -(-len(ids) // PREFILL_BUCKET) * PREFILL_BUCKET
+    if batcher is not None and batcher.idle():
+        width = len(ids)
     if decoder.model.max_length is not None:
         width = min(width, decoder.model.max_length)
     feeds = decoder.padded_prefill(ids, width)
-    batcher = model.prefill
     if batcher is None or feeds is None:
         return await dataplane.run_task(model, lambda _: decoder.next_word_distribution(text, k))
     (logits,) = await batcher.submit(feeds, model.deadline())

@@ -65,7 +65,9 @@ def test_concurrent_prompts_share_a_call_and_match_reading_alone(
             assert abs(p - w.probability) < 1e-4, (name, text, p, w.probability)
     limit = decoder.model.max_length or 10**9
     widths = {min(-(-len(decoder.prompt_window(t)) // PREFILL_BUCKET) * PREFILL_BUCKET, limit)
-              for t in TEXTS}  # fmt: skip
+              for t in TEXTS[1:]}  # fmt: skip
+    # the first finds the batcher idle and nothing else in flight: read at its own width
+    widths.add(min(len(decoder.prompt_window(TEXTS[0])), limit))
     assert calls is not None and calls - (before or 0) == len(widths) < len(TEXTS)
 
 
