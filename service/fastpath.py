@@ -8,22 +8,32 @@ of the process). So `App` answers every POST to that path itself, and this is it
 implementation: the same request middleware as every route (request id, body limit, HTTP
 metrics, access log, tracing), the API-key check, the data-plane call and the error bodies every
 route uses. routers/open_inference.py declares the route for the OpenAPI schema and method matching only.
+
+`POST /v1/models/{name}/next-word` with a JSON body is answered here too (`next_word`), the same
+way, when its body parses and validates; any other such request (a wrong content type, a body
+that does not validate) goes on, body and all, to the framework's route below the request
+middleware, which words the error exactly as for every route. Both call
+`generation_jobs.next_word_answer`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 import orjson
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import tracing
 from service.auth import check_inference_key
 from service.dataplane import DataPlane
 from service.errors import ModelNotReady, ServiceError
 from service.http_errors import error_parts
+from service.middleware import RequestMiddleware
+from service.protocol.text import NextWordRequest
 from service.protocol.v2 import (
     check_model,
     encode_infer_response,
@@ -32,10 +42,15 @@ from service.protocol.v2 import (
     parse_raw_request,
 )
 from service.registry import Registry
+from service.tasks.generation_jobs import next_word_answer
 
 log = logging.getLogger(__name__)
 
+JSON = "application/json"
+
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+NEXT_WORD_PATH = re.compile(r"/v1/models/([^/]+)/next-word")
+NEXT_WORD_ROUTE = "/v1/models/{model_name}/next-word"
 INFER_ROUTES = (
     "/v2/models/{model_name}/infer",
     "/v2/models/{model_name}/versions/{model_version}/infer",
@@ -57,6 +72,8 @@ class App(FastAPI):
     """FastAPI, with the V2 infer route answered by `infer` when the app is serving."""
 
     fast_path: ASGIApp | None = None  # the request middleware around `infer`; set by create_app
+    fast_next_word: ASGIApp | None = None  # ... around `next_word`
+    _below_middleware: ASGIApp | None = None  # the framework's stack under RequestMiddleware
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -69,7 +86,67 @@ class App(FastAPI):
             scope["path_params"] = {"model_name": match[1], "model_version": match[2]}
             await self.fast_path(scope, receive, send)
             return
+        if (
+            self.fast_next_word is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and (match := NEXT_WORD_PATH.fullmatch(scope["path"]))
+            and _sends_json(scope)
+        ):
+            scope["app"] = self
+            scope["path_params"] = {"model_name": match[1]}
+            await self.fast_next_word(scope, receive, send)
+            return
         await super().__call__(scope, receive, send)
+
+    async def next_word(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A next-word request: answered here when its body is a valid NextWordRequest, else
+        handed with its body to the framework's route (see the module docstring)."""
+        scope["route"] = RouteName(NEXT_WORD_ROUTE)
+        headers = dict(scope["headers"])
+        body = b""
+        request, registry = None, None
+        try:
+            check_inference_key(self.state.settings, _text(headers.get(b"authorization")))
+            body = await _read_body(receive)
+            registry = getattr(self.state, "registry", None)
+            request = _next_word_request(body)
+        except ServiceError as exc:
+            await _respond(send, *error_parts(exc))
+            return
+        except Disconnected:
+            await _respond(send, 499, b"", {})
+            return
+        if request is None or registry is None:
+            await self._to_framework(scope, _replay(body, receive), send)
+            return
+        try:
+            answer = await next_word_answer(
+                registry,
+                self.state.dataplane,
+                self.state.settings,
+                scope["path_params"]["model_name"],
+                request.text,
+                request.top_k,
+            )
+            status, content, headers_out = 200, orjson.dumps(answer), {"content-type": JSON}
+        except ServiceError as exc:
+            status, content, headers_out = error_parts(exc)
+        except Exception:
+            log.exception("next-word failed", extra={"path": scope["path"]})
+            status, content = 500, orjson.dumps({"error": "internal server error"})
+            headers_out = {"content-type": JSON}
+        await _respond(send, status, content, headers_out)
+
+    async def _to_framework(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app below its request middleware (which the request has passed already)."""
+        if self._below_middleware is None:
+            layer: Any = self.middleware_stack or self.build_middleware_stack()
+            while not isinstance(layer, RequestMiddleware):
+                layer = layer.app
+            self._below_middleware = layer.app
+        scope.pop("route", None)  # the framework's router names it
+        await self._below_middleware(scope, receive, send)
 
     async def infer(self, scope: Scope, receive: Receive, send: Send) -> None:
         name, version = scope["path_params"]["model_name"], scope["path_params"]["model_version"]
@@ -129,6 +206,39 @@ async def run_infer(
         "content-type": "application/octet-stream",
         "inference-header-content-length": str(json_length),
     }
+
+
+def _sends_json(scope: Scope) -> bool:
+    """Whether the request says its body is JSON (as service.deps.require_media_type reads it)."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            sent = bytes(value).split(b";")[0].strip().lower()
+            return sent == b"application/json" or (
+                sent.startswith(b"application/") and sent.endswith(b"+json")
+            )
+    return False
+
+
+def _next_word_request(body: bytes) -> NextWordRequest | None:
+    """The body as a NextWordRequest, or None when it is not one (the framework says why)."""
+    try:
+        return NextWordRequest.model_validate(orjson.loads(body))
+    except (orjson.JSONDecodeError, ValidationError):
+        return None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives the body already read, then whatever comes next (a disconnect)."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 async def _read_body(receive: Receive) -> bytes:

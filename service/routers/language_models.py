@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from service.auth import InferenceAuth
 from service.dataplane import DataPlane
 from service.deps import DataPlaneDep, JsonBody, RegistryDep, SettingsDep
-from service.errors import Cancelled, InvalidInput, ServiceError
+from service.errors import Cancelled, ServiceError
 from service.protocol.text import (
     GenerateParameters,
     GenerateRequest,
@@ -20,7 +20,6 @@ from service.protocol.text import (
     GenerateStreamResponse,
     NextWordRequest,
     NextWordResponse,
-    WordPrediction,
 )
 from service.protocol.types import ErrorResponse
 from service.runtimes import LanguageModel
@@ -29,11 +28,10 @@ from service.sse import SSE_HEADERS, sse
 from service.tasks.generation_jobs import (
     Event,
     SequenceToken,
-    check_prompt,
     first_event,
     generation_job,
     language_model,
-    next_words,
+    next_word_answer,
     stream_generation,
 )
 
@@ -61,28 +59,11 @@ async def next_word(
     model_name: str,
 ) -> NextWordResponse:
     """The most likely next words after a text, with their probabilities and token ids."""
-    model = language_model(registry, model_name)
-    decoder = model.decoder
-    if body.top_k > settings.max_next_words:
-        raise InvalidInput(
-            f"top_k must be at most {settings.max_next_words}, got {body.top_k}", param="top_k"
-        )
-    tokens = check_prompt(settings, decoder, body.text, "text")
-    async with dataplane.track(model):
-        words = await next_words(dataplane, model, body.text, body.top_k)
-    unknown = [t.text for t in tokens if t.id == decoder.tokenizer.unk_id]
-    return NextWordResponse(
-        model_name=model.name,
-        model_version=str(model.version),
-        predictions=[
-            WordPrediction(
-                word=w.word, token_id=w.token_id, probability=w.probability, logprob=w.logprob
-            )
-            for w in words
-        ],
-        tokens=len(tokens),
-        unknown_words=list(dict.fromkeys(unknown)),
+    # well-formed requests are answered by service/fastpath.py, with the same function
+    answer = await next_word_answer(
+        registry, dataplane, settings, model_name, body.text, body.top_k
     )
+    return NextWordResponse.model_validate(answer)
 
 
 async def start_generation(

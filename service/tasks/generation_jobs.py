@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -197,6 +197,43 @@ async def next_words(
         return await dataplane.run_task(model, lambda _: decoder.next_word_distribution(text, k))
     (logits,) = await batcher.submit(feeds, model.deadline())
     return decoder.top_words(logits[0, len(ids) - 1], k)
+
+
+async def next_word_answer(
+    registry: Registry,
+    dataplane: DataPlane,
+    settings: Settings,
+    model_name: str,
+    text: str,
+    top_k: int,
+) -> dict[str, Any]:
+    """The answer of `POST /v1/models/{model_name}/next-word` (protocol.text.NextWordResponse's
+    fields), for the route and for the fast path that answers it beside the framework."""
+    model = language_model(registry, model_name)
+    decoder = model.decoder
+    if top_k > settings.max_next_words:
+        raise InvalidInput(
+            f"top_k must be at most {settings.max_next_words}, got {top_k}", param="top_k"
+        )
+    tokens = check_prompt(settings, decoder, text, "text")
+    async with dataplane.track(model):
+        words = await next_words(dataplane, model, text, top_k)
+    unknown = [t.text for t in tokens if t.id == decoder.tokenizer.unk_id]
+    return {
+        "model_name": model.name,
+        "model_version": str(model.version),
+        "predictions": [
+            {
+                "word": w.word,
+                "token_id": w.token_id,
+                "probability": w.probability,
+                "logprob": w.logprob,
+            }
+            for w in words
+        ],
+        "tokens": len(tokens),
+        "unknown_words": list(dict.fromkeys(unknown)),
+    }
 
 
 async def cancel_when_disconnected(

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers.onnx_builders import write_classifier, write_language_model
 
 from service.app import create_app
 from service.fastpath import INFER_PATH
@@ -113,3 +114,92 @@ def test_start_up_objects_are_frozen_while_serving_and_released_after(models_dir
     off = Settings(models_dir=models_dir, access_log=False, gc_freeze=False)
     with TestClient(create_app(off)):
         assert gc.get_freeze_count() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# next-word: answered beside the framework when well-formed, by the framework's route otherwise
+
+NEXT_WORD = "/v1/models/lm-test/next-word"
+NEXT_WORD_ROUTE = "/v1/models/{model_name}/next-word"
+
+
+@pytest.fixture
+def lm_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "lm-models"
+    write_language_model(root, "lm-test")
+    write_classifier(root, "linear-test")
+    return root
+
+
+def served_both_ways(root: Path, **settings: object) -> tuple[TestClient, TestClient]:
+    """The app as it runs, and the same app with its next-word fast path off (the framework's
+    route answers everything): what each answers must be the same."""
+    fast = create_app(Settings(models_dir=root, access_log=False, **settings))  # type: ignore[arg-type]
+    plain = create_app(Settings(models_dir=root, access_log=False, **settings))  # type: ignore[arg-type]
+    plain.fast_next_word = None  # type: ignore[attr-defined]
+    return TestClient(fast), TestClient(plain)
+
+
+BAD_NEXT_WORD = [
+    ("application/json", b'{"text": "the", "top_k": 3'),  # cut short
+    ("application/json", b""),
+    ("application/json", b"[1, 2]"),
+    ("application/json", b'"the"'),
+    ("application/json", b'{"text": 3}'),
+    ("application/json", b'{"text": "the", "top_k": 0}'),
+    ("application/json", b'{"text": "the", "top_k": 1000}'),  # over max_next_words
+    ("application/json", b'{"text": "the", "extra": 1}'),
+    ("application/json", b'{"text": "' + b"word " * 5000 + b'"}'),  # over the prompt limit
+    ("text/plain", b'{"text": "the"}'),
+    ("", b'{"text": "the"}'),
+    ("application/x-www-form-urlencoded", b"text=the"),
+]
+
+
+def test_next_word_answers_as_the_framework_route(lm_dir: Path) -> None:
+    fast, plain = served_both_ways(lm_dir)
+    with fast, plain:
+        for body in ({"text": "the cat", "top_k": 3}, {}, {"text": "zzz unknown words"}):
+            got, want = fast.post(NEXT_WORD, json=body), plain.post(NEXT_WORD, json=body)
+            assert got.status_code == want.status_code == 200, got.text
+            assert got.json() == want.json()
+            assert got.headers["content-type"] == "application/json"
+            assert len(got.headers["x-request-id"]) == 32
+        for path in ("/v1/models/nope/next-word", "/v1/models/linear-test/next-word"):
+            got, want = fast.post(path, json={"text": "a"}), plain.post(path, json={"text": "a"})
+            assert (got.status_code, got.json()) == (want.status_code, want.json())
+            assert got.status_code in (400, 404)
+        assert counted(fast, NEXT_WORD_ROUTE, 200) == 3
+        assert counted(plain, NEXT_WORD_ROUTE, 200) == 3
+
+
+@pytest.mark.parametrize(("content_type", "body"), BAD_NEXT_WORD)
+def test_bad_next_word_requests_get_the_framework_route_errors(
+    lm_dir: Path, content_type: str, body: bytes
+) -> None:
+    """A body that does not parse or validate goes, read already, to the framework's route:
+    the same status and words as without the fast path, counted once under the route."""
+    fast, plain = served_both_ways(lm_dir)
+    headers = {"content-type": content_type} if content_type else {}
+    with fast, plain:
+        got = fast.post(NEXT_WORD, content=body, headers=headers)
+        want = plain.post(NEXT_WORD, content=body, headers=headers)
+        assert got.status_code == want.status_code and got.status_code in (400, 415, 422)
+        assert got.json() == want.json()
+        for client in (fast, plain):
+            assert counted(client, NEXT_WORD_ROUTE, got.status_code) == 1
+
+
+def test_next_word_keys_and_body_limit_as_the_framework_route(lm_dir: Path) -> None:
+    fast, plain = served_both_ways(lm_dir, api_key="k" * 20, max_body_bytes=1024)
+    with fast, plain:
+        for headers, body in (
+            ({}, b'{"text": "the"}'),  # no key
+            ({"authorization": "Bearer " + "k" * 20}, b'{"text": "' + b"a" * 2000 + b'"}'),
+            ({"authorization": "Bearer " + "k" * 20}, b'{"text": "the"}'),
+        ):
+            headers = {**headers, "content-type": "application/json"}
+            got = fast.post(NEXT_WORD, content=body, headers=headers)
+            want = plain.post(NEXT_WORD, content=body, headers=headers)
+            assert (got.status_code, got.json()) == (want.status_code, want.json())
+            assert got.status_code in (200, 401, 413)
