@@ -289,8 +289,22 @@ def check_work(server: Server, work: Work) -> None:
         raise RuntimeError(f"{work.name}: expected {work.units_per_request} images")
 
 
-def measure_service(plan: Plan, generator: str, settings: Settings) -> list[dict[str, Any]]:
-    rows = []
+def load_seconds(plan: Plan, work: Work, concurrency: int) -> float:
+    """How long to load one point: longer for completions at high concurrency, whose requests
+    take half a second at c=32 (wrk counts whole requests: over 4 s a connection finishes about
+    8, so the rate would move in steps of an eighth)."""
+    if work.units_per_request > 1 and work.unit == "tokens":
+        return plan.load_s * max(1, concurrency // 8)
+    return plan.load_s
+
+
+def measure_service(
+    plan: Plan, generator: str, settings: Settings, repeats: int = 1
+) -> list[dict[str, Any]]:
+    """Every work at each concurrency, served and in process one after the other; with
+    `repeats` > 1, that many interleaved rounds (every point once per round), each row then the
+    medians (the ratio: the median of the rounds' ratios, each from the same moment)."""
+    rounds: dict[tuple[str, int], list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
         work_dir = Path(tmp)
         repository = make_repository(work_dir, (LM, IMAGE_MODEL, *plan.completion_models))
@@ -299,30 +313,46 @@ def measure_service(plan: Plan, generator: str, settings: Settings) -> list[dict
         try:
             for work in works:
                 check_work(server, work)
-                for c in work.concurrency:
-                    load = run_load(generator, server.url, work.request, c, plan.load_s, 300.0)
-                    if load.errors or not load.requests:
-                        raise RuntimeError(f"{work.name} at {c}: {load}\n{server.log_tail()}")
-                    served = load.rps * work.units_per_request
-                    inprocess = work.inprocess(c)
-                    rows.append(
-                        {
-                            "work": work.name,
-                            "unit": work.unit,
-                            "concurrency": c,
-                            "generator": load.generator,
-                            "requests": load.requests,
-                            "rps": load.rps,
-                            "p50_ms": load.p50_ms,
-                            "p99_ms": load.p99_ms,
-                            "served_per_s": served,
-                            "inprocess_per_s": inprocess,
-                            "ratio": served / inprocess,
-                        }
-                    )
+            for _ in range(repeats):
+                for work in works:
+                    for c in work.concurrency:
+                        point = measure_point(plan, generator, server, work, c)
+                        rounds.setdefault((work.name, c), []).append(point)
         finally:
             stop_server(server)
-    return rows
+    return [median_row(points) for points in rounds.values()]
+
+
+def measure_point(plan: Plan, generator: str, server: Server, work: Work, c: int) -> dict[str, Any]:
+    load = run_load(generator, server.url, work.request, c, load_seconds(plan, work, c), 300.0)
+    if load.errors or not load.requests:
+        raise RuntimeError(f"{work.name} at {c}: {load}\n{server.log_tail()}")
+    served = load.rps * work.units_per_request
+    inprocess = work.inprocess(c)
+    return {
+        "work": work.name,
+        "unit": work.unit,
+        "concurrency": c,
+        "generator": load.generator,
+        "requests": load.requests,
+        "rps": load.rps,
+        "p50_ms": load.p50_ms,
+        "p99_ms": load.p99_ms,
+        "served_per_s": served,
+        "inprocess_per_s": inprocess,
+        "ratio": served / inprocess,
+    }
+
+
+def median_row(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row of the rounds of a point: medians of the numbers, every round's ratio kept."""
+    if len(points) == 1:
+        return points[0]
+    row = dict(points[0])
+    for key in ("requests", "rps", "p50_ms", "p99_ms", "served_per_s", "inprocess_per_s", "ratio"):
+        row[key] = float(np.median([p[key] for p in points]))
+    row["ratios"] = [p["ratio"] for p in points]
+    return row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,28 +404,41 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{IMAGE_MODEL}, {IMAGES_PER_REQUEST} per request, DDIM. In process at concurrency c = "
         "c requests' worth of work in one batched call (generate_batch / n images).",
         "",
+    ]
+    repeats = int(doc.get("repeats", 1))
+    if repeats > 1:
+        lines += [
+            f"Medians of {repeats} interleaved rounds (every point once per round); the ratio "
+            "is the median of the rounds' ratios, each measured at one moment, listed after it.",
+            "",
+        ]
+    lines += [
         "| work | concurrency | served /s | in process /s | served / in process | p50 ms | p99 ms |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in doc["service"]:
+        each = ""
+        if "ratios" in row:
+            each = " (" + ", ".join(f"{r:.2f}" for r in row["ratios"]) + ")"
         lines.append(
             f"| {row['work']} | {row['concurrency']} | {row['served_per_s']:.1f} {row['unit']} | "
-            f"{row['inprocess_per_s']:.1f} | {row['ratio']:.2f} | {row['p50_ms']:.1f} | "
+            f"{row['inprocess_per_s']:.1f} | {row['ratio']:.2f}{each} | {row['p50_ms']:.1f} | "
             f"{row['p99_ms']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def run(plan: Plan, generator: str) -> dict[str, Any]:
+def run(plan: Plan, generator: str, repeats: int = 1) -> dict[str, Any]:
     started = time.perf_counter()
     settings = Settings()
     cache = [
         cache_vs_recompute(MODELS / name, plan.prefixes, plan.point_s, settings)
         for name in plan.cache_models
     ]
-    service = measure_service(plan, generator, settings)
+    service = measure_service(plan, generator, settings, repeats)
     return {
         "quick": plan.quick,
+        "repeats": repeats,
         "machine": f"{os.cpu_count()} CPUs",
         "seconds": time.perf_counter() - started,
         "cache": cache,
@@ -404,8 +447,12 @@ def run(plan: Plan, generator: str) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = cli.parser("python -m bench.generation", __doc__).parse_args(argv)
-    doc = run(make_plan(args.quick), args.generator)
+    parser = cli.parser("python -m bench.generation", __doc__)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="interleaved rounds of the service points (medians)"
+    )
+    args = parser.parse_args(argv)
+    doc = run(make_plan(args.quick), args.generator, max(1, args.repeats))
     cli.write_results(args.out, "generation", doc, markdown(doc))
     return 0
 

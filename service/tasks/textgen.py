@@ -360,7 +360,8 @@ class Context:
     prompt_top: list[tuple[tuple[str, float], ...] | None] = field(default_factory=list)
 
     def copy(self) -> Context:
-        """An independent continuation of the same text (state arrays are never written in place)."""
+        """An independent continuation of the same text. The state arrays are shared: they are
+        never written in place once a part of them was read (`StepModel.join`)."""
         return Context(
             list(self.ids), list(self.state), self.logits, self.tokens, self.text,
             self.prompt_logprobs, self.prompt_top,
