@@ -140,9 +140,9 @@ class StepModel:
         The batch the last `split` came from is reused when the states are its parts (the next
         decode step, in any order, with or without some of them): no copy. Rows nobody asks for
         stay in the batch as spare ones (their outputs are dropped) while they are at most a
-        quarter of it, and a sequence new to the batch takes a spare row (written in place:
-        nothing else can see a row nobody was handed, or whose part was never read), while the
-        caches' padding stays under 1 / MAX_PADDING of the longest one. Otherwise the states are
+        quarter of it, and a sequence new to the batch takes a row that was spare in the last
+        step already (written in place: nobody was handed a part of it), while the caches'
+        padding stays under 1 / MAX_PADDING of the longest one. Otherwise the states are
         copied into a new batch (compact: the cost of the copy is about one step's, a spare row
         or column costs a little at every step)."""
         reused = self._reuse(states)
@@ -190,7 +190,9 @@ class StepModel:
         if (self.past_length(batched) - longest) * MAX_PADDING > longest:
             return None  # the longest sequences left: trim the padding they leave behind
         if newcomers:
-            writable = [r for r in free if handed[r] is None or not handed[r].read]  # type: ignore[union-attr]
+            # only rows that were spare already: a row freed just now may belong to a sequence
+            # that sits this step out (held back for its reader) and comes back to its part
+            writable = [r for r in free if handed[r] is None]
             if len(writable) < len(newcomers) or not all(t.flags.writeable for t in batched):
                 return None
             arriving = [states[j] for j in newcomers]
@@ -316,10 +318,6 @@ class SplitState(Sequence[np.ndarray]):
         self.trim = trim  # the cache has padding before it to cut off
         self._parts: list[np.ndarray] | None = None
 
-    @property
-    def read(self) -> bool:
-        return self._parts is not None
-
     def parts(self) -> list[np.ndarray]:
         if self._parts is None:
             own = []
@@ -360,8 +358,8 @@ class Context:
     prompt_top: list[tuple[tuple[str, float], ...] | None] = field(default_factory=list)
 
     def copy(self) -> Context:
-        """An independent continuation of the same text. The state arrays are shared: they are
-        never written in place once a part of them was read (`StepModel.join`)."""
+        """An independent continuation of the same text. The state arrays are shared: only
+        rows of a batch that nobody was handed a part of are written in place (`StepModel.join`)."""
         return Context(
             list(self.ids), list(self.state), self.logits, self.tokens, self.text,
             self.prompt_logprobs, self.prompt_top,
