@@ -47,7 +47,18 @@ async def get_metrics(request: Request) -> Metrics:
 
 def media_type(request: Request) -> str:
     """The request's media type in lower case, without parameters; "" when it sent none."""
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return media_type_of(request.headers.get("content-type", ""))
+
+
+def media_type_of(content_type: str) -> str:
+    """A Content-Type header's media type in lower case, without parameters."""
+    return content_type.split(";")[0].strip().lower()
+
+
+def is_json(media: str) -> bool:
+    """Whether a media type is JSON: application/json or application/*+json, as FastAPI reads
+    a body."""
+    return media == JSON or (media.startswith("application/") and media.endswith("+json"))
 
 
 def require_media_type(request: Request, accepted: Sequence[str]) -> str:
@@ -56,7 +67,7 @@ def require_media_type(request: Request, accepted: Sequence[str]) -> str:
     sent = media_type(request)
     if sent in accepted:
         return sent
-    if sent.startswith("application/") and sent.endswith("+json") and JSON in accepted:
+    if JSON in accepted and is_json(sent):
         return JSON
     wanted = " or ".join(accepted)
     got = f"got {sent!r}" if sent else "got none (the header is missing)"

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import tracing
 from service.auth import check_inference_key
 from service.dataplane import DataPlane
+from service.deps import JSON, is_json, media_type_of
 from service.errors import ModelNotReady, ServiceError
 from service.http_errors import error_parts
 from service.middleware import RequestMiddleware
@@ -45,8 +46,6 @@ from service.registry import Registry
 from service.tasks.generation_jobs import next_word_answer
 
 log = logging.getLogger(__name__)
-
-JSON = "application/json"
 
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 NEXT_WORD_PATH = re.compile(r"/v1/models/([^/]+)/next-word")
@@ -212,10 +211,7 @@ def _sends_json(scope: Scope) -> bool:
     """Whether the request says its body is JSON (as service.deps.require_media_type reads it)."""
     for name, value in scope["headers"]:
         if name == b"content-type":
-            sent = bytes(value).split(b";")[0].strip().lower()
-            return sent == b"application/json" or (
-                sent.startswith(b"application/") and sent.endswith(b"+json")
-            )
+            return is_json(media_type_of(bytes(value).decode("latin-1")))
     return False
 
 
