@@ -83,6 +83,7 @@ class StepModel:
         self.max_length: int | None = config.get("max_length")  # positions the graph supports
         mask = section.get("attention_mask")  # input name; None: caches must be equally long
         self.attention_mask: str | None = None if mask is None else str(mask)
+        self._grows = any(s.length_axis is not None for s in self.state)  # a cache, by length
         # what the last split handed out (by row; None: a row nobody holds), and the batched
         # state and mask it was cut from
         self._last_split: tuple[list[SplitState | None], list[np.ndarray], np.ndarray | None]
@@ -179,8 +180,9 @@ class StepModel:
         row_of = {id(h): r for r, h in enumerate(handed) if h is not None}
         rows: list[int | None] = []
         for state in states:
-            row = row_of.pop(id(state), None)  # popped: the same part twice is not the same row
-            rows.append(row if row is not None and handed[row] is state else None)
+            # `handed` keeps its parts alive, so an id found is that part; popped: the same
+            # part twice is not the same row
+            rows.append(row_of.pop(id(state), None))
         taken = {r for r in rows if r is not None}
         free = [r for r in range(len(handed)) if r not in taken]
         newcomers = [j for j, r in enumerate(rows) if r is None]
@@ -282,19 +284,22 @@ class StepModel:
         that order; given the call's mask (B, past + new), each cache keeps only its own (real)
         entries. The parts are views of the batch, cut only when read (`SplitState`)."""
         batch = state[0].shape[self.state[0].batch_axis] if state else 0
-        real = None if attention_mask is None else (attention_mask > 0).sum(axis=1)
+        # each cache's own length, when the call's mask padded some (a fixed-size state: none)
+        real = None
+        if attention_mask is not None and self._grows:
+            real = (attention_mask > 0).sum(axis=1)
         padded = self.past_length(state)
         handed: list[SplitState | None] = [None] * batch
         parts = []
         for row in range(batch) if rows is None else rows:
-            past = padded if real is None or not self.has_length() else int(real[row])
+            past = padded if real is None else int(real[row])
             parts.append(SplitState(self, state, row, past, real is not None))
             handed[row] = parts[-1]
         self._last_split = (handed, list(state), attention_mask)
         return parts
 
     def has_length(self) -> bool:
-        return any(s.length_axis is not None for s in self.state)
+        return self._grows
 
 
 class Joined(NamedTuple):
