@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -38,9 +39,9 @@ from training.onnx_export import onnx_session
 OUTPUT = "ood_score"  # the graph output the head adds
 PREFIX = "ood_head/"  # names of the head's nodes and tensors
 SHRINK = 1e-3  # covariance + SHRINK * mean variance * I: invertible on few pictures
-BANK = (
-    5000  # training pictures a feature-knn layer keeps (docs/models.md: 2,000 to 20,000 compared)
-)
+# training pictures a feature-knn layer keeps (docs/models.md: 2,000 to 20,000 compared)
+BANK = 5000
+EPSILON = 1e-6  # the smallest norm a summary is divided by (an all-zero summary stays zero)
 BATCH = 250
 
 
@@ -146,8 +147,7 @@ class LayerGaussian:
         return np.asarray((gaps**2).sum(axis=2).min(axis=1))
 
     def standardised(self, validation: np.ndarray) -> LayerGaussian:
-        d = self.distance(validation)
-        return replace(self, center=float(d.mean()), scale=float(d.std() or 1.0))
+        return standardised(self, validation)
 
 
 @dataclass(frozen=True)
@@ -172,16 +172,23 @@ class LayerBank:
         return np.asarray(1.0 - similarity.max(axis=1), dtype=np.float64)
 
     def standardised(self, validation: np.ndarray) -> LayerBank:
-        d = self.distance(validation)
-        return replace(self, center=float(d.mean()), scale=float(d.std() or 1.0))
+        return standardised(self, validation)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
     return np.asarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), EPSILON))
 
 
-EPSILON = 1e-6  # the smallest norm a summary is divided by (an all-zero summary stays zero)
 Layer = LayerGaussian | LayerBank
+L = TypeVar("L", LayerGaussian, LayerBank)
+
+
+def standardised(layer: L, validation: np.ndarray) -> L:
+    """The layer with the mean and spread of its distances on the validation summaries."""
+    d = layer.distance(validation)
+    return replace(layer, center=float(d.mean()), scale=float(d.std() or 1.0))
+
+
 KINDS: dict[type, str] = {LayerGaussian: "feature-mahalanobis", LayerBank: "feature-knn"}
 
 
