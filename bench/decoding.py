@@ -79,10 +79,12 @@ def generate_batch(
     params: Sequence[SamplingParams] | SamplingParams | None = None,
     stop: Sequence[str] = (),
 ) -> list[list[GeneratedToken]]:
-    """Several prompts at once: each step runs the sequences whose states fit together (all,
-    for recurrent state; equal cache lengths for a key/value cache) in one call."""
+    """Several prompts at once, read together (`Decoder.read_many`, as the service's decode
+    engine reads the prompts that arrive together): each step runs the sequences whose states
+    fit together (all, for recurrent state or a cache graph with an attention mask; equal cache
+    lengths for a key/value cache without) in one call."""
     results: list[list[GeneratedToken]] = [[] for _ in prompts]
-    contexts = [decoder.read(p) for p in prompts]
+    contexts = decoder.read_many(prompts)
     for i, token in continue_many(decoder, contexts, max_tokens, params, stop):
         results[i].append(token)
     return results

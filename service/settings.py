@@ -159,6 +159,11 @@ class Settings(BaseSettings):
     max_decode_batch: int = Field(64, ge=1, le=4096)
     """Most sequences (over all requests) one language-model version advances per decode step;
     the sequences of further requests wait their turn (continuous batching)."""
+    max_prefill_tokens: int = Field(1024, ge=1)
+    """Most prompt tokens a language-model version reads at once: the prompts of requests that
+    arrived since its last decode step are read in one step-graph call (one per prompt length
+    for a graph without an attention mask) before the step, up to this many tokens (a longer
+    prompt is read alone); it bounds how long the running sequences wait for newcomers."""
     max_unread_stream_tokens: int = Field(64, ge=1)
     """Most tokens a streamed generation may write ahead of its client: past this its sequences
     wait (and their decode-batch slots with them) until the stream's reader catches up, so a

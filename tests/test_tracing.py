@@ -209,8 +209,12 @@ def test_completion_of_a_shipped_language_model_traces_each_decode_step(
         assert within(step, server)
         # the step graph's call under each step
         assert [r for r in runs if parent_id(r) == hex_id(step)]
-    # the prompt is read in the task pool, under the request
-    assert [r for r in runs if parent_id(r) == hex_id(server)]
+    # the prompt is read by the decode engine, in a span of its own under the request
+    (prefill,) = named(spans, "decode.prefill")
+    assert parent_id(prefill) == hex_id(server) and linked(prefill) == {hex_id(server)}
+    assert prefill.attributes is not None and prefill.attributes["seedserve.sequences"] == 1
+    assert [r for r in runs if parent_id(r) == hex_id(prefill)]
+    assert within(prefill, server) and prefill.end_time <= min(s.start_time for s in steps)
 
 
 def test_concurrent_completions_share_a_traced_decode_step(

@@ -77,6 +77,7 @@ class LanguageModel(TensorModel):
                 serving.metrics,
                 self.labels,
                 settings.max_unread_stream_tokens,
+                settings.max_prefill_tokens,
             )
         return self.engine
 

@@ -5,6 +5,9 @@ request, in ONE scheduler thread. Each iteration it
 
     1. admits waiting sequences (up to `max_batch` running at once; the others wait their turn)
        and drops the sequences of requests that were cancelled (their client went away),
+    1b. reads the prompts of the requests that arrived since the last iteration, as many as
+       there is room for (and up to `max_prefill_tokens`), in one step-graph call
+       (`Decoder.read_many`), and admits their sequences,
     2. picks the next token of every running sequence (its own `Continuation`: sampler, text
        writer, stop strings, token budget — the same code as `Decoder.continue_many`),
     3. hands each request its new tokens (one `call_soon_threadsafe` per event loop; a request
@@ -16,13 +19,16 @@ iteration (it is held back: a slow client costs neither unbounded memory nor, wi
 sent at once later, the event loop's other requests); reading wakes the engine.
 
 Sequences join and leave between iterations, whatever their length or start time: a request
-never holds a thread while it waits for tokens, it awaits them on its event loop. Prefill (the
-prompt) is done by the caller before `submit`. The same seed gives the same tokens alone or
+never holds a thread while it waits for tokens, it awaits them on its event loop. A request
+submits its prompts (`submit_prompts`: read in this thread, with the other newcomers', so no
+other thread competes with the steps for the cores and the GIL) or sequences whose prompts it
+read itself (`submit`). The same seed gives the same tokens alone or
 batched, since each sequence samples from its own generator (the logits of a batched call equal
 the lone call's up to float rounding).
 
-Each step of traced requests is a `decode.step` span (service/tracing.py): a child of the span of
-the oldest request in the step, linked to the span of every request in it.
+Each step of traced requests is a `decode.step` span (service/tracing.py), each read of prompts
+a `decode.prefill` span: a child of the span of the oldest request in it, linked to the span of
+every request in it.
 """
 
 from __future__ import annotations
@@ -40,11 +46,24 @@ from opentelemetry.trace import Span
 from service import tracing
 from service.errors import Cancelled
 from service.metrics import Metrics
-from service.tasks.textgen import Continuation, Decoder, GeneratedToken
+from service.tasks.textgen import Context, Continuation, Decoder, GeneratedToken
 
 Tokens = list[tuple[int, GeneratedToken]]  # (sequence index in its request, token)
 
 HELD_BACK_WAIT_S = 0.1  # longest wait for a reader's wake-up (which should come first)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """What a request submitted with `submit_prompts` asks the engine to read: its prompts
+    (scored with `prompt_logprobs` alternatives when not None, as `Decoder.read`), the number
+    of sequences it will write (for the room it needs in the batch), and `start`, which makes
+    those sequences from the contexts read (called in the engine's thread)."""
+
+    texts: Sequence[str]
+    prompt_logprobs: int | None
+    sequences: int
+    start: Callable[[list[Context]], Sequence[Continuation]]
 
 
 class DecodeRequest:
@@ -84,6 +103,7 @@ class DecodeRequest:
         self.read = 0
         self.held_back = False  # the engine waits for this reader (set by the scheduler)
         self.wake: Callable[[], None] = lambda: None  # the engine's, set at submit
+        self.contexts: list[Context] | None = None  # the prompts read (`submit_prompts`)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -92,6 +112,16 @@ class DecodeRequest:
     def behind(self, max_unread: int) -> bool:
         """Whether its reader has `max_unread` or more tokens still to read."""
         return self.each_step and self.delivered - self.read >= max_unread
+
+    async def prompts_read(self) -> list[Context]:
+        """The contexts of the prompts once the engine read them (`submit_prompts`). Raises the
+        engine's error, or Cancelled after `cancel()`, if the request left before that."""
+        while self.contexts is None and not self.left:
+            self._arrived.clear()
+            await self._arrived.wait()
+        if self.contexts is None:
+            raise self._outcome or Cancelled("the request left before its prompts were read")
+        return self.contexts
 
     async def next_tokens(self) -> Tokens:
         """Every token handed over since the last call (the tokens of one or more iterations);
@@ -117,8 +147,11 @@ class DecodeRequest:
             raise self._outcome
         return []
 
-    def _hand_over(self, tokens: Tokens, end: bool) -> None:
-        """On the request's loop: add the tokens to the inbox, and the outcome if it left."""
+    def _hand_over(self, tokens: Tokens, end: bool, contexts: list[Context] | None = None) -> None:
+        """On the request's loop: add the tokens to the inbox (and the prompts read, when they
+        come), and the outcome if it left."""
+        if contexts is not None:
+            self.contexts = contexts
         self._inbox += tokens
         if end and not self.left:
             self.left = True
@@ -142,6 +175,7 @@ class _Parcel:
     request: DecodeRequest
     tokens: Tokens
     end: bool
+    contexts: list[Context] | None = None  # the request's prompts, when just read
 
 
 class _EngineMetrics:
@@ -164,18 +198,23 @@ class DecodeEngine:
         metrics: Metrics | None = None,
         labels: tuple[str, str] = ("", ""),
         max_unread: int = 64,
+        max_prefill_tokens: int = 1024,
     ) -> None:
         assert max_batch >= 1, "max_batch must be at least 1"
         assert max_unread >= 1, "max_unread must be at least 1"
+        assert max_prefill_tokens >= 1, "max_prefill_tokens must be at least 1"
         self.decoder = decoder
         self.max_batch = max_batch
         self.max_unread = max_unread  # tokens a streamed request may be ahead of its reader
+        self.max_prefill_tokens = max_prefill_tokens  # prompt tokens read in one iteration
         self.steps = 0  # feed_many calls made
+        self.reads = 0  # read_many calls made
         self.tokens = 0  # tokens written
         self._labels = labels
         self._metrics = None if metrics is None else _EngineMetrics(metrics, labels)
         self._lock = threading.Condition()
         self._waiting: deque[_Running] = deque()
+        self._reading: deque[tuple[DecodeRequest, Prompts, int]] = deque()  # with its tokens
         self._thread: threading.Thread | None = None
         self._closing = False  # once set, the thread exits whenever it has nothing to do
 
@@ -199,13 +238,36 @@ class DecodeEngine:
             return request
         with self._lock:
             self._waiting.extend(_Running(request, i, s) for i, s in live)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name=f"decode-{self._labels[0]}", daemon=True
-                )
-                self._thread.start()
-            self._lock.notify()
+            self._start()
         return request
+
+    def submit_prompts(
+        self,
+        prompts: Prompts,
+        started: float,
+        on_leave: Callable[[], None] = lambda: None,
+        each_step: bool = True,
+    ) -> DecodeRequest:
+        """Queue a request whose prompts the engine reads (with other requests' prompts, see
+        the module docstring) before writing its sequences; `await request.prompts_read()`
+        gives the contexts read. Otherwise as `submit`."""
+        loop = asyncio.get_running_loop()
+        request = DecodeRequest(loop, 0, started, on_leave, each_step)
+        request.wake = self._wake
+        tokens = sum(len(self.decoder.prompt_window(text)) for text in prompts.texts)
+        with self._lock:
+            self._reading.append((request, prompts, tokens))
+            self._start()
+        return request
+
+    def _start(self) -> None:
+        """With the lock held: start the scheduler thread if it is not running, and wake it."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"decode-{self._labels[0]}", daemon=True
+            )
+            self._thread.start()
+        self._lock.notify()
 
     async def close(self) -> None:
         """Let every running and waiting sequence finish, then stop the scheduler thread. A
@@ -228,11 +290,12 @@ class DecodeEngine:
         while True:
             with self._lock:
                 while True:
-                    while not running and not self._waiting:
+                    while not running and not self._waiting and not self._reading:
                         if self._closing:
                             self._thread = None
                             return
                         self._lock.wait()
+                    reading, gone = self._take_reading(len(running))
                     dropped = [r for r in self._waiting if r.request.cancelled]
                     if dropped:
                         self._waiting = deque(r for r in self._waiting if not r.request.cancelled)
@@ -240,12 +303,68 @@ class DecodeEngine:
                         running.append(self._waiting.popleft())
                     dropped += [r for r in running if r.request.cancelled]
                     running = [r for r in running if not r.request.cancelled]
-                    if dropped or not self._all_held_back(running):
+                    if reading or gone or dropped or not self._all_held_back(running):
                         break
                     # every running stream is ahead of its reader: wait until one reads (its
                     # `wake`); the timeout only guards against a wake-up that never comes
                     self._lock.wait(HELD_BACK_WAIT_S)
+            if gone:
+                self._deliver([_Parcel(request, [], True) for request in gone])
+            if reading:
+                running += self._read(reading, self.max_batch - len(running))
             running = self._iterate(running, dropped)
+
+    def _take_reading(
+        self, running: int
+    ) -> tuple[list[tuple[DecodeRequest, Prompts]], list[DecodeRequest]]:
+        """With the lock held: the requests whose prompts to read now (in order of arrival,
+        while the batch has room for their sequences and the prompt tokens stay within
+        `max_prefill_tokens`; at least one when the batch has room), and the cancelled ones
+        that never got read (to be ended)."""
+        gone = [request for request, _, _ in self._reading if request.cancelled]
+        if gone:
+            self._reading = deque(r for r in self._reading if not r[0].cancelled)
+        room = self.max_batch - running - len(self._waiting)
+        taken: list[tuple[DecodeRequest, Prompts]] = []
+        tokens = 0
+        while self._reading and room > 0:
+            request, prompts, size = self._reading[0]
+            if taken and tokens + size > self.max_prefill_tokens:
+                break
+            self._reading.popleft()
+            taken.append((request, prompts))
+            tokens += size
+            room -= prompts.sequences
+        return taken, gone
+
+    def _read(self, reading: list[tuple[DecodeRequest, Prompts]], room: int) -> list[_Running]:
+        """Read the prompts of `reading` in one `read_many`, hand each request its contexts and
+        return their sequences to run (up to `room`; any others wait their turn). A failing
+        read ends every request in it with the error."""
+        texts = [text for _, prompts in reading for text in prompts.texts]
+        scores = [prompts.prompt_logprobs for _, prompts in reading for _ in prompts.texts]
+        parcels = []
+        new: list[_Running] = []
+        try:
+            with self._span("decode.prefill", [r for r, _ in reading], len(texts)):
+                contexts = self.decoder.read_many(texts, scores)
+            self.reads += 1
+            for request, prompts in reading:
+                own, contexts = contexts[: len(prompts.texts)], contexts[len(prompts.texts) :]
+                live = [(i, s) for i, s in enumerate(prompts.start(own)) if not s.done]
+                request.remaining = len(live)
+                parcels.append(_Parcel(request, [], not live, own))
+                new += [_Running(request, i, s) for i, s in live]
+        except Exception as exc:  # a failing step graph: every request read with it gets it
+            for request, _ in reading:
+                request.error = exc
+            self._deliver(_Parcel(request, [], True) for request, _ in reading)
+            return []
+        self._deliver(parcels)
+        if len(new) > room:
+            with self._lock:
+                self._waiting.extendleft(reversed(new[room:]))
+        return new[:room]
 
     def _all_held_back(self, running: list[_Running]) -> bool:
         """Whether every running sequence waits for its reader; if so each of those readers
@@ -287,7 +406,7 @@ class DecodeEngine:
         if not continuing:
             return held
         try:
-            with self._step_span(continuing):
+            with self._span("decode.step", [c.request for c in continuing], len(continuing)):
                 self.decoder.feed_many(
                     [c.sequence.context for c in continuing],
                     [c.sequence.chosen for c in continuing],
@@ -299,16 +418,19 @@ class DecodeEngine:
             self._metrics.decode_batch_size.observe(len(continuing))
         return continuing + held
 
-    def _step_span(self, continuing: list[_Running]) -> AbstractContextManager[Span | None]:
+    def _span(
+        self, name: str, requests: list[DecodeRequest], sequences: int
+    ) -> AbstractContextManager[Span | None]:
+        """The span of one call for these requests' sequences (or prompts)."""
         if not tracing.on():
             return tracing.OFF
         model, version = self._labels
         attributes: tracing.Attributes = {
             "seedserve.model": model,
             "seedserve.model_version": version,
-            "seedserve.sequences": len(continuing),
+            "seedserve.sequences": sequences,
         }
-        return tracing.batch_span("decode.step", (c.request.trace for c in continuing), attributes)
+        return tracing.batch_span(name, (r.trace for r in requests), attributes)
 
     @staticmethod
     def _fail(items: list[_Running], exc: Exception) -> list[_Running]:
@@ -350,9 +472,11 @@ class DecodeEngine:
             request = parcel.request
             if not request.each_step:
                 request.held += parcel.tokens
-                if not parcel.end:
+                parcel.tokens = []
+                if parcel.end:
+                    parcel.tokens, request.held = request.held, []
+                elif parcel.contexts is None:
                     continue
-                parcel.tokens, request.held = request.held, []
             request.delivered += len(parcel.tokens)
             by_loop.setdefault(request.loop, []).append(parcel)
         for loop, batch in by_loop.items():
@@ -364,4 +488,4 @@ class DecodeEngine:
 
 def _hand_over_all(parcels: list[_Parcel]) -> None:
     for parcel in parcels:
-        parcel.request._hand_over(parcel.tokens, parcel.end)
+        parcel.request._hand_over(parcel.tokens, parcel.end, parcel.contexts)

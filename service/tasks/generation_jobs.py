@@ -1,6 +1,6 @@
 """Language models in the service: the decoder built at load, the limits a request must respect,
-and generation: prefill in the task pool, then decoding in the model's `DecodeEngine`
-(continuous batching across requests), streamed back token by token with its metrics.
+and generation in the model's `DecodeEngine` (prompts read together with other requests', then
+continuous batching across requests), streamed back token by token with its metrics.
 
 Routers (OpenAI completions, the Open Inference Protocol generate extension, next-word) translate
 HTTP into a `GenerationJob` and read `stream_generation`'s events; nothing here knows HTTP.
@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service import tracing
 from service.errors import InvalidInput
 from service.protocol.text import GenerateParameters
 from service.registry import Registry
 from service.runtimes.language_model import LanguageModel
-from service.scheduling.decode_engine import DecodeRequest
+from service.scheduling.decode_engine import DecodeRequest, Prompts
 from service.settings import Settings
 from service.tasks.sampling import SamplingParams
 from service.tasks.textgen import (
@@ -254,8 +253,9 @@ async def stream_generation(
     disconnected: Callable[[], Awaitable[bool]] | None = None,
     each_step: bool = True,
 ) -> AsyncGenerator[Event, None]:
-    """Read the prompts in the task pool, then write `job` in the model's decode engine
-    (continuous batching with every other request), yielding the events as they happen; with
+    """Write `job` in the model's decode engine, which reads its prompts (with other requests'
+    prompts) and continues them (continuous batching with every other request), yielding the
+    events as they happen; with
     `each_step` False (an answer sent whole), the tokens come all together at the end.
 
     Closing the iterator (a client that went away, a cancelled request) takes the sequences out
@@ -268,28 +268,28 @@ async def stream_generation(
     labels = (model.name, str(model.version))
     started = time.perf_counter()
 
-    def prefill() -> list[Continuation]:
-        contexts: list[Context] = []
-        for prompt in job.prompts:
-            first = decoder.read(prompt, job.prompt_logprobs)
-            contexts += [first] + [first.copy() for _ in range(job.n - 1)]
+    def start(prompts: list[Context]) -> list[Continuation]:
+        """The job's sequences, once the engine read its prompts: n of each."""
+        contexts = [
+            c for first in prompts for c in [first, *(first.copy() for _ in range(job.n - 1))]
+        ]
         return [
             Continuation(decoder, c, job.max_tokens, p, job.stop, job.top_logprobs)
             for c, p in zip(contexts, job.params, strict=True)
         ]
+
+    prompts = Prompts(job.prompts, job.prompt_logprobs, len(job.prompts) * job.n, start)
 
     async with dataplane.track(model):
         release = dataplane.start_generation(model)
         request: DecodeRequest | None = None
         watcher: asyncio.Task[None] | None = None
         try:
-            loop = asyncio.get_running_loop()
-            sequences = await loop.run_in_executor(dataplane.task_executor, tracing.bind(prefill))
-            contexts = [s.context for s in sequences[:: job.n]]
-            metrics.prompt_tokens.labels(*labels).inc(sum(len(c.tokens) for c in contexts))
-            request = model.decode_engine().submit(sequences, started, release, each_step)
+            request = model.decode_engine().submit_prompts(prompts, started, release, each_step)
             if disconnected is not None:
                 watcher = asyncio.create_task(cancel_when_disconnected(disconnected, request))
+            contexts = await request.prompts_read()
+            metrics.prompt_tokens.labels(*labels).inc(sum(len(c.tokens) for c in contexts))
             yield PromptsRead(contexts)
             while tokens := await request.next_tokens():
                 for index, token in tokens:

@@ -282,21 +282,36 @@ class StepModel:
     ) -> list[SplitState]:
         """One batched state back into per-sequence states, those of `rows` (all by default), in
         that order; given the call's mask (B, past + new), each cache keeps only its own (real)
-        entries. The parts are views of the batch, cut only when read (`SplitState`)."""
+        entries. The parts are views of the batch, cut only when read (`SplitState`); the next
+        `join` of them reuses the batch."""
+        batch = state[0].shape[self.state[0].batch_axis] if state else 0
+        parts = self.parts(state, attention_mask, rows)
+        handed: list[SplitState | None] = [None] * batch
+        for part in parts:
+            handed[part.row] = part
+        self._last_split = (handed, list(state), attention_mask)
+        return parts
+
+    def parts(
+        self,
+        state: Sequence[np.ndarray],
+        attention_mask: np.ndarray | None = None,
+        rows: Sequence[int] | None = None,
+    ) -> list[SplitState]:
+        """`split` without remembering the batch (a prefill's: the decode batch stays the one
+        the next `join` reuses)."""
         batch = state[0].shape[self.state[0].batch_axis] if state else 0
         # each cache's own length, when the call's mask padded some (a fixed-size state: none)
         real = None
         if attention_mask is not None and self._grows:
             real = (attention_mask > 0).sum(axis=1)
         padded = self.past_length(state)
-        handed: list[SplitState | None] = [None] * batch
-        parts = []
-        for row in range(batch) if rows is None else rows:
-            past = padded if real is None else int(real[row])
-            parts.append(SplitState(self, state, row, past, real is not None))
-            handed[row] = parts[-1]
-        self._last_split = (handed, list(state), attention_mask)
-        return parts
+        return [
+            SplitState(
+                self, state, row, padded if real is None else int(real[row]), real is not None
+            )
+            for row in (range(batch) if rows is None else rows)
+        ]
 
     def has_length(self) -> bool:
         return self._grows
@@ -413,23 +428,68 @@ class Decoder:
         """Prefill: the start token and the prompt's tokens in one step call. With
         `prompt_logprobs` k (vLLM's parameter), each prompt token is scored as a generated one
         is (`Choice.scored`): its log-probability and the k most likely words at its position."""
-        tokens = self.tokenizer.tokenize(text)
-        ids = [self.tokenizer.bos_id, *(t.id for t in tokens)]
-        context, logits = self._restart(ids)
-        context.tokens, context.text = tokens, text
-        if prompt_logprobs is not None:
-            # logits[j] scores window token j + 1; the window is the last len(logits) ids
-            logprobs = log_softmax(logits)
-            skipped = len(ids) - len(logits)
-            scores = [
-                None
-                if k < skipped
-                else Choice.scored(logprobs[k - skipped], ids[k + 1], prompt_logprobs, self.banned)
-                for k in range(len(tokens))
-            ]
-            context.prompt_logprobs = [None if c is None else c.logprob for c in scores]
-            context.prompt_top = [None if c is None else self.named(c.top) for c in scores]
-        return context
+        return self.read_many([text], [prompt_logprobs])[0]
+
+    def read_many(
+        self, texts: Sequence[str], prompt_logprobs: Sequence[int | None] | None = None
+    ) -> list[Context]:
+        """`read` for several prompts, in as few step calls as their states allow: one for all
+        of them when the graph takes an attention mask (the shorter prompts padded at the
+        start, which such a graph reads exactly as alone), else one per prompt length. Each
+        context's state is its own part of its call's batch."""
+        tokens = [self.tokenizer.tokenize(text) for text in texts]
+        windows = [
+            self.window([self.tokenizer.bos_id, *(t.id for t in prompt)]) for prompt in tokens
+        ]
+        groups: dict[int, list[int]] = {}
+        for i, window in enumerate(windows):
+            groups.setdefault(0 if self.model.attention_mask else len(window), []).append(i)
+        contexts: list[Context | None] = [None] * len(texts)
+        for members in groups.values():
+            read = self._prefill([windows[i] for i in members])
+            for i, (state, logits) in zip(members, read, strict=True):
+                ids = [self.tokenizer.bos_id, *(t.id for t in tokens[i])]
+                context = contexts[i] = Context(ids, state, logits[-1], tokens[i], texts[i])
+                k = None if prompt_logprobs is None else prompt_logprobs[i]
+                if k is not None:
+                    self._score_prompt(context, logits, k)
+        return [c for c in contexts if c is not None]
+
+    def _prefill(self, windows: Sequence[list[int]]) -> list[tuple[SplitState, np.ndarray]]:
+        """Fresh states that read each window (one call; windows of different lengths only for
+        a graph with an attention mask, padded at the start): each one's state and the logits
+        (W, V) of its own window's positions."""
+        longest = max(len(w) for w in windows)
+        ids = np.zeros((len(windows), longest), dtype=np.int64)
+        mask = None
+        if any(len(w) < longest for w in windows):
+            mask = np.zeros((len(windows), longest), dtype=np.int64)
+        for row, window in enumerate(windows):
+            ids[row, longest - len(window) :] = window
+            if mask is not None:
+                mask[row, longest - len(window) :] = 1
+        logits, state = self.model.run(ids, self.model.initial_state(len(windows)), mask)
+        parts = self.model.parts(state, mask)
+        return [
+            (part, logits[row, longest - len(window) :])
+            for row, (part, window) in enumerate(zip(parts, windows, strict=True))
+        ]
+
+    def _score_prompt(self, context: Context, logits: np.ndarray, k: int) -> None:
+        """Each prompt token's log-probability and the k most likely words at its position, as
+        a generated token's are reported (`Choice.scored`); logits (W, V) of the window read."""
+        ids, tokens = context.ids, context.tokens
+        # logits[j] scores window token j + 1; the window is the last len(logits) ids
+        logprobs = log_softmax(logits)
+        skipped = len(ids) - len(logits)
+        scores = [
+            None
+            if j < skipped
+            else Choice.scored(logprobs[j - skipped], ids[j + 1], k, self.banned)
+            for j in range(len(tokens))
+        ]
+        context.prompt_logprobs = [None if c is None else c.logprob for c in scores]
+        context.prompt_top = [None if c is None else self.named(c.top) for c in scores]
 
     def named(self, top: Sequence[tuple[int, float]]) -> tuple[tuple[str, float], ...]:
         """(id, log-probability) pairs as (word, log-probability)."""
@@ -437,14 +497,8 @@ class Decoder:
 
     def restart(self, ids: list[int]) -> Context:
         """A fresh state that has read `ids` (the most recent ones if the graph has a limit)."""
-        return self._restart(ids)[0]
-
-    def _restart(self, ids: list[int]) -> tuple[Context, np.ndarray]:
-        """The context after `ids`, and the logits (W, V) of the window of ids the graph read."""
-        logits, state = self.model.run(
-            np.array([self.window(ids)], dtype=np.int64), self.model.initial_state(1)
-        )
-        return Context(list(ids), state, logits[0, -1]), logits[0]
+        ((state, logits),) = self._prefill([self.window(ids)])
+        return Context(list(ids), state, logits[-1])
 
     def feed(self, context: Context, token_id: int) -> None:
         """Advance one token. A graph with a length limit is restarted on the last half of it."""

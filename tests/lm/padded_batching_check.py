@@ -48,12 +48,18 @@ def prompts_of(decoder: Decoder, text: str, lengths: list[int]) -> list[str]:
 def step_together_and_alone(
     decoder: Decoder, runner: Counted, prompts: list[str]
 ) -> tuple[float, int]:
-    """Greedy decoding of every prompt, all in one feed_many per token and each alone, the first
+    """Greedy decoding of every prompt, all read in one call and stepped in one feed_many per
+    token, and each alone, the first
     one stopping half way (the batch changes); checks the tokens and the number of calls, and
     returns the largest logit difference and how many restarts (max_length) happened."""
-    together = [decoder.read(p) for p in prompts]
+    runner.batches.clear()
+    together = decoder.read_many(prompts)  # read in one call, padded at the start
+    assert runner.batches == [len(prompts)], runner.batches
     alone = [decoder.read(p) for p in prompts]
-    worst, restarts = 0.0, 0
+    worst = max(
+        float(np.abs(a.logits - b.logits).max()) for a, b in zip(together, alone, strict=True)
+    )
+    restarts = 0
     active = list(range(len(prompts)))
     for step in range(STEPS):
         if step == STEPS // 2:

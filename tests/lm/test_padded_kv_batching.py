@@ -108,8 +108,12 @@ def test_a_graph_without_the_mask_batches_only_equal_lengths(tmp_path: Path) -> 
     assert decoder.model.attention_mask is None
     assert decoder.model.join([decoder.restart([1, 2]).state, decoder.restart([1]).state]) is None
     prompts = ["w3 w4 w5", "w6 w7", "w8 w9", "w10 w11 w12 w13"]  # lengths 4, 3, 3, 5 with <s>
-    together = [decoder.read(p) for p in prompts]
+    runner.batches.clear()
+    together = decoder.read_many(prompts)
+    assert sorted(runner.batches) == [1, 1, 2], runner.batches  # only equal lengths share
     alone = [decoder.read(p) for p in prompts]
+    for a, b in zip(together, alone, strict=True):
+        np.testing.assert_allclose(a.logits, b.logits, atol=1e-5)
     for _ in range(3):
         runner.batches.clear()
         decoder.feed_many(together, [greedy(c) for c in together])
@@ -161,3 +165,29 @@ def test_a_newcomer_takes_the_spare_row_of_one_that_left() -> None:
     for _ in range(2):
         step([first, second, late, third])  # `second`'s logits still match its lone decoding
     assert batch_state is not batch_before  # (each step's outputs are new arrays)
+
+
+@pytest.mark.parametrize("family", ["lstm", "mamba"])
+def test_a_recurrent_model_reads_prompts_of_one_length_together(family: str) -> None:
+    """Without a mask, prompts are read together where their lengths agree, and each one's
+    logits and state are what it gets alone."""
+    decoder, runner = counted_decoder(MODELS / f"{family}-austen")
+    tokens = decoder.tokenizer.tokenize(AUSTEN)
+    # different words, in groups of one length: 9 tokens three times, 14 twice, 3 once
+    spans = [(0, 9), (20, 9), (40, 14), (60, 9), (80, 14), (100, 3)]
+    prompts = [AUSTEN[tokens[a].start : tokens[a + n - 1].end] for a, n in spans]
+    assert [len(decoder.tokenizer.tokenize(p)) for p in prompts] == [n for _, n in spans]
+    together = decoder.read_many(prompts, [None, 2, None, None, None, None])
+    assert sorted(runner.batches) == [1, 2, 3], runner.batches
+    for prompt, context in zip(prompts, together, strict=True):
+        alone = decoder.read(prompt, 2 if context.prompt_logprobs else None)
+        np.testing.assert_allclose(context.logits, alone.logits, atol=1e-4)
+        for got, expected in zip(context.state, alone.state, strict=True):
+            np.testing.assert_allclose(got, expected, atol=1e-4)
+        assert context.ids == alone.ids and context.text == prompt
+        assert context.prompt_top == alone.prompt_top
+        np.testing.assert_allclose(
+            np.array(context.prompt_logprobs, dtype=float),
+            np.array(alone.prompt_logprobs, dtype=float),
+            atol=1e-4,
+        )

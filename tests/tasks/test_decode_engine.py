@@ -1,7 +1,8 @@
 """The decode engine (continuous batching): requests that run together share step calls and
 still write exactly what `Decoder.generate` writes alone for the same seeds, whatever their
-prompt lengths, token budgets and start times; cancelled requests leave at the next step, a
-failing step ends only its own requests, and closing drains the engine.
+prompt lengths, token budgets and start times; the prompts of requests that arrive together are
+read in one call; cancelled requests leave at the next step, a failing step ends only its own
+requests, and closing drains the engine.
 
 Tiny real ONNX bigram models (tests/helpers/onnx_builders.py), and the shipped LSTM for real weights.
 """
@@ -22,7 +23,7 @@ from helpers.onnx_builders import write_language_model
 from bench.decoding import decoder_of, generate
 from service.errors import Cancelled
 from service.scheduling import decode_engine
-from service.scheduling.decode_engine import DecodeEngine, DecodeRequest
+from service.scheduling.decode_engine import DecodeEngine, DecodeRequest, Prompts
 from service.tasks.sampling import SamplingParams
 from service.tasks.textgen import Context, Continuation, Decoder, GeneratedToken
 
@@ -242,10 +243,8 @@ def test_cancelled_requests_leave_at_the_next_step(decoders: dict[str, Decoder])
     closing(engine, main)
 
 
-def test_a_failing_step_ends_only_its_requests(
-    decoders: dict[str, Decoder], model_dirs: dict[str, Path]
-) -> None:
-    healthy = decoders["recurrent"]
+def breakable(healthy: Decoder, model_dir: Path) -> tuple[Decoder, dict[str, bool]]:
+    """A decoder of the same graph whose every call fails while the switch's "on" is set."""
     broken = {"on": False}
 
     def run(feeds: Mapping[str, np.ndarray], names: Sequence[str]) -> Sequence[np.ndarray]:
@@ -253,8 +252,15 @@ def test_a_failing_step_ends_only_its_requests(
             raise RuntimeError("the step graph failed")
         return healthy.model.run_graph(feeds, names)
 
-    config = json.loads((model_dirs["recurrent"] / "config.json").read_text())
-    decoder = Decoder(run, config, healthy.tokenizer)
+    config = json.loads((model_dir / "config.json").read_text())
+    return Decoder(run, config, healthy.tokenizer), broken
+
+
+def test_a_failing_step_ends_only_its_requests(
+    decoders: dict[str, Decoder], model_dirs: dict[str, Path]
+) -> None:
+    healthy = decoders["recurrent"]
+    decoder, broken = breakable(healthy, model_dirs["recurrent"])
     engine = DecodeEngine(decoder, max_batch=4)
     ended: list[int] = []
 
@@ -386,3 +392,137 @@ def test_shipped_lstm_batched_greedy_equals_alone() -> None:
         np.testing.assert_allclose(
             [t.logprob for t in got[0]], [t.logprob for t in want], atol=1e-4
         )
+
+
+def prompts(decoder: Decoder, prompt: str, budget: int, seed: int, n: int = 1) -> Prompts:
+    """`sequences`, with the prompt read by the engine."""
+
+    def start(contexts: list[Context]) -> list[Continuation]:
+        (first,) = contexts
+        each = [first] + [first.copy() for _ in range(n - 1)]
+        return [
+            Continuation(decoder, c, budget, params(seed + i), (" home",))
+            for i, c in enumerate(each)
+        ]
+
+    return Prompts([prompt], None, n, start)
+
+
+class ReadLog:
+    """Wraps `decoder.read_many` to record the prompts of each call."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        self.reads: list[int] = []
+        read_many = decoder.read_many
+
+        def recording(texts: Sequence[str], scores: Sequence[int | None] | None = None) -> list:
+            self.reads.append(len(texts))
+            return read_many(texts, scores)
+
+        decoder.read_many = recording  # type: ignore[method-assign]
+
+
+async def submit_together(
+    engine: DecodeEngine, jobs: Sequence[tuple[str, int, int]], n: int = 1
+) -> list:
+    """Every job's prompts submitted before the engine's next iteration, then read."""
+    with engine._lock:
+        requests = [
+            engine.submit_prompts(prompts(engine.decoder, p, b, s, n), 0.0) for p, b, s in jobs
+        ]
+    read = [await r.prompts_read() for r in requests]
+    assert [c.text for contexts in read for c in contexts] == [p for p, _, _ in jobs]
+    return list(await asyncio.gather(*(collect(r) for r in requests)))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_prompts_that_arrive_together_are_read_in_one_call(
+    decoders: dict[str, Decoder], kind: str
+) -> None:
+    decoder = decoders[kind]
+    log = ReadLog(decoder)
+    engine = DecodeEngine(decoder, max_batch=16)
+    jobs = [(p, b, 30 + i) for i, (p, b) in enumerate(zip(PROMPTS * 2, BUDGETS * 2, strict=True))]
+
+    results = closing(engine, lambda: submit_together(engine, jobs, n=2))
+    assert log.reads == [len(jobs)] and engine.reads == 1
+    for (prompt, budget, seed), got in zip(jobs, results, strict=True):
+        for i in range(2):
+            same(got[i], alone(decoder, prompt, budget, seed + i))
+
+
+def test_prompt_reads_respect_the_batch_and_the_token_budget(
+    decoders: dict[str, Decoder],
+) -> None:
+    """Prompts are read only for requests the batch has room for (the others are read when
+    sequences leave), and at most max_prefill_tokens tokens at once (a longer prompt alone)."""
+    decoder = decoders["cache"]
+    log, steps = ReadLog(decoder), StepLog(decoder)
+    engine = DecodeEngine(decoder, max_batch=3, max_prefill_tokens=6)
+    # windows (with <s>): 2, 6, 10, 2, 2 tokens
+    jobs = [
+        (p, 6, 40 + i) for i, p in enumerate(["the", "a dog ran home .", PROMPTS[2], "a", "the"])
+    ]
+
+    results = closing(engine, lambda: submit_together(engine, jobs))
+    assert max(steps.batches) <= 3
+    assert log.reads[:3] == [1, 1, 1]  # 2 + 6 > 6; 6 + 10 > 6; the third alone (10 > 6)
+    assert sum(log.reads) == len(jobs) and engine.reads == len(log.reads)
+    for (prompt, budget, seed), got in zip(jobs, results, strict=True):
+        same(got[0], alone(decoder, prompt, budget, seed))
+
+
+def test_a_request_cancelled_before_its_prompt_is_read_leaves(
+    decoders: dict[str, Decoder],
+) -> None:
+    decoder = decoders["recurrent"]
+    log = ReadLog(decoder)
+    engine = DecodeEngine(decoder, max_batch=1)
+    left: list[str] = []
+
+    async def main() -> None:
+        endless = Prompts(
+            ["the"], None, 1, lambda c: [Continuation(decoder, c[0], 10**9, params(1))]
+        )
+        running = engine.submit_prompts(endless, 0.0, lambda: left.append("running"))
+        try:  # a failed check must not leave it running forever (close waits for it)
+            assert await running.next_tokens()
+            waiting = engine.submit_prompts(
+                prompts(decoder, "a", 5, 2), 0.0, lambda: left.append("waiting")
+            )
+            await asyncio.sleep(0.02)
+            assert waiting.contexts is None  # no room: its prompt is not read
+            waiting.cancel()
+            with pytest.raises(Cancelled):
+                await waiting.prompts_read()
+        finally:
+            running.cancel()
+        with pytest.raises(Cancelled):
+            while await running.next_tokens():
+                pass
+        assert left == ["waiting", "running"] and log.reads == [1]
+        after = engine.submit_prompts(prompts(decoder, "the", 4, 3), 0.0)
+        same((await collect(after))[0], alone(decoder, "the", 4, 3))
+
+    closing(engine, main)
+
+
+def test_a_failing_read_ends_only_its_requests(
+    decoders: dict[str, Decoder], model_dirs: dict[str, Path]
+) -> None:
+    healthy = decoders["cache"]
+    decoder, broken = breakable(healthy, model_dirs["cache"])
+    engine = DecodeEngine(decoder, max_batch=4)
+    ended: list[int] = []
+
+    async def main() -> None:
+        broken["on"] = True
+        doomed = engine.submit_prompts(prompts(decoder, "the", 5, 1), 0.0, lambda: ended.append(1))
+        with pytest.raises(RuntimeError, match="step graph failed"):
+            await doomed.prompts_read()
+        assert ended == [1]
+        broken["on"] = False
+        fine = engine.submit_prompts(prompts(decoder, "a", 6, 2), 0.0)
+        same((await collect(fine))[0], alone(healthy, "a", 6, 2))
+
+    closing(engine, main)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from service.tasks import sampling
 from service.tasks.sampling import (
     Choice,
     Sampler,
@@ -85,6 +86,36 @@ def test_banned_tokens_are_never_drawn_and_logprob_is_the_models() -> None:
     assert Choice.scored(expected, 1, 2, np.array([1])) == Choice(1, expected[1], choices[0].top)
 
 
+def nucleus_by_sorting(logits: np.ndarray, p: float) -> np.ndarray:
+    """top-p by definition: every token sorted (ties by id), kept while the mass before it < p."""
+    order = np.argsort(-logits, kind="stable")
+    probs = np.exp(log_softmax(logits[order]))
+    keep = np.zeros(logits.shape, dtype=bool)
+    keep[order] = (np.cumsum(probs) - probs) < p
+    return np.where(keep, logits, -np.inf)
+
+
+@pytest.mark.parametrize("candidates", [1, 4, sampling.TOP_P_CANDIDATES])
+def test_top_p_among_candidates_is_the_sorted_definition(
+    candidates: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The nucleus found among the most likely tokens (growing the candidates while they hold
+    too little) is the one sorting the whole vocabulary finds: flat and peaked distributions,
+    ties (at the candidates' edge too) and tokens already filtered out (-inf)."""
+    monkeypatch.setattr(sampling, "TOP_P_CANDIDATES", candidates)
+    source = np.random.default_rng(2)
+    for _ in range(200):
+        size = int(source.integers(2, 3000))
+        logits = source.normal(size=size) * source.uniform(0.05, 8)
+        if source.random() < 0.5:
+            logits = np.round(logits, 1)  # many ties
+        if source.random() < 0.3:
+            logits[source.integers(0, size, size=size // 2)] = -np.inf
+        p = float(source.choice([0.01, 0.3, 0.9, 0.95, 0.999, source.uniform(0.01, 1)]))
+        got, want = filter_top_p(logits, p), nucleus_by_sorting(logits, p)
+        assert (np.isfinite(got) == np.isfinite(want)).all()
+
+
 def test_invalid_parameters_are_refused() -> None:
     for bad in ({"temperature": -1}, {"top_k": -1}, {"top_p": 0}, {"repetition_penalty": 0}):
         with pytest.raises(ValueError):
@@ -102,3 +133,24 @@ def test_draw_is_numpys_choice_without_the_checks() -> None:
             assert draw(ours, probs) == int(numpys.choice(probs.shape[-1], p=probs))
     with pytest.raises(ValueError, match="not finite"):
         draw(np.random.default_rng(0), np.array([0.5, np.nan]))
+    with pytest.raises(ValueError, match="not finite"):
+        draw(np.random.default_rng(0), np.full(5000, np.nan))
+
+
+@pytest.mark.parametrize("margin", [0.0, sampling.DRAW_MARGIN, 1.0])
+def test_draw_by_blocks_is_numpys_choice(margin: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The block-summed draw (unnormalised weights, zeros and all) finds numpy's index whether
+    it never (margin 0), rarely or always (margin 1) falls back to numpy's own sum."""
+    monkeypatch.setattr(sampling, "DRAW_MARGIN", margin)
+    source = np.random.default_rng(1)
+    for seed in range(60):
+        size = int(source.integers(2, 20000))
+        weights = np.exp(source.normal(size=size) * source.uniform(0.1, 12))
+        weights[source.integers(0, size, size=size // 3)] = 0.0  # banned or filtered out
+        if seed % 5 == 0:  # one token holds nearly everything
+            weights[source.integers(0, size)] = 1e12
+        ours, numpys = np.random.default_rng(seed), np.random.default_rng(seed)
+        for _ in range(10):
+            want = int(numpys.choice(size, p=weights / weights.sum()))
+            assert draw(ours, weights) == want
+            assert weights[want] > 0
