@@ -27,6 +27,23 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class _Tracked:
+    """The request metrics of one model version, bound to its labels once (prometheus-client's
+    `labels()` takes a lock and builds the key at every call)."""
+
+    def __init__(self, metrics: Metrics, labels: tuple[str, str]) -> None:
+        self.duration = metrics.request_duration.labels(*labels)
+        self._requests = metrics.inference_requests
+        self._labels = labels
+        self._by_outcome: dict[str, Any] = {}
+
+    def requests(self, outcome: str) -> Any:
+        counter = self._by_outcome.get(outcome)
+        if counter is None:
+            counter = self._by_outcome[outcome] = self._requests.labels(*self._labels, outcome)
+        return counter
+
+
 class DataPlane:
     def __init__(self, registry: Registry, metrics: Metrics, settings: Settings) -> None:
         self.registry = registry
@@ -35,6 +52,7 @@ class DataPlane:
         self.executor = registry.serving.executor
         # Generation loops hold a thread for many steps: keep them off the inference pool.
         self.task_executor = ThreadPoolExecutor(settings.task_threads, thread_name_prefix="task")
+        self._tracked: dict[tuple[str, str], _Tracked] = {}  # by model version
         self._tasks_running: dict[tuple[str, int], int] = {}
 
     async def close(self) -> None:
@@ -119,7 +137,6 @@ class DataPlane:
     async def track(self, model: TensorModel) -> AsyncIterator[None]:
         """Count one request against `model` by outcome and time it end to end (in the
         metrics, and in the model's statistics as a success or a failure)."""
-        labels = (model.name, str(model.version))
         start = time.perf_counter()
         outcome = "success"
         try:
@@ -138,8 +155,11 @@ class DataPlane:
             raise
         finally:
             took = time.perf_counter() - start
-            self.metrics.inference_requests.labels(*labels, outcome).inc()
-            self.metrics.request_duration.labels(*labels).observe(took)
+            children = self._tracked.get(model.labels)
+            if children is None:
+                children = self._tracked[model.labels] = _Tracked(self.metrics, model.labels)
+            children.requests(outcome).inc()
+            children.duration.observe(took)
             model.stats.finished(outcome == "success", int(took * 1e9))
 
     async def infer(

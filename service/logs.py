@@ -31,6 +31,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str) -> None:
+    # what the JSON lines never show is not gathered for every record (the logging HOWTO's
+    # "Optimization"): the caller's file and line (a walk up the stack), thread and process
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
