@@ -68,10 +68,24 @@ def apply_repetition_penalty(
 
 def filter_top_k(logits: np.ndarray, k: int) -> np.ndarray:
     """-inf everywhere but the k largest logits (ties at the boundary are kept)."""
+    return _only(logits, top_k_ids(logits, k))
+
+
+def top_k_ids(logits: np.ndarray, k: int) -> np.ndarray | None:
+    """The ids `filter_top_k` keeps, in id order; None when it keeps every one."""
     if k <= 0 or k >= logits.shape[-1]:
-        return logits
+        return None
     kth = np.partition(logits, -k)[-k]
-    return np.where(logits >= kth, logits, -np.inf)
+    return np.flatnonzero(logits >= kth)
+
+
+def _only(logits: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
+    """-inf everywhere but at `ids` (all of them when None)."""
+    if ids is None:
+        return logits
+    out = np.full_like(logits, -np.inf)
+    out[ids] = logits[ids]
+    return out
 
 
 TOP_P_CANDIDATES = 64  # `filter_top_p` first looks for the nucleus among this many tokens
@@ -79,11 +93,14 @@ TOP_P_CANDIDATES = 64  # `filter_top_p` first looks for the nucleus among this m
 
 def filter_top_p(logits: np.ndarray, p: float) -> np.ndarray:
     """-inf outside the smallest set of most likely tokens whose probability reaches p (ties
-    in the order of their ids). The set is looked for among the TOP_P_CANDIDATES most likely
-    tokens (every token tied with the last of them included), four times as many while they
-    hold less than p, instead of sorting the whole vocabulary (a tenth of the cost)."""
-    if p >= 1.0:
-        return logits
+    in the order of their ids)."""
+    return logits if p >= 1.0 else _only(logits, nucleus_ids(logits, p))
+
+
+def nucleus_ids(logits: np.ndarray, p: float) -> np.ndarray:
+    """The ids `filter_top_p` keeps, in id order. They are looked for among the
+    TOP_P_CANDIDATES most likely tokens (every token tied with the last of them included), four
+    times as many while those hold less than p, instead of sorting the whole vocabulary."""
     size = logits.shape[-1]
     weights = np.exp(logits - logits.max())
     weights /= weights.sum()
@@ -100,10 +117,7 @@ def filter_top_p(logits: np.ndarray, p: float) -> np.ndarray:
     order = candidates[np.lexsort((candidates, -logits[candidates]))]
     probs = weights[order]
     # keep a token if the mass before it is still below p (so the most likely is always kept)
-    kept = order[(np.cumsum(probs) - probs) < p]
-    out = np.full_like(logits, -np.inf)
-    out[kept] = logits[kept]
-    return out
+    return np.sort(order[(np.cumsum(probs) - probs) < p])
 
 
 def top_logprobs(
@@ -172,14 +186,21 @@ class Sampler:
         else:
             if params.temperature != 1.0:
                 shaped = shaped / params.temperature
-            shaped = filter_top_k(shaped, params.top_k)
-            shaped = filter_top_p(shaped, params.top_p)
-            if shaped is allowed:  # nothing reshaped: the model's probabilities, banned ones 0
+            ids = top_k_ids(shaped, params.top_k)
+            if params.top_p < 1.0:  # the nucleus of the tokens top-k kept
+                kept = nucleus_ids(shaped if ids is None else shaped[ids], params.top_p)
+                ids = kept if ids is None else ids[kept]
+            if ids is not None:
+                # drawn among the tokens kept: the same index as among all of them with the
+                # others' probability 0 (zeros leave a cumulative sum's values as they are)
+                chosen = shaped[ids]
+                token = int(ids[draw(self.rng, np.exp(chosen - chosen.max()))])
+            elif shaped is allowed:  # nothing reshaped: the model's probabilities, banned 0
                 probs = weights
                 probs[self.banned] = 0.0  # `draw` normalises
+                token = draw(self.rng, probs)
             else:
-                probs = np.exp(shaped - shaped.max())
-            token = draw(self.rng, probs)
+                token = draw(self.rng, np.exp(shaped - shaped.max()))
         if not self.top_logprobs:
             return Choice(token, float(shifted[token] - log_total))
         return Choice.scored(shifted - log_total, token, self.top_logprobs, self.banned)

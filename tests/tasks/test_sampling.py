@@ -116,6 +116,37 @@ def test_top_p_among_candidates_is_the_sorted_definition(
         assert (np.isfinite(got) == np.isfinite(want)).all()
 
 
+def drawn_by_definition(
+    logits: np.ndarray, params: SamplingParams, banned: list[int], rng: np.random.Generator
+) -> int:
+    """The token by the definition: every filter over the whole vocabulary, then numpy's
+    choice with the probabilities that are left."""
+    shaped = logits.astype(np.float64)
+    shaped[banned] = -np.inf
+    shaped = filter_top_p(filter_top_k(shaped / params.temperature, params.top_k), params.top_p)
+    probs = np.exp(shaped - shaped.max())
+    return int(rng.choice(len(probs), p=probs / probs.sum()))
+
+
+def test_a_draw_among_the_kept_tokens_is_the_draw_among_all() -> None:
+    """The sampler draws among the tokens top-k and top-p keep only: the same tokens, for the
+    same seed, as drawing from the whole vocabulary with the others at probability 0."""
+    source = np.random.default_rng(3)
+    settings = [
+        {"top_k": 40}, {"top_p": 0.9}, {"top_p": 0.95, "temperature": 0.7},
+        {"top_k": 50, "top_p": 0.8, "temperature": 1.3}, {"top_k": 1000, "top_p": 0.999},
+        {"top_k": 3}, {"top_p": 0.001},
+    ]  # fmt: skip
+    for i, options in enumerate(settings):
+        params = SamplingParams(seed=i, **options)  # type: ignore[arg-type]
+        sampler, reference = Sampler(params, banned=[7]), np.random.default_rng(i)
+        for _ in range(40):
+            logits = (source.normal(size=8000) * source.uniform(1, 6)).astype(np.float32)
+            logits[7] = logits.max() + 5  # banned: never drawn, however likely
+            want = drawn_by_definition(logits, params, [7], reference)
+            assert sampler.choose(logits).token_id == want != 7
+
+
 def test_invalid_parameters_are_refused() -> None:
     for bad in ({"temperature": -1}, {"top_k": -1}, {"top_p": 0}, {"repetition_penalty": 0}):
         with pytest.raises(ValueError):
