@@ -47,6 +47,7 @@ from service import tracing
 from service.errors import Cancelled
 from service.metrics import Metrics
 from service.tasks.textgen import Context, Continuation, Decoder, GeneratedToken
+from service.tasks.tokenizer import Token
 
 Tokens = list[tuple[int, GeneratedToken]]  # (sequence index in its request, token)
 
@@ -170,6 +171,17 @@ class _Running:
     sequence: Continuation
 
 
+@dataclass(frozen=True)
+class _Reading:
+    """A request waiting for its prompts to be read: their tokens (tokenized at submit, not in
+    the engine's thread) and how many the read costs (the windows' lengths)."""
+
+    request: DecodeRequest
+    prompts: Prompts
+    tokens: list[list[Token]]
+    size: int
+
+
 @dataclass
 class _Parcel:
     request: DecodeRequest
@@ -214,7 +226,7 @@ class DecodeEngine:
         self._metrics = None if metrics is None else _EngineMetrics(metrics, labels)
         self._lock = threading.Condition()
         self._waiting: deque[_Running] = deque()
-        self._reading: deque[tuple[DecodeRequest, Prompts, int]] = deque()  # with its tokens
+        self._reading: deque[_Reading] = deque()
         self._thread: threading.Thread | None = None
         self._closing = False  # once set, the thread exits whenever it has nothing to do
 
@@ -254,9 +266,11 @@ class DecodeEngine:
         loop = asyncio.get_running_loop()
         request = DecodeRequest(loop, 0, started, on_leave, each_step)
         request.wake = self._wake
-        tokens = sum(len(self.decoder.prompt_window(text)) for text in prompts.texts)
+        decoder = self.decoder
+        tokens = [decoder.tokenizer.tokenize(text) for text in prompts.texts]
+        size = sum(len(decoder.window(decoder.prompt_ids(t))) for t in tokens)
         with self._lock:
-            self._reading.append((request, prompts, tokens))
+            self._reading.append(_Reading(request, prompts, tokens, size))
             self._start()
         return request
 
@@ -314,51 +328,50 @@ class DecodeEngine:
                 running += self._read(reading, self.max_batch - len(running))
             running = self._iterate(running, dropped)
 
-    def _take_reading(
-        self, running: int
-    ) -> tuple[list[tuple[DecodeRequest, Prompts]], list[DecodeRequest]]:
+    def _take_reading(self, running: int) -> tuple[list[_Reading], list[DecodeRequest]]:
         """With the lock held: the requests whose prompts to read now (in order of arrival,
         while the batch has room for their sequences and the prompt tokens stay within
         `max_prefill_tokens`; at least one when the batch has room), and the cancelled ones
         that never got read (to be ended)."""
-        gone = [request for request, _, _ in self._reading if request.cancelled]
+        gone = [r.request for r in self._reading if r.request.cancelled]
         if gone:
-            self._reading = deque(r for r in self._reading if not r[0].cancelled)
+            self._reading = deque(r for r in self._reading if not r.request.cancelled)
         room = self.max_batch - running - len(self._waiting)
-        taken: list[tuple[DecodeRequest, Prompts]] = []
+        taken: list[_Reading] = []
         tokens = 0
         while self._reading and room > 0:
-            request, prompts, size = self._reading[0]
-            if taken and tokens + size > self.max_prefill_tokens:
+            first = self._reading[0]
+            if taken and tokens + first.size > self.max_prefill_tokens:
                 break
-            self._reading.popleft()
-            taken.append((request, prompts))
-            tokens += size
-            room -= prompts.sequences
+            taken.append(self._reading.popleft())
+            tokens += first.size
+            room -= first.prompts.sequences
         return taken, gone
 
-    def _read(self, reading: list[tuple[DecodeRequest, Prompts]], room: int) -> list[_Running]:
+    def _read(self, reading: list[_Reading], room: int) -> list[_Running]:
         """Read the prompts of `reading` in one `read_many`, hand each request its contexts and
         return their sequences to run (up to `room`; any others wait their turn). A failing
         read ends every request in it with the error."""
-        texts = [text for _, prompts in reading for text in prompts.texts]
-        scores = [prompts.prompt_logprobs for _, prompts in reading for _ in prompts.texts]
+        texts = [text for r in reading for text in r.prompts.texts]
+        scores = [r.prompts.prompt_logprobs for r in reading for _ in r.prompts.texts]
+        tokens = [prompt for r in reading for prompt in r.tokens]
         parcels = []
         new: list[_Running] = []
         try:
-            with self._span("decode.prefill", [r for r, _ in reading], len(texts)):
-                contexts = self.decoder.read_many(texts, scores)
+            with self._span("decode.prefill", [r.request for r in reading], len(texts)):
+                contexts = self.decoder.read_many(texts, scores, tokens)
             self.reads += 1
-            for request, prompts in reading:
-                own, contexts = contexts[: len(prompts.texts)], contexts[len(prompts.texts) :]
-                live = [(i, s) for i, s in enumerate(prompts.start(own)) if not s.done]
-                request.remaining = len(live)
-                parcels.append(_Parcel(request, [], not live, own))
-                new += [_Running(request, i, s) for i, s in live]
+            for r in reading:
+                count = len(r.prompts.texts)
+                own, contexts = contexts[:count], contexts[count:]
+                live = [(i, s) for i, s in enumerate(r.prompts.start(own)) if not s.done]
+                r.request.remaining = len(live)
+                parcels.append(_Parcel(r.request, [], not live, own))
+                new += [_Running(r.request, i, s) for i, s in live]
         except Exception as exc:  # a failing step graph: every request read with it gets it
-            for request, _ in reading:
-                request.error = exc
-            self._deliver(_Parcel(request, [], True) for request, _ in reading)
+            for r in reading:
+                r.request.error = exc
+            self._deliver(_Parcel(r.request, [], True) for r in reading)
             return []
         self._deliver(parcels)
         if len(new) > room:

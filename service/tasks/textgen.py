@@ -431,16 +431,20 @@ class Decoder:
         return self.read_many([text], [prompt_logprobs])[0]
 
     def read_many(
-        self, texts: Sequence[str], prompt_logprobs: Sequence[int | None] | None = None
+        self,
+        texts: Sequence[str],
+        prompt_logprobs: Sequence[int | None] | None = None,
+        tokens: Sequence[list[Token]] | None = None,
     ) -> list[Context]:
         """`read` for several prompts, in as few step calls as their states allow: one for all
         of them when the graph takes an attention mask (the shorter prompts padded at the
         start, which such a graph reads exactly as alone), else one per prompt length. Each
-        context's state is its own part of its call's batch."""
-        tokens = [self.tokenizer.tokenize(text) for text in texts]
-        windows = [
-            self.window([self.tokenizer.bos_id, *(t.id for t in prompt)]) for prompt in tokens
-        ]
+        context's state is its own part of its call's batch. `tokens`: the texts' tokens, when
+        the caller has them already."""
+        if tokens is None:
+            tokens = [self.tokenizer.tokenize(text) for text in texts]
+        ids = [self.prompt_ids(prompt) for prompt in tokens]
+        windows = [self.window(row) for row in ids]
         groups: dict[int, list[int]] = {}
         for i, window in enumerate(windows):
             groups.setdefault(0 if self.model.attention_mask else len(window), []).append(i)
@@ -448,8 +452,7 @@ class Decoder:
         for members in groups.values():
             read = self._prefill([windows[i] for i in members])
             for i, (state, logits) in zip(members, read, strict=True):
-                ids = [self.tokenizer.bos_id, *(t.id for t in tokens[i])]
-                context = contexts[i] = Context(ids, state, logits[-1], tokens[i], texts[i])
+                context = contexts[i] = Context(ids[i], state, logits[-1], tokens[i], texts[i])
                 k = None if prompt_logprobs is None else prompt_logprobs[i]
                 if k is not None:
                     self._score_prompt(context, logits, k)
@@ -537,7 +540,11 @@ class Decoder:
 
     def prompt_window(self, text: str) -> list[int]:
         """The ids a prefill of `text` reads: the start token and the prompt, windowed."""
-        return self.window([self.tokenizer.bos_id, *(t.id for t in self.tokenizer.tokenize(text))])
+        return self.window(self.prompt_ids(self.tokenizer.tokenize(text)))
+
+    def prompt_ids(self, tokens: Sequence[Token]) -> list[int]:
+        """The ids a prompt of these tokens is read as: the start token, then theirs."""
+        return [self.tokenizer.bos_id, *(t.id for t in tokens)]
 
     def fresh_state_feeds(self, batch: int) -> dict[str, np.ndarray]:
         """The zero state of `batch` sequences, by input name."""

@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -415,9 +415,9 @@ class ReadLog:
         self.reads: list[int] = []
         read_many = decoder.read_many
 
-        def recording(texts: Sequence[str], scores: Sequence[int | None] | None = None) -> list:
+        def recording(texts: Sequence[str], *rest: Any) -> list:
             self.reads.append(len(texts))
-            return read_many(texts, scores)
+            return read_many(texts, *rest)
 
         decoder.read_many = recording  # type: ignore[method-assign]
 
