@@ -7,7 +7,6 @@ the body as it streams in, so an oversized chunked upload is cut off without bei
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from contextlib import AbstractContextManager
@@ -19,9 +18,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import tracing
 from service.errors import PayloadTooLarge
+from service.logs import AccessLog
 from service.metrics import Metrics
 
-log = logging.getLogger("seedserve.access")
+ACCESS_LOG = AccessLog("seedserve.access")
 
 UNMATCHED = "unmatched"  # the route label of a path no route serves
 UNCOUNTED = ("/metrics", "/v2/health/", "/docs", "/redoc", "/openapi.json", "/static/")
@@ -138,15 +138,14 @@ class RequestMiddleware:
                         named = route if route != UNMATCHED else None
                         tracing.finish_request(span, method, named, status)
                 if self.access_log:
-                    log.info(
-                        "request",
-                        extra={
+                    ACCESS_LOG.write(
+                        {
                             "request_id": request_id,
                             "method": scope["method"],
                             "path": path,
                             "status": status,
                             "duration_ms": round(elapsed * 1e3, 3),
-                        },
+                        }
                     )
 
     def _children(self, method: str, route: str, status: int) -> tuple[Any, Any]:

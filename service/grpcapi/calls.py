@@ -31,11 +31,12 @@ from opentelemetry.trace import Span
 from service import tracing
 from service.auth import check_admin_key, check_inference_key
 from service.errors import Overloaded, ServiceError
+from service.logs import AccessLog
 from service.metrics import Metrics
 from service.middleware import request_id_from
 from service.settings import Settings
 
-log = logging.getLogger("seedserve.access")
+ACCESS_LOG = AccessLog("seedserve.access")
 errors_log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -182,14 +183,13 @@ class Calls:
         self.metrics.grpc_requests.labels(method, code.name).inc()
         self.metrics.grpc_duration.labels(method).observe(elapsed)
         if self.settings.access_log:
-            log.info(
-                "request",
-                extra={
+            ACCESS_LOG.write(
+                {
                     "request_id": request_id,
                     "grpc_method": method,
                     "code": code.name,
                     "duration_ms": round(elapsed * 1e3, 3),
-                },
+                }
             )
 
 
