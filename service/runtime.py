@@ -160,6 +160,7 @@ class Graph:
         """`content`: the graph's bytes when they are not the file's (a pruned graph)."""
         self.path = served_file(path, settings) if content is None else path
         self.settings = settings
+        self.content = content
         providers = choose_providers(settings.provider, ort.get_available_providers())
         self.session = create_session(
             self.path if content is None else content, settings, providers
@@ -196,6 +197,15 @@ class Graph:
                 raise InferenceFailed(
                     f"onnxruntime could not run {self.path.name}: {exc}"
                 ) from None
+
+    def with_threads(self, threads: int) -> Graph:
+        """The same graph in another session, on `threads` intra-op threads."""
+        settings = self.settings.model_copy(update={"intra_op_threads": threads})
+        return Graph(self.path, settings, self.content)
+
+    def size_mb(self) -> float:
+        size = len(self.content) if self.content is not None else self.path.stat().st_size
+        return size / 2**20
 
     def _run_bound(self, feeds: Mapping[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
         binding = self.session.io_binding()  # one per call: calls run in several threads

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     """onnxruntime threads across operators (0 = onnxruntime's default)."""
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     """onnxruntime graph optimisation level."""
+    wide_batch_threads: int = Field(0, ge=0, le=256)
+    """onnxruntime threads for a batched graph's big batches (4 items or more): a second session,
+    made at the first such batch, that runs each size class of batches where it has measured
+    faster per item than the graph's own session under the load there is (tried again now and
+    then; service/scheduling/wide_batches.py). 0 = one per core; 1 = off."""
+    wide_batch_max_mb: float = Field(64, ge=0)
+    """Graphs larger than this many MB get no second session (it holds its own weights)."""
     inference_threads: int = Field(2, ge=1, le=256)
     """Threads that run onnxruntime calls off the event loop."""
     switch_interval_ms: float = Field(0.5, ge=0, le=100)

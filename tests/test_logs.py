@@ -24,7 +24,9 @@ def root_stream() -> Iterator[io.StringIO]:
     saved = root.handlers[:], root.level
     configure_logging("info")
     stream = io.StringIO()
-    root.handlers[0].setStream(stream)
+    handler = root.handlers[0]
+    assert isinstance(handler, JsonHandler)
+    handler.setStream(stream)
     try:
         yield stream
     finally:

@@ -20,6 +20,7 @@ from service.registry import Registry
 from service.repository import Repository
 from service.runtime import prune_outputs
 from service.runtimes.classifier import Classifier
+from service.scheduling.wide_batches import WideBatches
 from service.settings import Settings
 
 CONFIG = """
@@ -165,14 +166,17 @@ def test_the_ood_head_is_left_out_of_protocol_requests(tmp_path: Path) -> None:
     """cnn-fashion-mnist's graph computes `ood_score` for classify; V2 requests run the graph
     without it (the whole one is kept for classify), with the same answers."""
     root = copy_models(["cnn-fashion-mnist"], tmp_path / "models")
-    settings = Settings(models_dir=root, access_log=False)
+    settings = Settings(models_dir=root, access_log=False, wide_batch_threads=2)
     registry = Registry(Repository(root), settings, Metrics())
     registry.load("cnn-fashion-mnist")
     model = registry.get("cnn-fashion-mnist")
     assert isinstance(model, Classifier) and model.ood is not None
     assert "ood_score" in model.primary.output_names
     assert model.protocol.output_names == ["logits", "probabilities"]
-    assert model.internal_batcher is not None and model.internal_batcher.graph is model.primary
+    assert model.internal_batcher is not None and model.batcher is not None
+    internal, protocol = model.internal_batcher.graph, model.batcher.graph
+    assert isinstance(internal, WideBatches) and internal.narrow is model.primary
+    assert isinstance(protocol, WideBatches) and protocol.narrow is model.protocol
     x = np.random.default_rng(3).random((4, 1, 28, 28)).astype(np.float32)
     name = model.primary.inputs[0].name
     whole = model.primary.run({name: x}, ["logits"])[0]

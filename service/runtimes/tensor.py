@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
@@ -33,9 +34,10 @@ from service.modelconfig import (
 )
 from service.protocol.types import ModelMetadata, TensorMetadata
 from service.repository import Repository
-from service.runtime import Graph, pruned_graph
-from service.scheduling.dynamic_batcher import Batcher, BatchPolicy
+from service.runtime import CPU, Graph, pruned_graph
+from service.scheduling.dynamic_batcher import Batcher, BatchPolicy, Runs
 from service.scheduling.sequence_batcher import SequenceId, SequenceStore, sequence_request
+from service.scheduling.wide_batches import MIN_SIZE, WideBatches
 from service.settings import Settings
 from service.stats import ModelStats
 from service.tensors import NUMPY_DTYPES, parse_bytes_elements
@@ -124,7 +126,26 @@ class TensorModel:
 
     def _batcher(self, graph: Graph, policy: BatchPolicy) -> Batcher:
         serving = self.serving
-        return Batcher(graph, policy, serving.executor, serving.metrics, self.labels, self.stats)
+        runs = self._widened(graph)
+        return Batcher(runs, policy, serving.executor, serving.metrics, self.labels, self.stats)
+
+    def _widened(self, graph: Graph) -> Runs:
+        """The graph, with a second session on more threads for its big batches where those
+        run faster on it (service/scheduling/wide_batches.py)."""
+        settings = self.serving.settings
+        threads = settings.wide_batch_threads or len(os.sched_getaffinity(0))
+        own = graph.settings.intra_op_threads  # 0: onnxruntime's default, a thread per core
+        if (
+            own == 0
+            or own >= threads
+            or self.config.intra_op_threads is not None  # the model pins them
+            or self.config.max_batch_size < MIN_SIZE
+            or graph.provider != CPU
+            or graph.size_mb() > settings.wide_batch_max_mb
+        ):
+            return graph
+        name = f"{self.name} version {self.version}"
+        return WideBatches(graph, lambda: graph.with_threads(threads), name)
 
     def _prune(self) -> None:
         """Protocol requests run model.onnx without the nodes only other outputs need: the
@@ -216,15 +237,10 @@ class TensorModel:
         failure is only a warning (zeros are no test of a valid model: some refuse them), except
         when this version would replace one that serves: a reload never swaps a model that
         answers for one that may not."""
-        feeds = {}
-        for spec in self.config.inputs:
-            if spec.optional:
-                continue
-            if any(d < 0 for d in spec.dims) or spec.datatype == "BYTES":
-                return
-            shape = ([1] if self.config.batches else []) + list(spec.dims)
-            feeds[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
-        feeds = {**feeds, **self._state_feeds()}
+        item = self._zero_item()
+        if item is None:
+            return
+        feeds = {**item, **self._state_feeds()}
         try:
             for graph in self._served_graphs():
                 graph.run(self.graph_feeds(feeds))
@@ -233,6 +249,19 @@ class TensorModel:
             if self.replaces_serving:
                 raise ModelLoadError(f"{message} (the serving version keeps serving)") from None
             log.warning("%s", message)
+
+    def _zero_item(self) -> dict[str, np.ndarray] | None:
+        """Zeros for every required input, one item (batch axis 1 where the model batches);
+        None when a shape is not fixed or an input is BYTES."""
+        feeds = {}
+        for spec in self.config.inputs:
+            if spec.optional:
+                continue
+            if any(d < 0 for d in spec.dims) or spec.datatype == "BYTES":
+                return None
+            shape = ([1] if self.config.batches else []) + list(spec.dims)
+            feeds[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
+        return feeds
 
     def _served_graphs(self) -> list[Graph]:
         """model.onnx, and its pruned form where protocol requests run that."""
