@@ -45,7 +45,7 @@ from opentelemetry.trace import Span
 
 from service import tracing
 from service.errors import Cancelled
-from service.metrics import Metrics
+from service.metrics import Metrics, observe_many
 from service.tasks.textgen import Context, Continuation, Decoder, GeneratedToken
 from service.tasks.tokenizer import Token
 
@@ -180,6 +180,30 @@ class _Reading:
     prompts: Prompts
     tokens: list[list[Token]]
     size: int
+
+
+class _StepTiming:
+    """One step's tokens: how many, each request's time to its first token, and the gaps
+    since the sequences' previous tokens, counted by when those came (the sequences of a step
+    mostly share it: one histogram update for all of them)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.tokens = 0
+        self.firsts: list[float] = []
+        self.gaps: dict[float, int] = {}  # the previous token's time -> sequences
+
+    def token(self, item: _Running) -> None:
+        request, now = item.request, self.now
+        self.tokens += 1
+        if request.first_token_at is None:
+            request.first_token_at = now
+            self.firsts.append(now - request.started)
+        else:
+            previous = request.previous.get(item.index)
+            if previous is not None:
+                self.gaps[previous] = self.gaps.get(previous, 0) + 1
+        request.previous[item.index] = now
 
 
 @dataclass
@@ -397,13 +421,14 @@ class DecodeEngine:
         continuing: list[_Running] = []
         held: list[_Running] = []  # streams ahead of their readers: no token this time
         now = time.perf_counter()
+        timing = _StepTiming(now)
         try:
             for item in running:
                 if item.request.behind(self.max_unread):
                     held.append(item)
                     continue
                 token = item.sequence.next_token()
-                self._observe(item, now)
+                timing.token(item)
                 parcel = parcels.get(item.request)
                 if parcel is None:
                     parcel = parcels[item.request] = _Parcel(item.request, [], False)
@@ -413,8 +438,10 @@ class DecodeEngine:
                 else:
                     continuing.append(item)
         except Exception as exc:  # a bug in token picking: end the requests, keep serving
+            self._observe(timing)
             self._deliver(parcels.values())
             return self._fail(running, exc)
+        self._observe(timing)
         self._deliver(parcels.values())
         if not continuing:
             return held
@@ -463,18 +490,17 @@ class DecodeEngine:
                 parcel = parcels[request] = _Parcel(request, [], True)
             parcel.end = True
 
-    def _observe(self, item: _Running, now: float) -> None:
-        request = item.request
-        self.tokens += 1
-        if self._metrics is not None:
-            if request.first_token_at is None:
-                self._metrics.time_to_first_token.observe(now - request.started)
-            elif item.index in request.previous:
-                self._metrics.inter_token_latency.observe(now - request.previous[item.index])
-            self._metrics.generated_tokens.inc()
-        if request.first_token_at is None:
-            request.first_token_at = now
-        request.previous[item.index] = now
+    def _observe(self, timing: _StepTiming) -> None:
+        """The step's tokens in the metrics: one update per metric and distinct gap."""
+        self.tokens += timing.tokens
+        metrics = self._metrics
+        if metrics is None or not timing.tokens:
+            return
+        for first in timing.firsts:
+            metrics.time_to_first_token.observe(first)
+        for previous, count in timing.gaps.items():
+            observe_many(metrics.inter_token_latency, timing.now - previous, count)
+        metrics.generated_tokens.inc(timing.tokens)
 
     @staticmethod
     def _deliver(parcels: Iterable[_Parcel]) -> None:

@@ -22,6 +22,7 @@ from helpers.onnx_builders import write_language_model
 
 from bench.decoding import decoder_of, generate
 from service.errors import Cancelled
+from service.metrics import Metrics
 from service.scheduling import decode_engine
 from service.scheduling.decode_engine import DecodeEngine, DecodeRequest, Prompts
 from service.tasks.sampling import SamplingParams
@@ -150,6 +151,29 @@ def test_concurrent_requests_share_steps_and_write_what_each_writes_alone(
     assert engine.tokens == written
     assert batches[0] == len(jobs)  # the first step advances every request at once
     assert engine.steps == len(batches) < written - len(jobs)
+
+
+def test_the_metrics_count_every_token_once(decoders: dict[str, Decoder]) -> None:
+    """Counted a step at a time: every token, a first-token time per request, a gap per token
+    after a sequence's first (the gaps of a step's sequences observed together)."""
+    decoder = decoders["cache"]
+    metrics = Metrics()
+    engine = DecodeEngine(decoder, max_batch=8, metrics=metrics, labels=("m", "1"))
+    jobs = [(p, b, 20 + i) for i, (p, b) in enumerate(zip(PROMPTS, BUDGETS, strict=True))]
+
+    async def main() -> list:
+        return await run_together(engine, jobs)
+
+    results = closing(engine, main)
+    written = sum(len(r[0]) for r in results)
+    sample = metrics.registry.get_sample_value
+    labels = {"model": "m", "version": "1"}
+    assert sample("seedserve_generated_tokens_total", labels) == written
+    assert sample("seedserve_time_to_first_token_seconds_count", labels) == len(jobs)
+    gaps = sample("seedserve_inter_token_latency_seconds_count", labels)
+    assert gaps == written - len(jobs)
+    assert 0 < (sample("seedserve_inter_token_latency_seconds_sum", labels) or 0) < 60 * gaps
+    assert sample("seedserve_inter_token_latency_seconds_bucket", {**labels, "le": "+Inf"}) == gaps
 
 
 def test_a_request_read_whole_gets_every_token_in_one_hand_over(
