@@ -8,15 +8,14 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import numpy as np
 
 from service import tracing
-from service.errors import InvalidInput, Overloaded, ServiceError
+from service.errors import InvalidInput, Overloaded
 from service.metrics import Metrics
 from service.protocol.v2 import InferRequest, OutputTensor, RequestedOutput, top_classes
 from service.registry import Registry
@@ -25,6 +24,45 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class Tracking:
+    """One request's `DataPlane.track` (a class, not a generator-based context manager: it is
+    entered by every request)."""
+
+    __slots__ = ("children", "model", "start")
+
+    def __init__(self, children: _Tracked, model: TensorModel) -> None:
+        self.children = children
+        self.model = model
+        self.start = 0.0
+
+    async def __aenter__(self) -> None:
+        self.start = time.perf_counter()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        took = time.perf_counter() - self.start
+        outcome = _outcome(kind)
+        self.children.requests(outcome).inc()
+        self.children.duration.observe(took)
+        self.model.stats.finished(outcome == "success", int(took * 1e9))
+
+
+def _outcome(kind: type[BaseException] | None) -> str:
+    """A request's outcome label from what ended it: the client went away or the server is
+    stopping (cancelled), its input (invalid), a full queue (rejected), any other error; a
+    generator closed early (GeneratorExit) counts as a success, as nothing failed."""
+    if kind is None:
+        return "success"
+    if issubclass(kind, asyncio.CancelledError):
+        return "cancelled"
+    if issubclass(kind, InvalidInput):
+        return "invalid"
+    if issubclass(kind, Overloaded):
+        return "rejected"
+    return "error" if issubclass(kind, Exception) else "success"
 
 
 class _Tracked:
@@ -133,34 +171,13 @@ class DataPlane:
 
         return release
 
-    @asynccontextmanager
-    async def track(self, model: TensorModel) -> AsyncIterator[None]:
+    def track(self, model: TensorModel) -> Tracking:
         """Count one request against `model` by outcome and time it end to end (in the
-        metrics, and in the model's statistics as a success or a failure)."""
-        start = time.perf_counter()
-        outcome = "success"
-        try:
-            yield
-        except asyncio.CancelledError:  # the client went away, or the server is stopping
-            outcome = "cancelled"
-            raise
-        except InvalidInput:
-            outcome = "invalid"
-            raise
-        except Overloaded:
-            outcome = "rejected"
-            raise
-        except (ServiceError, Exception):
-            outcome = "error"
-            raise
-        finally:
-            took = time.perf_counter() - start
-            children = self._tracked.get(model.labels)
-            if children is None:
-                children = self._tracked[model.labels] = _Tracked(self.metrics, model.labels)
-            children.requests(outcome).inc()
-            children.duration.observe(took)
-            model.stats.finished(outcome == "success", int(took * 1e9))
+        metrics, and in the model's statistics as a success or a failure): `async with`."""
+        children = self._tracked.get(model.labels)
+        if children is None:
+            children = self._tracked[model.labels] = _Tracked(self.metrics, model.labels)
+        return Tracking(children, model)
 
     async def infer(
         self,

@@ -369,13 +369,13 @@ class TensorModel:
         return {name: self._config_shape(name, outputs[name]) for name in names}
 
     def requested_outputs(self, output_names: Sequence[str] | None) -> list[str]:
-        known = [s.name for s in self.config.outputs]
+        known = self.output_types  # the config's outputs, in its order
         if not output_names:
-            return known
+            return list(known)
         for name in output_names:
             if name not in known:
                 raise InvalidInput(
-                    f"model {self.name!r} has no output {name!r}; its outputs are {known}",
+                    f"model {self.name!r} has no output {name!r}; its outputs are {list(known)}",
                     param="outputs",
                 )
         return list(output_names)
