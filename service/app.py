@@ -122,6 +122,9 @@ def create_app(
     app.fast_next_word = RequestMiddleware(
         app.next_word, metrics, settings.max_body_bytes, settings.access_log
     )
+    app.fast_completions = RequestMiddleware(
+        app.completions, metrics, settings.max_body_bytes, settings.access_log
+    )
     _add_error_handlers(app)
     add_docs(app)
     for module in (

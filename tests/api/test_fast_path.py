@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from helpers.onnx_builders import write_classifier, write_language_model
 
+from service import fastpath
 from service.app import create_app
 from service.fastpath import INFER_PATH
 from service.settings import Settings
@@ -132,11 +135,12 @@ def lm_dir(tmp_path: Path) -> Path:
 
 
 def served_both_ways(root: Path, **settings: object) -> tuple[TestClient, TestClient]:
-    """The app as it runs, and the same app with its next-word fast path off (the framework's
-    route answers everything): what each answers must be the same."""
+    """The app as it runs, and the same app with its next-word and completions fast paths off
+    (the framework's routes answer everything): what each answers must be the same."""
     fast = create_app(Settings(models_dir=root, access_log=False, **settings))  # type: ignore[arg-type]
     plain = create_app(Settings(models_dir=root, access_log=False, **settings))  # type: ignore[arg-type]
     plain.fast_next_word = None  # type: ignore[attr-defined]
+    plain.fast_completions = None  # type: ignore[attr-defined]
     return TestClient(fast), TestClient(plain)
 
 
@@ -203,3 +207,115 @@ def test_next_word_keys_and_body_limit_as_the_framework_route(lm_dir: Path) -> N
             want = plain.post(NEXT_WORD, content=body, headers=headers)
             assert (got.status_code, got.json()) == (want.status_code, want.json())
             assert got.status_code in (200, 401, 413)
+
+
+# ---------------------------------------------------------------------------------------------
+# completions: answered by the route's function beside the framework when the key is good and
+# the body validates, by the framework's route otherwise
+
+COMPLETIONS = "/v1/completions"
+
+
+def choices(answer: dict[str, object]) -> dict[str, object]:
+    """An answer without what differs between any two (its id and creation time)."""
+    return {k: v for k, v in answer.items() if k not in ("id", "created")}
+
+
+def events(text: str) -> list[object]:
+    out: list[object] = []
+    for line in text.splitlines():
+        if line.startswith("data: "):
+            data = line[len("data: ") :]
+            out.append(data if data == "[DONE]" else choices(json.loads(data)))
+    return out
+
+
+def test_completions_answer_as_the_framework_route(
+    lm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast, plain = served_both_ways(lm_dir)
+    beside: list[str] = []  # the completions the fast path answered itself
+    route = fastpath.completions_route
+
+    async def counting(body: Any, *args: Any) -> Any:
+        beside.append(body.model)
+        return await route(body, *args)
+
+    monkeypatch.setattr(fastpath, "completions_route", counting)
+    asks = [
+        {"model": "lm-test", "prompt": "the cat", "max_tokens": 6, "seed": 1},
+        {"model": "lm-test", "prompt": ["a", "the dog"], "max_tokens": 4, "n": 2, "seed": 2,
+         "logprobs": 2, "echo": True},
+        {"model": "lm-test", "prompt": "the", "max_tokens": 5, "seed": 3, "stream": True,
+         "stream_options": {"include_usage": True}},
+    ]  # fmt: skip
+    with fast, plain:
+        for ask in asks:
+            got, want = fast.post(COMPLETIONS, json=ask), plain.post(COMPLETIONS, json=ask)
+            assert got.status_code == want.status_code == 200, got.text
+            assert got.headers["content-type"] == want.headers["content-type"]
+            if ask.get("stream"):
+                assert events(got.text) == events(want.text) and events(got.text)[-1] == "[DONE]"
+            else:
+                assert choices(got.json()) == choices(want.json())
+            assert len(got.headers["x-request-id"]) == 32
+        for ask in (
+            {"model": "nope", "prompt": "a"},
+            {"model": "linear-test", "prompt": "a"},
+            {"model": "lm-test", "prompt": "a", "suffix": "b"},
+            {"model": "lm-test", "prompt": "a", "max_tokens": 10**6},
+        ):
+            got, want = fast.post(COMPLETIONS, json=ask), plain.post(COMPLETIONS, json=ask)
+            assert (got.status_code, got.json()) == (want.status_code, want.json())
+            assert got.status_code in (400, 404) and "message" in got.json()["error"]
+        assert counted(fast, COMPLETIONS, 200) == counted(plain, COMPLETIONS, 200) == 3
+    # the plain app's went through the framework: only the fast app's, each once
+    assert beside == ["lm-test"] * 3 + ["nope", "linear-test", "lm-test", "lm-test"]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", b'{"model": "lm-test", "prompt": "a"'),  # cut short
+        ("application/json", b""),
+        ("application/json", b"[1]"),
+        ("application/json", b'{"prompt": "a"}'),  # no model
+        ("application/json", b'{"model": "lm-test", "prompt": 3}'),
+        ("application/json", b'{"model": "lm-test", "prompt": "a", "temperature": -1}'),
+        ("application/json", b'{"model": "lm-test", "prompt": "a", "logprobs": NaN}'),
+        ("text/plain", b'{"model": "lm-test", "prompt": "a"}'),
+    ],
+)
+def test_bad_completions_get_the_framework_route_errors(
+    lm_dir: Path, content_type: str, body: bytes
+) -> None:
+    fast, plain = served_both_ways(lm_dir)
+    with fast, plain:
+        got = fast.post(COMPLETIONS, content=body, headers={"content-type": content_type})
+        want = plain.post(COMPLETIONS, content=body, headers={"content-type": content_type})
+        assert got.status_code == want.status_code and got.status_code in (400, 415, 422)
+        assert got.json() == want.json() and "message" in got.json()["error"]
+        for client in (fast, plain):
+            assert counted(client, COMPLETIONS, got.status_code) == 1
+
+
+def test_completions_keys_and_body_limit_as_the_framework_route(lm_dir: Path) -> None:
+    fast, plain = served_both_ways(lm_dir, api_key="k" * 20, max_body_bytes=1024)
+    good = b'{"model": "lm-test", "prompt": "the", "max_tokens": 3, "seed": 5}'
+    key = {"authorization": "Bearer " + "k" * 20}
+    with fast, plain:
+        for headers, body in (
+            ({}, good),
+            ({"authorization": "Bearer wrong"}, good),
+            (key, b'{"model": "lm-test", "prompt": "' + b"a " * 1000 + b'"}'),
+            (key, good),
+        ):
+            headers = {**headers, "content-type": "application/json"}
+            got = fast.post(COMPLETIONS, content=body, headers=headers)
+            want = plain.post(COMPLETIONS, content=body, headers=headers)
+            assert got.status_code == want.status_code in (200, 401, 413)
+            answer, expected = got.json(), want.json()
+            assert (choices(answer), got.headers.get("www-authenticate")) == (
+                choices(expected),
+                want.headers.get("www-authenticate"),
+            )
