@@ -39,10 +39,13 @@ class _Clock:
 _clock = _Clock()
 
 
-def json_line(entry: dict[str, Any]) -> str:
-    """One log line's JSON (without its newline): the trace ids added while a span is current."""
+def json_line(entry: dict[str, Any], exception: str | None = None) -> str:
+    """One log line's JSON (without its newline): the trace ids added while a span is current,
+    then the exception's traceback when there is one."""
     if (ids := log_ids()) is not None:
         entry.update(ids)
+    if exception is not None:
+        entry["exception"] = exception
     return orjson.dumps(entry, default=str).decode()
 
 
@@ -55,12 +58,8 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update({k: v for k, v in record.__dict__.items() if k not in STANDARD})
-        if record.exc_info:
-            if (ids := log_ids()) is not None:
-                entry.update(ids)
-            entry["exception"] = self.formatException(record.exc_info)
-            return orjson.dumps(entry, default=str).decode()
-        return json_line(entry)
+        exception = self.formatException(record.exc_info) if record.exc_info else None
+        return json_line(entry, exception)
 
 
 class JsonHandler(logging.StreamHandler[TextIO]):
@@ -82,9 +81,13 @@ class AccessLog:
         if handler is None:
             self.logger.info("request", extra=fields)
             return
-        entry = {"time": _clock.stamp(time.time()), "level": "info", "logger": self.logger.name}
-        entry["message"] = "request"
-        entry.update(fields)
+        entry = {
+            "time": _clock.stamp(time.time()),
+            "level": "info",
+            "logger": self.logger.name,
+            "message": "request",
+            **fields,
+        }
         line = json_line(entry) + handler.terminator
         handler.acquire()
         try:

@@ -237,10 +237,15 @@ class TensorModel:
         failure is only a warning (zeros are no test of a valid model: some refuse them), except
         when this version would replace one that serves: a reload never swaps a model that
         answers for one that may not."""
-        item = self._zero_item()
-        if item is None:
-            return
-        feeds = {**item, **self._state_feeds()}
+        feeds = {}
+        for spec in self.config.inputs:
+            if spec.optional:
+                continue
+            if any(d < 0 for d in spec.dims) or spec.datatype == "BYTES":
+                return
+            shape = ([1] if self.config.batches else []) + list(spec.dims)
+            feeds[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
+        feeds = {**feeds, **self._state_feeds()}
         try:
             for graph in self._served_graphs():
                 graph.run(self.graph_feeds(feeds))
@@ -249,19 +254,6 @@ class TensorModel:
             if self.replaces_serving:
                 raise ModelLoadError(f"{message} (the serving version keeps serving)") from None
             log.warning("%s", message)
-
-    def _zero_item(self) -> dict[str, np.ndarray] | None:
-        """Zeros for every required input, one item (batch axis 1 where the model batches);
-        None when a shape is not fixed or an input is BYTES."""
-        feeds = {}
-        for spec in self.config.inputs:
-            if spec.optional:
-                continue
-            if any(d < 0 for d in spec.dims) or spec.datatype == "BYTES":
-                return None
-            shape = ([1] if self.config.batches else []) + list(spec.dims)
-            feeds[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
-        return feeds
 
     def _served_graphs(self) -> list[Graph]:
         """model.onnx, and its pruned form where protocol requests run that."""

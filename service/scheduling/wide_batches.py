@@ -78,8 +78,8 @@ class WideBatches:
         self.name = name  # for the log
         self._make_wide = make_wide
         self._clock = clock
-        self._making = threading.Lock()  # held while the wide session is being made
-        self._started = False
+        self._lock = threading.Lock()  # guards `_started`
+        self._started = False  # the wide session was asked for (made, failed or in the making)
         self._classes: dict[int, _SizeClass] = {}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -107,9 +107,10 @@ class WideBatches:
         return chosen
 
     def _start_making(self) -> None:
-        if self._started or not self._making.acquire(blocking=False):
-            return
-        self._started = True
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
         threading.Thread(target=self._make, name=f"wide-{self.name}", daemon=True).start()
 
     def _make(self) -> None:
@@ -118,5 +119,3 @@ class WideBatches:
             log.info("%s: a second session for batches of %d or more", self.name, MIN_SIZE)
         except Exception as exc:  # memory, most likely: the graph's own session serves on
             log.warning("%s: no second session for big batches: %s", self.name, exc)
-        finally:
-            self._making.release()
