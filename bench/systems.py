@@ -320,7 +320,7 @@ def seedserve(name: str, env: dict[str, str], workers: int = 1, description: str
     return System(
         name,
         lambda ctx: start_seedserve(ctx, name, env, workers),
-        our_workloads if name == "seedserve" else json_only,
+        our_workloads if name in ("seedserve", "seedserve-nopipeline") else json_only,
         description=description,
     )
 
@@ -337,6 +337,12 @@ SYSTEMS: dict[str, System] = {
             "seedserve-noinline",
             {"SEEDSERVE_INLINE_MAX_MS": "0"},
             description="ours, a lone request always hops to an inference thread (round one)",
+        ),
+        seedserve(
+            "seedserve-nopipeline",
+            {"SEEDSERVE_PIPELINE_BATCHES": "false"},
+            description="ours, a graph's batches side by side, each taken at the end of the "
+            "event loop's turn (before the fifth day of round two)",
         ),
         seedserve(
             "seedserve-granian",

@@ -277,3 +277,142 @@ def test_a_slow_model_never_runs_on_the_event_loop(graph: Graph) -> None:
 
     loop_thread = asyncio.run(main())
     assert loop_thread not in recording.threads
+
+
+class OverlapGraph(SlowGraph):
+    """Records each call's thread and the most calls that ran at once; a call of a batch
+    `held_from` items or bigger waits for `hold`."""
+
+    def __init__(self, graph: Graph, hold: threading.Event, held_from: int = 1) -> None:
+        super().__init__(graph)
+        self.gate = hold
+        self.held_from = held_from
+        self.threads: list[int] = []
+        self.running = 0
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def run(self, feeds, output_names=None):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            if feeds["image"].shape[0] >= self.held_from:
+                self.gate.wait(5)
+            self.threads.append(threading.get_ident())
+            return super().run(feeds, output_names)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def pipelined(graph, policy: BatchPolicy, executor_threads: int = 2) -> tuple[Batcher, Metrics]:
+    metrics = Metrics()
+    batcher = Batcher(graph, policy, ThreadPoolExecutor(executor_threads), metrics, ("m", "1"))
+    return batcher, metrics
+
+
+def test_pipelined_batches_start_at_half_the_requests_in_flight(graph: Graph) -> None:
+    """Eight requests read in one turn of the loop, eight in flight: the batch starts from the
+    fourth request's submit and the next from the eighth's, where the classic batcher takes all
+    eight at the end of the turn, and a configured queue delay is kept (the batch waits for
+    company as configured). Every request gets its own answer each way."""
+    inputs = [images(1, seed=i) for i in range(8)]
+    for pipeline, delay_s, expected in ((True, 0.0, [4, 4]), (False, 0.0, [8]), (True, 0.02, [8])):
+        slow = SlowGraph(graph)
+        policy = BatchPolicy(max_batch_size=64, max_queue_delay_s=delay_s, pipeline=pipeline)
+        batcher, metrics = pipelined(slow, policy)
+        metrics.requests_in_flight = 8
+
+        async def main(batcher: Batcher = batcher) -> list[list[np.ndarray]]:
+            return await asyncio.gather(*(batcher.submit({"image": x}) for x in inputs))
+
+        results = asyncio.run(main())
+        assert slow.batch_sizes == expected
+        for x, (logits, probabilities) in zip(inputs, results, strict=True):
+            want = graph.run({"image": x})
+            np.testing.assert_allclose(logits, want[0], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(probabilities, want[1], rtol=1e-5, atol=1e-6)
+
+
+def test_pipelined_big_batches_run_in_line_on_one_thread(graph: Graph) -> None:
+    """Batches of 4 or more wait in line behind the running one, even with two runs allowed,
+    and the thread that ran one runs the next."""
+    hold = threading.Event()
+    recording = OverlapGraph(graph, hold)
+    batcher, metrics = pipelined(
+        recording, BatchPolicy(max_batch_size=4, concurrency=2, pipeline=True), executor_threads=4
+    )
+    metrics.requests_in_flight = 12
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(batcher.submit({"image": images(1, i)})) for i in range(12)]
+        await asyncio.sleep(0.05)
+        assert recording.running == 1  # one batch held, two waiting in line
+        hold.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    assert recording.batch_sizes == [4, 4, 4]
+    assert recording.most == 1
+    assert len(set(recording.threads)) == 1
+
+
+def test_pipelined_small_batches_run_beside_the_line(graph: Graph) -> None:
+    """A batch under 4 items that finds the line busy runs beside it (up to `concurrency`)."""
+    hold = threading.Event()
+    recording = OverlapGraph(graph, hold, held_from=4)
+    batcher, _ = pipelined(recording, BatchPolicy(max_batch_size=64, concurrency=2, pipeline=True))
+
+    async def main() -> None:
+        big = asyncio.create_task(batcher.submit({"image": images(4, 0)}))
+        await asyncio.sleep(0.02)  # the big batch is running, held
+        small = await asyncio.wait_for(batcher.submit({"image": images(1, 1)}), 2)
+        np.testing.assert_allclose(small[0], graph.run({"image": images(1, 1)})[0], rtol=1e-5)
+        assert not big.done()
+        hold.set()
+        await big
+
+    asyncio.run(main())
+    assert recording.batch_sizes == [1, 4]
+    assert recording.most == 2
+
+
+def test_pipelined_failure_reaches_its_batch_only_and_the_line_goes_on(graph: Graph) -> None:
+    class FailsOnce(SlowGraph):
+        def run(self, feeds, output_names=None):
+            if not self.batch_sizes:
+                self.batch_sizes.append(0)
+                raise RuntimeError("onnxruntime says no")
+            return super().run(feeds, output_names)
+
+    failing = FailsOnce(graph)
+    batcher, metrics = pipelined(failing, BatchPolicy(max_batch_size=4, pipeline=True))
+    metrics.requests_in_flight = 8
+
+    async def main() -> list[list[np.ndarray] | BaseException]:
+        return await asyncio.gather(
+            *(batcher.submit({"image": images(1, i)}) for i in range(8)), return_exceptions=True
+        )
+
+    results = asyncio.run(main())
+    assert [isinstance(r, RuntimeError) for r in results] == [True] * 4 + [False] * 4
+    assert failing.batch_sizes == [0, 4]
+
+
+def test_pipelined_batches_run_after_the_executor_is_shut_down(graph: Graph) -> None:
+    """While a server stops, a batch still queued runs on the thread that starts it."""
+    slow = SlowGraph(graph)
+    executor = ThreadPoolExecutor(1)
+    batcher = Batcher(
+        slow, BatchPolicy(max_batch_size=8, pipeline=True), executor, Metrics(), ("m", "1")
+    )  # type: ignore[arg-type]
+    executor.shutdown()
+
+    async def main() -> list[np.ndarray]:
+        answer = await asyncio.wait_for(batcher.submit({"image": images(2, 0)}), 2)
+        await batcher.close()
+        return answer
+
+    answer = asyncio.run(main())
+    np.testing.assert_allclose(answer[0], graph.run({"image": images(2, 0)})[0], rtol=1e-5)

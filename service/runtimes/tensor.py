@@ -530,6 +530,7 @@ def batch_policy(config: ModelConfig, settings: Settings) -> BatchPolicy | None:
         max_queue_size=settings.max_queue_size,
         concurrency=config.instance_count or settings.inference_threads,
         inline_max_s=settings.inline_max_ms / 1e3,
+        pipeline=settings.pipeline_batches,
     )
 
 

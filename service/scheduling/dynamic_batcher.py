@@ -9,6 +9,17 @@ The queue is bounded: when it is full a request is refused at once (503 + Retry-
 waiting behind work the server cannot finish in time, and a request whose deadline passes while
 queued is dropped before inference.
 
+Pipelined (`BatchPolicy.pipeline`, the service's default): the batches of a graph run one after
+another, stacked and waiting in line behind the running one, and the thread that ran one runs
+the next (no turn of the event loop, no other thread's wake-up in between); a small batch (under
+`SMALL_BATCH` items, one core's work) that finds the line busy runs beside it instead, up to
+`concurrency` batches at once. And a batch starts as soon as half
+the requests the process is serving are queued, from the request that makes it half, without
+waiting for the event loop to finish its turn. Under a closed loop of clients the requests then
+travel in two or more groups instead of one: the event loop reads and answers one group while
+another's batch runs, where in lock-step the loop read everyone's request, then idled through
+the batch, then answered everyone (measured: docs/benchmarks.md, "Round two, fifth day").
+
 Traced requests get a `queue` span each (arrival to batch start) and share one `batch` span
 (child of the oldest one's span, linked to every member's) with the onnxruntime call under it.
 """
@@ -16,13 +27,15 @@ Traced requests get a `queue` span each (arrival to batch start) and share one `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from opentelemetry.trace import Span
@@ -37,6 +50,17 @@ Signature = tuple[tuple[str, tuple[int, ...], str], ...]
 # average over about the last 30): above this the batcher is under load and runs nothing inline,
 # since a request on the loop would keep it from reading the next ones while a core idles
 CROWDED = 0.1
+# pipelined: a batch under this many items uses one core (WideBatches runs bigger ones on all of
+# them), so it may run beside another batch of the graph; a bigger one waits its turn
+SMALL_BATCH = 4
+# pipelined: a batch starts from submit() once this many requests, or half of those in flight
+# in the process if more, are queued
+EARLY_START_MIN = 4
+# pipelined: batches taken and not yet answered, beyond those running
+STACKED = 2
+# pipelined: a thread runs at most this many batches of the line in a row before it puts the
+# rest back on the executor's queue, behind other graphs' work
+LINE_TURN = 8
 
 
 class Runs(Protocol):
@@ -55,6 +79,8 @@ class BatchPolicy:
     # a request that finds nothing queued or running runs on the event loop itself when calls
     # of this graph typically take at most this long (0 = never): no task, no thread hop
     inline_max_s: float = 0.0
+    # batches in line, each handing its thread to the next, and started early (module docstring)
+    pipeline: bool = False
 
 
 @dataclass
@@ -88,7 +114,12 @@ class Batcher:
         self.stats = stats if stats is not None else ModelStats()  # its model's (extension)
         self._queue: deque[Pending] = deque()
         self._arrived = asyncio.Event()
-        self._slots = asyncio.Semaphore(policy.concurrency)
+        self._slots = Slots(policy.concurrency + (STACKED if policy.pipeline else 0))
+        # pipelined: batches stacked and waiting to run, and how many threads run them
+        self._line: deque[Staged] = deque()
+        self._line_lock = threading.Lock()
+        self._line_running = False  # a thread is running the line
+        self._beside = 0  # small batches running beside the line
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._running: set[asyncio.Task[None]] = set()
@@ -137,11 +168,24 @@ class Batcher:
             # company came, or the dispatcher took this request with it: batch as usual
             self._crowded += (1.0 - self._crowded) / 8
         self._depth.set(len(self._queue))
+        if self.policy.pipeline and self._half_queued() and self._slots.take_now():
+            self._start_now()
         self._arrived.set()
         if self._task is None or self._task.done():
             # in a context of its own: the dispatcher outlives this request (and its span)
             self._task = loop.create_task(self._dispatch_forever(), context=contextvars.Context())
         return await pending.future
+
+    def _half_queued(self) -> bool:
+        """Pipelined: whether enough requests are queued to start a batch without waiting for
+        the loop's turn to end (EARLY_START_MIN, or half of those in flight)."""
+        queued = len(self._queue)
+        return (
+            queued >= EARLY_START_MIN
+            and queued >= self.metrics.requests_in_flight // 2
+            and self.policy.max_queue_delay_s <= 0  # a configured wait for company is kept
+            and not tracing.on()
+        )
 
     def idle(self) -> bool:
         """Whether a request submitted now would be alone: nothing queued or running for the
@@ -211,14 +255,14 @@ class Batcher:
             while self._queue:
                 # Take a slot first: while every slot is busy, requests keep queueing and the
                 # next batch grows, and the queue counts only what has not started.
-                await self._slots.acquire()
+                await self._slots.take()
                 await self._wait_for_company()
-                batch = self._take()
-                self._depth.set(len(self._queue))
-                if not batch:
-                    self._slots.release()
+                if self.policy.pipeline and not tracing.on():
+                    self._start_now()
                     continue
-                self._busy += 1
+                batch = self._take_busy()
+                if not batch:
+                    continue
                 task = asyncio.get_running_loop().create_task(self._execute(batch))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
@@ -247,6 +291,16 @@ class Batcher:
 
     def _queued_items(self) -> int:
         return sum(p.size for p in self._queue)
+
+    def _take_busy(self) -> list[Pending]:
+        """A batch to run, its slot taken already (given back when there is none)."""
+        batch = self._take()
+        self._depth.set(len(self._queue))
+        if batch:
+            self._busy += 1
+        else:
+            self._slots.give()
+        return batch
 
     def _take(self) -> list[Pending]:
         """Requests for one batch: same signature as the oldest, at most max_batch_size items,
@@ -296,38 +350,141 @@ class Batcher:
         return taken, total
 
     async def _execute(self, batch: list[Pending]) -> None:
+        started = time.perf_counter()
+        feeds = self._stacked(batch)
+        if feeds is None:
+            return
+        total = sum(item.size for item in batch)
+        stacked = time.perf_counter()
+        outcome: Awaitable[tuple[list[np.ndarray], float]]
+        if tracing.on():
+            outcome = self._run_traced(batch, feeds, total)
+        else:
+            outcome = asyncio.get_running_loop().run_in_executor(self.executor, self._run, feeds)
+        await self._answer(batch, outcome, total, started, stacked)
+
+    def _stacked(self, batch: list[Pending]) -> dict[str, np.ndarray] | None:
+        """The batch's inputs, its requests' stacked along the batch axis; None when that
+        failed (memory), which every request of the batch gets, its slot freed."""
         try:
-            started = time.perf_counter()
-            names = [k for k, _, _ in batch[0].signature]
             if len(batch) == 1:
-                feeds = dict(batch[0].feeds)
+                return dict(batch[0].feeds)
+            names = [k for k, _, _ in batch[0].signature]
+            return {k: np.concatenate([item.feeds[k] for item in batch]) for k in names}
+        except Exception as exc:
+            _fail(batch, exc)
+            self._busy -= 1
+            self._slots.give()
+            return None
+
+    def _start_now(self) -> None:
+        """Pipelined: take a batch (its slot is taken) and put it in line to run, now."""
+        batch = self._take_busy()
+        if not batch:
+            return
+        started = time.perf_counter()
+        feeds = self._stacked(batch)
+        if feeds is None:
+            return
+        stacked = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[tuple[list[np.ndarray], float]] = loop.create_future()
+        size = sum(item.size for item in batch)
+        staged = Staged(feeds, done, loop)
+        with self._line_lock:
+            beside = (
+                self._line_running
+                and size < SMALL_BATCH
+                and self._beside + 1 < self.policy.concurrency
+            )
+            if beside:
+                self._beside += 1
             else:
-                feeds = {k: np.concatenate([item.feeds[k] for item in batch]) for k in names}
-            total = sum(item.size for item in batch)
-            stacked = time.perf_counter()
+                self._line.append(staged)
+                start_line = not self._line_running
+                self._line_running = True
+        if beside:
+            self._submit(self._run_beside, staged)
+        elif start_line:
+            self._submit(self._run_line)
+        task = loop.create_task(self._answer(batch, done, size, started, stacked))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    def _submit(self, run: Callable[..., None], *args: Any) -> None:
+        try:
+            self.executor.submit(run, *args)
+        except RuntimeError:  # the executor is shut down (the server is stopping): run here
+            run(*args)
+
+    def _run_line(self) -> None:
+        """On an inference thread: run the batches in line, handing each one's outcome to the
+        loop, until the line is empty, or for LINE_TURN batches and then put the rest back on
+        the executor's queue."""
+        for _ in range(LINE_TURN):
+            with self._line_lock:
+                if not self._line:
+                    self._line_running = False
+                    return
+                staged = self._line.popleft()
+            self._run_staged(staged)
+        self._submit(self._run_line)
+
+    def _run_beside(self, staged: Staged) -> None:
+        try:
+            self._run_staged(staged)
+        finally:
+            with self._line_lock:
+                self._beside -= 1
+
+    def _run_staged(self, staged: Staged) -> None:
+        outcome: tuple[list[np.ndarray], float] | BaseException
+        try:
+            outcome = self._run(staged.feeds)
+        except Exception as exc:
+            outcome = exc
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for it
+            staged.loop.call_soon_threadsafe(_settle, staged.done, outcome)
+
+    async def _answer(
+        self,
+        batch: list[Pending],
+        outcome: Awaitable[tuple[list[np.ndarray], float]],
+        total: int,
+        started: float,
+        stacked: float,
+    ) -> None:
+        """Each request's slice of its batch's outputs (or the batch's failure), once they come;
+        then the batch's slot is free."""
+        try:
             try:
-                if tracing.on():
-                    outputs, infer_s = await self._run_traced(batch, feeds, total)
-                else:
-                    outputs, infer_s = await asyncio.get_running_loop().run_in_executor(
-                        self.executor, self._run, feeds
-                    )
+                outputs, infer_s = await outcome
             except Exception as exc:
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+                _fail(batch, exc)
                 return
-            returned = time.perf_counter()
-            offset = 0
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_result([out[offset : offset + item.size] for out in outputs])
-                offset += item.size
-            waits = [started - item.enqueued for item in batch]
-            self._record(waits, total, len(batch), started, stacked, returned, infer_s)
+            self._deliver(batch, outputs, total, started, stacked, infer_s)
         finally:
             self._busy -= 1
-            self._slots.release()
+            self._slots.give()
+
+    def _deliver(
+        self,
+        batch: list[Pending],
+        outputs: list[np.ndarray],
+        total: int,
+        started: float,
+        stacked: float,
+        infer_s: float,
+    ) -> None:
+        """Each request's slice of the outputs, then the batch's metrics."""
+        returned = time.perf_counter()
+        offset = 0
+        for item in batch:
+            if not item.future.done():
+                item.future.set_result([out[offset : offset + item.size] for out in outputs])
+            offset += item.size
+        waits = [started - item.enqueued for item in batch]
+        self._record(waits, total, len(batch), started, stacked, returned, infer_s)
 
     async def _run_traced(
         self, batch: list[Pending], feeds: Mapping[str, np.ndarray], total: int
@@ -361,3 +518,54 @@ class Batcher:
         typical = self._typical_s
         self._typical_s = took if typical == float("inf") else typical + (took - typical) / 8
         return outputs, took
+
+
+@dataclass
+class Staged:
+    """A pipelined batch in line: its stacked inputs and where its outcome goes."""
+
+    feeds: Mapping[str, np.ndarray]
+    done: asyncio.Future[tuple[list[np.ndarray], float]]
+    loop: asyncio.AbstractEventLoop
+
+
+class Slots:
+    """Batches that may be taken and not yet answered: a semaphore that can also be taken
+    without waiting (from submit(), in the middle of the loop's turn)."""
+
+    def __init__(self, count: int) -> None:
+        self.free = count
+        self._given = asyncio.Event()
+
+    def take_now(self) -> bool:
+        if self.free == 0:
+            return False
+        self.free -= 1
+        return True
+
+    async def take(self) -> None:
+        while not self.take_now():
+            self._given.clear()
+            await self._given.wait()
+
+    def give(self) -> None:
+        self.free += 1
+        self._given.set()
+
+
+def _fail(batch: list[Pending], exc: BaseException) -> None:
+    for item in batch:
+        if not item.future.done():
+            item.future.set_exception(exc)
+
+
+def _settle(
+    done: asyncio.Future[tuple[list[np.ndarray], float]],
+    outcome: tuple[list[np.ndarray], float] | BaseException,
+) -> None:
+    if done.done():
+        return
+    if isinstance(outcome, BaseException):
+        done.set_exception(outcome)
+    else:
+        done.set_result(outcome)
