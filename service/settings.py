@@ -108,11 +108,11 @@ class Settings(BaseSettings):
     pipeline_batches: bool = True
     """A batched graph's batches run in line, each handing its inference thread straight to the
     next (a batch of fewer than 4 items may run beside the others, up to the model's instance
-    count), and a batch starts as soon as half the requests in flight are queued (when the
-    model's config sets no queue delay) instead of at the end of the event loop's turn: under
-    load the loop reads and answers some requests while others' batch runs. Off: the batches of
-    a graph run side by side, up to its instance count, each taken at the end of the loop's turn
-    (docs/benchmarks.md, "Round two, fifth day")."""
+    count), and a batch starts as soon as half the requests in flight (8 at least) are queued
+    (when the model's config sets no queue delay) instead of at the end of the event loop's
+    turn: under load the loop reads and answers some requests while others' batch runs. Off:
+    the batches of a graph run side by side, up to its instance count, each taken at the end of
+    the loop's turn (docs/benchmarks.md, "Round two, fifth day")."""
     request_timeout_s: float = Field(0.0, ge=0)
     """A request still queued after this many seconds is dropped before inference (0 = never)."""
 

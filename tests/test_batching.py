@@ -313,16 +313,20 @@ def pipelined(graph, policy: BatchPolicy, executor_threads: int = 2) -> tuple[Ba
 
 
 def test_pipelined_batches_start_at_half_the_requests_in_flight(graph: Graph) -> None:
-    """Eight requests read in one turn of the loop, eight in flight: the batch starts from the
-    fourth request's submit and the next from the eighth's, where the classic batcher takes all
-    eight at the end of the turn, and a configured queue delay is kept (the batch waits for
+    """Sixteen requests read in one turn of the loop, sixteen in flight: the batch starts from
+    the eighth request's submit and the next from the sixteenth's, where the classic batcher
+    takes all sixteen at the end of the turn, and a configured queue delay is kept (the batch waits for
     company as configured). Every request gets its own answer each way."""
-    inputs = [images(1, seed=i) for i in range(8)]
-    for pipeline, delay_s, expected in ((True, 0.0, [4, 4]), (False, 0.0, [8]), (True, 0.02, [8])):
+    inputs = [images(1, seed=i) for i in range(16)]
+    for pipeline, delay_s, expected in (
+        (True, 0.0, [8, 8]),
+        (False, 0.0, [16]),
+        (True, 0.02, [16]),
+    ):
         slow = SlowGraph(graph)
         policy = BatchPolicy(max_batch_size=64, max_queue_delay_s=delay_s, pipeline=pipeline)
         batcher, metrics = pipelined(slow, policy)
-        metrics.requests_in_flight = 8
+        metrics.requests_in_flight = 16
 
         async def main(batcher: Batcher = batcher) -> list[list[np.ndarray]]:
             return await asyncio.gather(*(batcher.submit({"image": x}) for x in inputs))
