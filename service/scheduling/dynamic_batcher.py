@@ -13,8 +13,8 @@ Pipelined (`BatchPolicy.pipeline`, the service's default): the batches of a grap
 another, stacked and waiting in line behind the running one, and the thread that ran one runs
 the next (no turn of the event loop, no other thread's wake-up in between); a small batch (under
 `SMALL_BATCH` items, one core's work) that finds the line busy runs beside it instead, up to
-`concurrency` batches at once. And a batch starts as soon as half
-the requests the process is serving are queued, from the request that makes it half, without
+`concurrency` batches at once. And a batch starts as soon as half the requests the process is
+serving (`EARLY_START_MIN` at least) are queued, from the request that makes it half, without
 waiting for the event loop to finish its turn. Under a closed loop of clients the requests then
 travel in two or more groups instead of one: the event loop reads and answers one group while
 another's batch runs, where in lock-step the loop read everyone's request, then idled through
