@@ -420,3 +420,25 @@ def test_pipelined_batches_run_after_the_executor_is_shut_down(graph: Graph) -> 
 
     answer = asyncio.run(main())
     np.testing.assert_allclose(answer[0], graph.run({"image": images(2, 0)})[0], rtol=1e-5)
+
+
+def test_pipelined_requests_that_trickle_in_wait_for_a_free_runner(graph: Graph) -> None:
+    """Where nothing starts early (requests arrive one by one, as gRPC's server hands them
+    over), the batches taken at the end of the loop's turn leave the stacked slots alone: what
+    queues while the graph's batch runs goes together, as with pipelining off."""
+    hold = threading.Event()
+    slow = SlowGraph(graph, hold)
+    batcher, _ = pipelined(slow, BatchPolicy(max_batch_size=64, concurrency=1, pipeline=True))
+
+    async def main() -> None:
+        first = asyncio.create_task(batcher.submit({"image": images(1, 0)}))
+        await asyncio.sleep(0.02)  # running, held
+        rest = [asyncio.create_task(batcher.submit({"image": images(1, i)})) for i in range(1, 5)]
+        await asyncio.sleep(0.02)
+        rest += [asyncio.create_task(batcher.submit({"image": images(1, i)})) for i in range(5, 9)]
+        await asyncio.sleep(0.02)
+        hold.set()
+        await asyncio.gather(first, *rest)
+
+    asyncio.run(main())
+    assert slow.batch_sizes == [1, 8]
