@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator
 
 import pytest
 
 from service.logs import AccessLog, JsonHandler, configure_logging
+from service.middleware import request_id_from
 
 FIELDS = {"request_id": "r1", "method": "POST", "path": "/v2/models/m/infer", "status": 200}
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -126,3 +128,21 @@ def test_the_time_is_the_records_time(root_stream: io.StringIO) -> None:
     record = logging.makeLogRecord({"created": 1_800_000_000.25, "msecs": 250.0, "msg": "m"})
     handler = logging.getLogger().handlers[0]
     assert json.loads(handler.format(record))["time"] == "2027-01-15T08:00:00.250Z"
+
+
+def test_fresh_request_ids_are_128_random_bits_and_a_forked_worker_draws_its_own() -> None:
+    ids = {request_id_from(None) for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    assert request_id_from("client-given-7") == "client-given-7"
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # a worker forked after the parent drew ids: its generator is reseeded
+        os.write(writer, request_id_from(None).encode())
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(child, 0)
+    in_child = os.read(reader, 64).decode()
+    os.close(reader)
+    assert re.fullmatch(r"[0-9a-f]{32}", in_child)
+    assert in_child != request_id_from(None)
