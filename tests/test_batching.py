@@ -315,8 +315,8 @@ def pipelined(graph, policy: BatchPolicy, executor_threads: int = 2) -> tuple[Ba
 def test_pipelined_batches_start_at_half_the_requests_in_flight(graph: Graph) -> None:
     """Sixteen requests read in one turn of the loop, sixteen in flight: the batch starts from
     the eighth request's submit and the next from the sixteenth's, where the classic batcher
-    takes all sixteen at the end of the turn, and a configured queue delay is kept (the batch waits for
-    company as configured). Every request gets its own answer each way."""
+    takes all sixteen at the end of the turn, and a configured queue delay is kept (the batch
+    waits for company as configured). Every request gets its own answer each way."""
     inputs = [images(1, seed=i) for i in range(16)]
     for pipeline, delay_s, expected in (
         (True, 0.0, [8, 8]),
@@ -406,12 +406,8 @@ def test_pipelined_failure_reaches_its_batch_only_and_the_line_goes_on(graph: Gr
 
 def test_pipelined_batches_run_after_the_executor_is_shut_down(graph: Graph) -> None:
     """While a server stops, a batch still queued runs on the thread that starts it."""
-    slow = SlowGraph(graph)
-    executor = ThreadPoolExecutor(1)
-    batcher = Batcher(
-        slow, BatchPolicy(max_batch_size=8, pipeline=True), executor, Metrics(), ("m", "1")
-    )  # type: ignore[arg-type]
-    executor.shutdown()
+    batcher, _ = pipelined(SlowGraph(graph), BatchPolicy(max_batch_size=8, pipeline=True))
+    batcher.executor.shutdown()
 
     async def main() -> list[np.ndarray]:
         answer = await asyncio.wait_for(batcher.submit({"image": images(2, 0)}), 2)

@@ -402,7 +402,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[tuple[list[np.ndarray], float]] = loop.create_future()
         size = sum(item.size for item in batch)
-        staged = Staged(feeds, done, loop)
+        staged = Staged(feeds, done)
         with self._line_lock:
             beside = (
                 self._line_running
@@ -456,7 +456,7 @@ class Batcher:
         except Exception as exc:
             outcome = exc
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for it
-            staged.loop.call_soon_threadsafe(_settle, staged.done, outcome)
+            staged.done.get_loop().call_soon_threadsafe(_settle, staged.done, outcome)
 
     async def _answer(
         self,
@@ -534,11 +534,11 @@ class Batcher:
 
 @dataclass
 class Staged:
-    """A pipelined batch in line: its stacked inputs and where its outcome goes."""
+    """A pipelined batch in line: its stacked inputs and where its outcome goes (a future of
+    the event loop that waits for it)."""
 
     feeds: Mapping[str, np.ndarray]
     done: asyncio.Future[tuple[list[np.ndarray], float]]
-    loop: asyncio.AbstractEventLoop
 
 
 class Slots:
