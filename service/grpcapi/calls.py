@@ -19,8 +19,9 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractContextManager, asynccontextmanager
+from contextlib import AbstractContextManager
 from enum import Enum
+from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
@@ -97,6 +98,9 @@ class Calls:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
+        # the metric children each method and status code updates, looked up once
+        self._counted: dict[tuple[str, grpc.StatusCode], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     def authorize(self, access: Access, metadata: dict[str, str]) -> None:
         if access is Access.INFERENCE:
@@ -112,7 +116,7 @@ class Calls:
         work: Callable[[], Awaitable[T]],
     ) -> T:
         """One unary call: `work`'s answer, or the call aborted with the error's status."""
-        async with self._call(method, context, access):
+        async with Call(self, method, context, access):
             return await work()
 
     async def stream(
@@ -123,39 +127,11 @@ class Calls:
         responses: Callable[[str], AsyncIterator[T]],
     ) -> AsyncIterator[T]:
         """One streaming call: what `responses(request_id)` yields, then the call's status."""
-        async with self._call(method, context, access) as request_id:
+        async with Call(self, method, context, access) as request_id:
             async for response in responses(request_id):
                 yield response
 
-    @asynccontextmanager
-    async def _call(
-        self, method: str, context: grpc.aio.ServicerContext, access: Access
-    ) -> AsyncIterator[str]:
-        """Around one call's work (given its request id): the key check, then the status code
-        (an error aborts the call with its status), the metrics, the access log and the span."""
-        metadata = _metadata(context)
-        request_id = request_id_from(metadata.get("x-request-id"))
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
-        self.metrics.grpc_in_flight.inc()
-        self.metrics.requests_in_flight += 1
-        with _request_span(method, metadata, request_id) as span:
-            try:
-                self.authorize(access, metadata)
-                yield request_id
-                context.set_trailing_metadata((("x-request-id", request_id),))
-            except Exception as exc:
-                code, message, trailing = self._failure(exc, method)
-                await context.abort(
-                    code, message, trailing_metadata=(("x-request-id", request_id), *trailing)
-                )
-            except (asyncio.CancelledError, GeneratorExit):
-                code = grpc.StatusCode.CANCELLED
-                raise
-            finally:
-                self._finished(method, code, request_id, start, span)
-
-    def _failure(
+    def failure(
         self, exc: Exception, method: str
     ) -> tuple[grpc.StatusCode, str, tuple[tuple[str, Any], ...]]:
         if isinstance(exc, ServiceError):
@@ -166,7 +142,7 @@ class Calls:
         errors_log.exception("grpc call failed", extra={"grpc_method": method})
         return grpc.StatusCode.INTERNAL, "internal server error", ()
 
-    def _finished(
+    def finished(
         self,
         method: str,
         code: grpc.StatusCode,
@@ -178,10 +154,17 @@ class Calls:
         if span is not None:
             failed = code in SERVER_FAULTS
             tracing.finish_call(span, {"rpc.grpc.status_code": code.value[0]}, failed=failed)
-        self.metrics.grpc_in_flight.dec()
-        self.metrics.requests_in_flight -= 1
-        self.metrics.grpc_requests.labels(method, code.name).inc()
-        self.metrics.grpc_duration.labels(method).observe(elapsed)
+        metrics = self.metrics
+        metrics.grpc_in_flight.dec()
+        metrics.requests_in_flight -= 1
+        counted = self._counted.get((method, code))
+        if counted is None:
+            counted = self._counted[method, code] = metrics.grpc_requests.labels(method, code.name)
+        counted.inc()
+        timed = self._timed.get(method)
+        if timed is None:
+            timed = self._timed[method] = metrics.grpc_duration.labels(method)
+        timed.observe(elapsed)
         if self.settings.access_log:
             ACCESS_LOG.write(
                 {
@@ -191,6 +174,67 @@ class Calls:
                     "duration_ms": round(elapsed * 1e3, 3),
                 }
             )
+
+
+class Call:
+    """Around one call's work (given its request id): the key check, then the status code
+    (an error aborts the call with its status), the metrics, the access log and the span.
+    A class rather than a generator-based context manager: every call enters one."""
+
+    __slots__ = (
+        "access",
+        "calls",
+        "code",
+        "context",
+        "method",
+        "request_id",
+        "span",
+        "spans",
+        "start",
+    )
+
+    def __init__(
+        self, calls: Calls, method: str, context: grpc.aio.ServicerContext, access: Access
+    ) -> None:
+        self.calls = calls
+        self.method = method
+        self.context = context
+        self.access = access
+
+    async def __aenter__(self) -> str:
+        metadata = _metadata(self.context)
+        self.request_id = request_id = request_id_from(metadata.get("x-request-id"))
+        self.start = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+        metrics = self.calls.metrics
+        metrics.grpc_in_flight.inc()
+        metrics.requests_in_flight += 1
+        self.spans = _request_span(self.method, metadata, request_id)
+        self.span = self.spans.__enter__()
+        try:
+            self.calls.authorize(self.access, metadata)
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return request_id
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if exc is None:
+                self.context.set_trailing_metadata((("x-request-id", self.request_id),))
+            elif isinstance(exc, Exception):
+                self.code, message, trailing = self.calls.failure(exc, self.method)
+                metadata = (("x-request-id", self.request_id), *trailing)
+                await self.context.abort(self.code, message, trailing_metadata=metadata)
+            elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+                self.code = grpc.StatusCode.CANCELLED
+        finally:
+            try:
+                self.calls.finished(self.method, self.code, self.request_id, self.start, self.span)
+            finally:
+                self.spans.__exit__(kind, exc, tb)
 
 
 def _request_span(

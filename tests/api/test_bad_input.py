@@ -65,6 +65,14 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("post", INFER, {"json": {"inputs": [tensor(data=["a"] * 784)]}}, 400, "string"),
     ("post", INFER, {"json": {"inputs": [tensor(data=[[0.0] * 700, [0.0] * 84])]}}, 400, "ragged"),
     ("post", INFER, {"json": {"inputs": [tensor(data=[1e39] * 784)]}}, 400, "infinity"),
+    # one value past float32's range in the picture's second slice (service/runtimes/tensor.py)
+    (
+        "post",
+        INFER,
+        {"json": {"inputs": [tensor(data=[0.0] * 700 + [-1e39] + [0.0] * 83)]}},
+        400,
+        "infinity",
+    ),
     ("post", INFER, {"json": {"inputs": [tensor(shape=[0, 1, 28, 28], data=[])]}}, 400, "batch"),
     (
         "post",
