@@ -44,10 +44,6 @@ from service.tensors import NUMPY_DTYPES, parse_bytes_elements
 
 log = logging.getLogger(__name__)
 SEQUENCE_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end"})
-# the finiteness check (_finite): numpy keeps the GIL for loops of this many values or fewer,
-# and inputs of up to FINITE_SLICES such loops are checked in them
-GIL_KEPT = 500
-FINITE_SLICES = 4
 
 
 @dataclass(frozen=True)
@@ -601,23 +597,8 @@ def validate_inputs(model: TensorModel, inputs: Mapping[str, np.ndarray]) -> Non
             )
         if 0 in shape:
             raise InvalidInput(f"input {spec.name!r} has an empty axis", param=spec.name)
-        if model.finite_inputs and dtype.kind == "f" and not _finite(array):
+        if model.finite_inputs and dtype.kind == "f" and not np.isfinite(array).all():
             raise InvalidInput(f"input {spec.name!r} contains NaN or infinity", param=spec.name)
-
-
-def _finite(array: np.ndarray) -> bool:
-    """Whether every value is finite. numpy lets go of the GIL for a loop over more than 500
-    values, and on the event loop that hands the GIL to a waiting inference thread, whose
-    Python work the loop then waits behind (py-spy, gRPC at c=32: the check took 4% of the
-    loop for a 784-value picture): an input of a few such loops' size is checked in slices
-    numpy runs holding the GIL, a bigger one at once."""
-    flat = array.reshape(-1)
-    if flat.size > FINITE_SLICES * GIL_KEPT:
-        return bool(np.isfinite(flat).all())
-    for start in range(0, flat.size, GIL_KEPT):
-        if not np.isfinite(flat[start : start + GIL_KEPT]).all():
-            return False
-    return True
 
 
 def _fits(shape: tuple[int, ...], dims: tuple[int, ...]) -> bool:

@@ -65,7 +65,7 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("post", INFER, {"json": {"inputs": [tensor(data=["a"] * 784)]}}, 400, "string"),
     ("post", INFER, {"json": {"inputs": [tensor(data=[[0.0] * 700, [0.0] * 84])]}}, 400, "ragged"),
     ("post", INFER, {"json": {"inputs": [tensor(data=[1e39] * 784)]}}, 400, "infinity"),
-    # one value past float32's range in the picture's second slice (service/runtimes/tensor.py)
+    # one value past float32's range, late in the picture
     (
         "post",
         INFER,
