@@ -327,6 +327,9 @@ def test_deadline_stops_the_generation(
             time.sleep(0.1)
     # stopped early: far fewer than its 512 tokens (and the 20 of the one after) were written
     assert generated_tokens(server) - before < 400
+    # and counted as the client's cancellation, not as an error of ours
+    cancelled = 'seedserve_grpc_requests_total{code="CANCELLED",method="ModelInfer"}'
+    assert cancelled in httpx.get(f"{server.url}/metrics").text
 
 
 def generated_tokens(server: Server) -> float:
@@ -344,7 +347,15 @@ def test_request_id_and_metrics(
     assert dict(call.trailing_metadata())["x-request-id"] == "trace-me-42"
     with pytest.raises(grpc.RpcError):  # no key: counted under its code
         stub.ModelInfer(pb.ModelInferRequest(model_name="cnn-mnist"))
+    with pytest.raises(grpc.RpcError) as invalid:  # no inputs: the client's mistake, its id kept
+        stub.ModelInfer(
+            pb.ModelInferRequest(model_name="cnn-mnist"),
+            metadata=(*AUTH.items(), ("x-request-id", "bad-one-7")),
+        )
+    assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(invalid.value.trailing_metadata())["x-request-id"] == "bad-one-7"
     metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'seedserve_grpc_requests_total{code="INVALID_ARGUMENT",method="ModelInfer"}' in metrics
     assert 'seedserve_grpc_requests_total{code="OK",method="ModelReady"}' in metrics
     assert 'seedserve_grpc_requests_total{code="UNAUTHENTICATED",method="ModelInfer"}' in metrics
     assert "seedserve_grpc_request_duration_seconds_bucket" in metrics
