@@ -98,9 +98,9 @@ class Calls:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        # the metric children each method and status code updates, looked up once
-        self._counted: dict[tuple[str, grpc.StatusCode], Any] = {}
-        self._timed: dict[str, Any] = {}
+        # the metric children each method and status code updates, looked up once (as
+        # RequestMiddleware does for HTTP; methods and codes are few, so no bound is needed)
+        self._metric_children: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
 
     def authorize(self, access: Access, metadata: dict[str, str]) -> None:
         if access is Access.INFERENCE:
@@ -154,17 +154,11 @@ class Calls:
         if span is not None:
             failed = code in SERVER_FAULTS
             tracing.finish_call(span, {"rpc.grpc.status_code": code.value[0]}, failed=failed)
-        metrics = self.metrics
-        metrics.grpc_in_flight.dec()
-        metrics.requests_in_flight -= 1
-        counted = self._counted.get((method, code))
-        if counted is None:
-            counted = self._counted[method, code] = metrics.grpc_requests.labels(method, code.name)
-        counted.inc()
-        timed = self._timed.get(method)
-        if timed is None:
-            timed = self._timed[method] = metrics.grpc_duration.labels(method)
-        timed.observe(elapsed)
+        self.metrics.grpc_in_flight.dec()
+        self.metrics.requests_in_flight -= 1
+        requests, duration = self._children(method, code)
+        requests.inc()
+        duration.observe(elapsed)
         if self.settings.access_log:
             ACCESS_LOG.write(
                 {
@@ -174,6 +168,15 @@ class Calls:
                     "duration_ms": round(elapsed * 1e3, 3),
                 }
             )
+
+    def _children(self, method: str, code: grpc.StatusCode) -> tuple[Any, Any]:
+        children = self._metric_children.get((method, code))
+        if children is None:
+            children = self._metric_children[method, code] = (
+                self.metrics.grpc_requests.labels(method, code.name),
+                self.metrics.grpc_duration.labels(method),
+            )
+        return children
 
 
 class Call:
