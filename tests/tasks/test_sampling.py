@@ -14,7 +14,9 @@ from service.tasks.sampling import (
     draw,
     filter_top_k,
     filter_top_p,
+    kth_largest,
     log_softmax,
+    top_logprobs,
 )
 
 LOGITS = np.log(np.array([0.05, 0.4, 0.3, 0.15, 0.1]))  # token 1 most likely, then 2, 3, 4, 0
@@ -114,6 +116,29 @@ def test_top_p_among_candidates_is_the_sorted_definition(
         p = float(source.choice([0.01, 0.3, 0.9, 0.95, 0.999, source.uniform(0.01, 1)]))
         got, want = filter_top_p(logits, p), nucleus_by_sorting(logits, p)
         assert (np.isfinite(got) == np.isfinite(want)).all()
+
+
+def test_kth_largest_and_top_logprobs_are_their_definitions() -> None:
+    """The k-th largest found among the blocks' maxima is np.partition's, and the k most likely
+    tokens are the sorted definition's (best first, ties by id, never -inf): sizes around the
+    block, many ties, mostly -inf, NaN, small and large k."""
+    source = np.random.default_rng(4)
+    for trial in range(3000):
+        size = int(source.integers(1, 3 * sampling.KTH_BLOCK**2 // 8))
+        values = source.normal(size=size).astype(source.choice([np.float32, np.float64]))
+        if trial % 4 == 1:
+            values = np.round(values * 2) / 2  # many ties
+        if trial % 4 == 2:
+            values[source.random(size) < source.choice([0.5, 0.97])] = -np.inf
+        if trial % 50 == 3:
+            values[source.integers(0, size)] = np.nan
+        k = int(source.integers(1, min(size, 40) + 1 if trial % 3 else size + 1))
+        want = np.partition(values, -k)[-k]
+        got = kth_largest(values, k)
+        assert got == want or (np.isnan(got) and np.isnan(want)), (trial, got, want)
+        finite = [(-float(values[i]), i) for i in range(size) if np.isfinite(values[i])]
+        expected = tuple((i, -v) for v, i in sorted(finite)[:k])
+        assert top_logprobs(values, k) == expected, trial
 
 
 def drawn_by_definition(
