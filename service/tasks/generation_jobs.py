@@ -174,7 +174,11 @@ PREFILL_BUCKET = 8  # prompts are padded to a multiple of this many tokens to sh
 
 
 async def next_words(
-    dataplane: DataPlane, model: LanguageModel, text: str, k: int
+    dataplane: DataPlane,
+    model: LanguageModel,
+    text: str,
+    k: int,
+    tokens: Sequence[Token] | None = None,
 ) -> list[WordProbability]:
     """The k most likely next words after `text`. Prompts of concurrent requests are read in
     one step-graph call (the model's dynamic batcher, policy as for its V2 graph): each is
@@ -182,9 +186,13 @@ async def next_words(
     lengths agree are stacked; a request alone (nothing queued or running, nothing else in
     flight) is not padded (a Transformer reads 16 tokens in 1.06 ms, 9 in 0.89). Without
     batching, or where the graph cannot read a prompt in one call, the prompt is read alone in
-    the task pool."""
+    the task pool. `tokens`: the text's, where the caller has them already."""
     decoder = model.decoder
-    ids = decoder.prompt_window(text)
+    ids = (
+        decoder.prompt_window(text)
+        if tokens is None
+        else decoder.window(decoder.prompt_ids(tokens))
+    )
     batcher = model.prefill
     width = -(-len(ids) // PREFILL_BUCKET) * PREFILL_BUCKET
     if batcher is not None and batcher.idle():
@@ -216,7 +224,7 @@ async def next_word_answer(
         )
     tokens = check_prompt(settings, decoder, text, "text")
     async with dataplane.track(model):
-        words = await next_words(dataplane, model, text, top_k)
+        words = await next_words(dataplane, model, text, top_k, tokens)
     unknown = [t.text for t in tokens if t.id == decoder.tokenizer.unk_id]
     return {
         "model_name": model.name,
