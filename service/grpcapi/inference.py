@@ -41,7 +41,7 @@ from service.repository import check_name
 from service.runtimes import LanguageModel, TensorModel
 from service.settings import Settings
 from service.tasks.generation_jobs import (
-    SequenceToken,
+    SequenceTokens,
     first_event,
     generation_job,
     stream_generation,
@@ -298,17 +298,17 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         try:
             await first_event(events)
             async for event in events:
-                if not isinstance(event, SequenceToken):
+                if not isinstance(event, SequenceTokens):
                     continue
-                token = event.token
-                reason = token.finish_reason or reason
-                if streamed:
+                for _, token in event.tokens:
+                    reason = token.finish_reason or reason
+                    if not streamed:
+                        pieces.append(token.text)
+                        continue
                     response = text_response(*head, token.text, False if final_response else None)
                     if token.finish_reason is not None:
                         response.parameters["finish_reason"].string_param = token.finish_reason
                     yield response
-                else:
-                    pieces.append(token.text)
         finally:
             await events.aclose()
         if not streamed:

@@ -12,11 +12,12 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from service.auth import InferenceAuth
-from service.deps import DataPlaneDep, JsonBody, RegistryDep, SettingsDep
+from service.deps import JSON, DataPlaneDep, JsonBody, RegistryDep, SettingsDep
 from service.errors import Cancelled, InvalidInput, ServiceError
 from service.http_errors import OPENAI_ERRORS, OpenAIRoute, openai_error_body
 from service.protocol.openai import (
@@ -30,7 +31,7 @@ from service.protocol.openai import (
 from service.sse import SSE_HEADERS, sse
 from service.tasks.generation_jobs import (
     GenerationJob,
-    SequenceToken,
+    SequenceTokens,
     check_generation,
     check_prompt,
     first_event,
@@ -150,8 +151,7 @@ async def completions(
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not prompts:
         raise InvalidInput("prompt must be a text or a non-empty list of texts", param="prompt")
-    for prompt in prompts:
-        check_prompt(settings, decoder, prompt, "prompt")
+    tokens = [check_prompt(settings, decoder, prompt, "prompt") for prompt in prompts]
     n = body.n or 1
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
     stop = stop_strings(body.stop)
@@ -163,7 +163,7 @@ async def completions(
     logprobs = body.logprobs is not None
     job = GenerationJob(
         prompts, n, max_tokens, seeded * len(prompts), stop, body.logprobs or 0,
-        prompt_logprobs=body.logprobs if body.echo else None,
+        prompt_logprobs=body.logprobs if body.echo else None, prompt_tokens=tokens,
     )  # fmt: skip
     events = stream_generation(dataplane, model, job, request.is_disconnected, bool(body.stream))
     read = await first_event(events)
@@ -178,9 +178,9 @@ async def completions(
     count = n * len(prompts)
     finished: list[str | None] = [None] * count
 
-    def add(event: SequenceToken) -> Piece:
-        piece = token_piece(event.token, len(echo[event.index // n].text), logprobs)
-        finished[event.index] = event.token.finish_reason
+    def add(index: int, token: GeneratedToken) -> Piece:
+        piece = token_piece(token, len(echo[index // n].text), logprobs)
+        finished[index] = token.finish_reason
         return piece
 
     def usage(completion_tokens: int) -> dict[str, int]:
@@ -193,9 +193,10 @@ async def completions(
         pieces: list[list[Piece]] = [[echo[i // n]] for i in range(count)]
         generated = 0
         async for event in events:
-            if isinstance(event, SequenceToken):
-                pieces[event.index].append(add(event))
-                generated += 1
+            if isinstance(event, SequenceTokens):
+                for index, token in event.tokens:
+                    pieces[index].append(add(index, token))
+                generated += len(event.tokens)
         choices = [
             CompletionChoice(
                 index=i,
@@ -205,9 +206,8 @@ async def completions(
             )
             for i in range(count)
         ]
-        return JSONResponse(
-            {**head, "choices": [c.model_dump() for c in choices], "usage": usage(generated)}
-        )
+        answer = {**head, "choices": [c.model_dump() for c in choices], "usage": usage(generated)}
+        return Response(orjson.dumps(answer), media_type=JSON)
 
     options = body.stream_options
     include_usage = bool(options and options.include_usage)
@@ -226,9 +226,10 @@ async def completions(
             for i in range(count) if body.echo else ():
                 yield chunk(i, echo[i // n], None, generated)
             async for event in events:
-                if isinstance(event, SequenceToken):
-                    generated += 1
-                    yield chunk(event.index, add(event), event.token.finish_reason, generated)
+                if isinstance(event, SequenceTokens):
+                    for index, token in event.tokens:
+                        generated += 1
+                        yield chunk(index, add(index, token), token.finish_reason, generated)
             for i in range(count):  # max_tokens 0: nothing was written, but every choice ends
                 if finished[i] is None:
                     yield chunk(i, Piece(""), "length", generated)

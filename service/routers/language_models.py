@@ -27,7 +27,7 @@ from service.settings import Settings
 from service.sse import SSE_HEADERS, sse
 from service.tasks.generation_jobs import (
     Event,
-    SequenceToken,
+    SequenceTokens,
     first_event,
     generation_job,
     language_model,
@@ -100,9 +100,10 @@ async def generate(
     events = await start_generation(request, dataplane, settings, model, body, False)
     pieces, reason = [], "length"
     async for event in events:
-        if isinstance(event, SequenceToken):
-            pieces.append(event.token.text)
-            reason = event.token.finish_reason or reason
+        if isinstance(event, SequenceTokens):
+            for _, token in event.tokens:
+                pieces.append(token.text)
+                reason = token.finish_reason or reason
     return GenerateResponse(
         model_name=model.name,
         model_version=str(model.version),
@@ -138,11 +139,13 @@ async def generate_stream(
         done = False
         try:
             async for event in events:
-                if isinstance(event, SequenceToken):
-                    reason = event.token.finish_reason
+                if not isinstance(event, SequenceTokens):
+                    continue
+                for _, token in event.tokens:
+                    reason = token.finish_reason
                     done = reason is not None
                     chunk = GenerateStreamResponse(
-                        **head, text_output=event.token.text, done=done, finish_reason=reason
+                        **head, text_output=token.text, done=done, finish_reason=reason
                     )
                     yield sse(chunk.model_dump())
             if not done:  # max_tokens 0: nothing was written

@@ -59,12 +59,14 @@ class Prompts:
     """What a request submitted with `submit_prompts` asks the engine to read: its prompts
     (scored with `prompt_logprobs` alternatives when not None, as `Decoder.read`), the number
     of sequences it will write (for the room it needs in the batch), and `start`, which makes
-    those sequences from the contexts read (called in the engine's thread)."""
+    those sequences from the contexts read (called in the engine's thread). `tokens`: the
+    texts' tokens, where the request has them already (else they are tokenized at submit)."""
 
     texts: Sequence[str]
     prompt_logprobs: int | None
     sequences: int
     start: Callable[[list[Context]], Sequence[Continuation]]
+    tokens: Sequence[list[Token]] | None = None
 
 
 class DecodeRequest:
@@ -291,7 +293,11 @@ class DecodeEngine:
         request = DecodeRequest(loop, 0, started, on_leave, each_step)
         request.wake = self._wake
         decoder = self.decoder
-        tokens = [decoder.tokenizer.tokenize(text) for text in prompts.texts]
+        tokens = (
+            list(prompts.tokens)
+            if prompts.tokens is not None
+            else [decoder.tokenizer.tokenize(text) for text in prompts.texts]
+        )
         size = sum(len(decoder.window(decoder.prompt_ids(t))) for t in tokens)
         with self._lock:
             self._reading.append(_Reading(request, prompts, tokens, size))

@@ -138,6 +138,7 @@ class GenerationJob:
     top_logprobs: int = 0  # alternatives reported with each token
     # score the prompts' own tokens too, with this many alternatives (OpenAI `echo` + `logprobs`)
     prompt_logprobs: int | None = None
+    prompt_tokens: Sequence[list[Token]] | None = None  # the prompts', where checked already
 
 
 def generation_job(
@@ -146,10 +147,10 @@ def generation_job(
     p = parameters
     max_tokens = 20 if p.max_tokens is None else p.max_tokens
     stop = stop_strings(p.stop)
-    check_prompt(settings, model.decoder, text, "text_input")
+    tokens = check_prompt(settings, model.decoder, text, "text_input")
     check_generation(settings, max_tokens, 1, None, stop)
     params = sampling_params(p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.seed, 1)
-    return GenerationJob([text], 1, max_tokens, params, stop)
+    return GenerationJob([text], 1, max_tokens, params, stop, prompt_tokens=[tokens])
 
 
 @dataclass(frozen=True)
@@ -160,12 +161,15 @@ class PromptsRead:
 
 
 @dataclass(frozen=True)
-class SequenceToken:
-    index: int  # the sequence
-    token: GeneratedToken
+class SequenceTokens:
+    """Tokens handed over together, in order: one step's for a stream, every one at the end for
+    an answer sent whole (one event, not one per token: a completion's 64 tokens through an
+    async generator one by one cost the event loop more than its HTTP response)."""
+
+    tokens: list[tuple[int, GeneratedToken]]  # (the sequence, its token)
 
 
-Event = PromptsRead | SequenceToken
+Event = PromptsRead | SequenceTokens
 
 
 # -- next word -----------------------------------------------------------------------------------
@@ -286,7 +290,9 @@ async def stream_generation(
             for c, p in zip(contexts, job.params, strict=True)
         ]
 
-    prompts = Prompts(job.prompts, job.prompt_logprobs, len(job.prompts) * job.n, start)
+    prompts = Prompts(
+        job.prompts, job.prompt_logprobs, len(job.prompts) * job.n, start, job.prompt_tokens
+    )
 
     async with dataplane.track(model):
         release = dataplane.start_generation(model)
@@ -300,8 +306,7 @@ async def stream_generation(
             metrics.prompt_tokens.labels(*labels).inc(sum(len(c.tokens) for c in contexts))
             yield PromptsRead(contexts)
             while tokens := await request.next_tokens():
-                for index, token in tokens:
-                    yield SequenceToken(index, token)
+                yield SequenceTokens(tokens)
             metrics.generation_duration.labels(*labels).observe(time.perf_counter() - started)
         finally:
             if watcher is not None:
