@@ -165,7 +165,7 @@ async def completions(
         prompts, n, max_tokens, seeded * len(prompts), stop, body.logprobs or 0,
         prompt_logprobs=body.logprobs if body.echo else None, prompt_tokens=tokens,
     )  # fmt: skip
-    events = stream_generation(dataplane, model, job, request.is_disconnected, bool(body.stream))
+    events = stream_generation(dataplane, model, job, request.receive, bool(body.stream))
     read = await first_event(events)
     echo = [prompt_piece(c, logprobs) if body.echo else Piece("") for c in read.contexts]
     head = {

@@ -75,7 +75,7 @@ async def start_generation(
     each_step: bool,
 ) -> AsyncGenerator[Event, None]:
     job = generation_job(settings, model, body.text_input, body.parameters or GenerateParameters())
-    events = stream_generation(dataplane, model, job, request.is_disconnected, each_step)
+    events = stream_generation(dataplane, model, job, request.receive, each_step)
     await first_event(events)
     return events
 

@@ -1,7 +1,7 @@
 """Clients that go away before their answer is ready.
 
-What must happen: a long image generation, or a text completion streamed as server-sent
-events, stops within moments (the loops check between steps and tokens) and frees its slot; a stream
+What must happen: a long image generation, or a text completion (streamed as server-sent
+events or answered whole), stops within moments (the loops check between steps and tokens) and frees its slot; a stream
 whose client stops reading is held back (bounded memory, the other requests still answered); a
 request cut off mid-upload is recorded as 499 (client closed), not as a server error, and logs no traceback; a request abandoned while it waits in the batch queue
 does not disturb the requests batched with it; and the service stays healthy for the next client.
@@ -152,6 +152,23 @@ def test_streamed_completion_stops_when_the_client_goes_away(server: Server) -> 
     answer = httpx.post(
         f"{server.url}/v1/completions", json={**body, "max_tokens": 5, "stream": False}
     )
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 5
+
+
+def test_plain_completion_stops_when_the_client_goes_away(server: Server) -> None:
+    """An answer sent whole writes nothing until its end, so only the server's disconnect
+    message can stop it: the engine drops its sequence within moments."""
+    lm = {"model": "lm-test", "version": "1"}
+    full = 100_000
+    body = {"model": "lm-test", "prompt": "the", "max_tokens": full}
+    sock = raw_request(server.url, "POST", "/v1/completions", json.dumps(body).encode())
+    wait_until(
+        lambda: (metric(metrics(server), "seedserve_generated_tokens_total", **lm) or 0) > 0,
+        "the completion to start",
+    )
+    sock.close()
+    assert_stopped(server, "seedserve_generated_tokens_total", lm, full)
+    answer = httpx.post(f"{server.url}/v1/completions", json={**body, "max_tokens": 5})
     assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 5
 
 
