@@ -108,8 +108,9 @@ def sampling_params(
 ) -> list[SamplingParams]:
     """One parameter set per sequence. Sequence 0 uses `seed` itself, sequence i > 0 a seed drawn
     from (seed, i); with no seed each sequence gets a fresh random one."""
-    seeds = [secrets.randbits(63) for _ in range(count)]
-    if seed is not None:
+    if seed is None:
+        seeds = [secrets.randbits(63) for _ in range(count)]
+    else:
         seeds = [seed] + [
             int(np.random.SeedSequence([seed, i]).generate_state(1, np.uint64)[0] >> 1)
             for i in range(1, count)
