@@ -99,13 +99,17 @@ class Settings(BaseSettings):
     max_sequence_state_bytes: int = Field(256 * 1024 * 1024, ge=1)
     """Bytes of sequence state a stateful model version keeps, all its sequences together; a
     request that would go over gets 503 and its sequence keeps its previous state."""
-    inline_max_ms: float = Field(1.0, ge=0, le=100)
+    inline_max_ms: float = Field(0.25, ge=0, le=100)
     """A batched model's request that is the only one the server is serving, with nothing queued
     or running for its graph, runs on the event loop itself (no hop to an inference thread) when
     no company comes within two turns of the loop and the graph's calls take at most this many
-    milliseconds on average (0 = always hand over to the inference threads; at 1, a lone
-    next-word request, whose prompt takes 0.6 ms, is served 1.2x as fast as at 0.25). Under load
-    requests queue and batch as usual (docs/benchmarks.md, "Round two")."""
+    milliseconds on average (0 = always hand over to the inference threads). Under load
+    requests queue and batch as usual (docs/benchmarks.md, "Round two"). At 1, cnn-mnist's JSON
+    V2 at concurrency 32 measured 5-7% slower, so 1 is for next-word prompts only (below)."""
+    next_word_inline_max_ms: float = Field(1.0, ge=0, le=100)
+    """`SEEDSERVE_INLINE_MAX_MS` for the batcher that reads language models' next-word prompts:
+    a lone next-word request, whose prompt takes about 0.6 ms, was served 1.2x as fast at 1 as
+    at 0.25 (docs/benchmarks.md, "Round two, seventh day")."""
     pipeline_batches: bool = True
     """A batched graph's batches run in line, each handing its inference thread straight to the
     next (a batch of fewer than 4 items may run beside the others, up to the model's instance

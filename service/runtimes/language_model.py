@@ -4,6 +4,7 @@ reads concurrent next-word prompts in one call."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import numpy as np
@@ -54,12 +55,14 @@ class LanguageModel(TensorModel):
                 f"vocabulary has {len(tokenizer)}"
             )
         super().prepare(repository)
-        policy = batch_policy(self.config, self.serving.settings)
+        settings = self.serving.settings
+        policy = batch_policy(self.config, settings)
         if policy is not None:
             serving = self.serving
+            inline_max_s = settings.next_word_inline_max_ms / 1e3
             self.prefill = Batcher(
                 PrefillLogits(self),
-                policy,
+                dataclasses.replace(policy, inline_max_s=inline_max_s),
                 serving.executor,
                 serving.metrics,
                 self.labels,
