@@ -93,11 +93,10 @@ def kth_largest(values: np.ndarray, k: int) -> float:
     if 4 * k > rows:
         return float(np.partition(values, -k)[-k])
     maxima = values[: rows * KTH_BLOCK].reshape(rows, KTH_BLOCK).max(axis=1)
-    bound = np.partition(maxima, -k)[-k]
-    candidates = values[values >= bound]
-    if np.isnan(bound) or np.isnan(values[rows * KTH_BLOCK :]).any() or candidates.size < k:
+    if np.isnan(maxima).any() or np.isnan(values[rows * KTH_BLOCK :]).any():
         return float(np.partition(values, -k)[-k])  # a NaN somewhere: numpy's own order
-    return float(np.partition(candidates, -k)[-k])
+    bound = np.partition(maxima, -k)[-k]
+    return float(np.partition(values[values >= bound], -k)[-k])
 
 
 def _only(logits: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
