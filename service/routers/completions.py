@@ -191,21 +191,16 @@ async def completions(
 
     if not body.stream:
         pieces: list[list[Piece]] = [[echo[i // n]] for i in range(count)]
-        texts: list[list[str]] = [[echo[i // n].text] for i in range(count)]  # without logprobs
         generated = 0
         async for event in events:
             if isinstance(event, SequenceTokens):
                 for index, token in event.tokens:
-                    if logprobs:
-                        pieces[index].append(add(index, token))
-                    else:  # the text alone: no Piece per token
-                        texts[index].append(token.text)
-                        finished[index] = token.finish_reason
+                    pieces[index].append(add(index, token))
                 generated += len(event.tokens)
         choices = [
             CompletionChoice(
                 index=i,
-                text="".join(p.text for p in pieces[i]) if logprobs else "".join(texts[i]),
+                text="".join(p.text for p in pieces[i]),
                 logprobs=joined(pieces[i]),
                 finish_reason=finish(finished[i]) or "length",
             )
