@@ -134,12 +134,23 @@ def json_only(ctx: Context) -> dict[str, Request]:
 
 
 def start_naive(ctx: Context) -> Server:
+    return _start_bench_app(ctx, "naive-fastapi", "bench.naive_server:app", [])
+
+
+def start_floor(ctx: Context) -> Server:
+    return _start_bench_app(
+        ctx, "python-floor", "bench.floor_server:app", ["--http", "httptools", "--loop", "uvloop"]
+    )
+
+
+def _start_bench_app(ctx: Context, name: str, app: str, options: list[str]) -> Server:
+    """One of bench/'s own apps under uvicorn, serving the benchmarked ONNX file."""
     port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", "bench.naive_server:app", "--host", "127.0.0.1"]
-    argv += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
+    argv = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+    argv += [*options, "--no-access-log", "--log-level", "warning"]
     url = f"http://127.0.0.1:{port}"
     return start_server(
-        "naive-fastapi",
+        name,
         argv,
         f"{url}/ready",
         url,
@@ -148,6 +159,12 @@ def start_naive(ctx: Context) -> Server:
         cwd=ROOT,
         timeout_s=ctx.startup_timeout_s,
     )
+
+
+def floor_workloads(ctx: Context) -> dict[str, Request]:
+    """Our V2 workloads, JSON and binary, one picture and 16."""
+    ours = our_workloads(ctx)
+    return {name: ours[name] for name in ours if name.startswith("v2-")}
 
 
 def start_triton(ctx: Context) -> Server:
@@ -359,6 +376,13 @@ SYSTEMS: dict[str, System] = {
             start_naive,
             json_only,
             description="FastAPI + uvicorn[standard], session per request on the loop",
+        ),
+        System(
+            "python-floor",
+            start_floor,
+            floor_workloads,
+            description="a bare batched ASGI app on uvicorn: parse, batch, onnxruntime, answer; "
+            "nothing else (bench/floor_server.py)",
         ),
         System(
             "triton",
