@@ -38,7 +38,13 @@ import orjson
 from bench import cli
 from bench.generation import IMAGE_MODEL, LM, make_repository
 from bench.inprocess import time_calls
-from bench.loadgen import Request, run_load
+from bench.loadgen import (
+    MIN_REQUESTS_PER_CONNECTION,
+    LoadResult,
+    Request,
+    longer_load_s,
+    run_load,
+)
 from bench.procs import Server, free_port, start_server, stop_server
 from service.runtime import Graph
 from service.settings import Settings
@@ -225,6 +231,24 @@ def served_metric(server: Server, name: str, model: str) -> tuple[float, float]:
     return values["count"], values["sum"]
 
 
+def _load_point(
+    generator: str,
+    server: Server,
+    histogram: str,
+    model: str,
+    request: Request,
+    concurrency: int,
+    seconds: float,
+) -> tuple[LoadResult, float, tuple[float, float], tuple[float, float]]:
+    """One load of a point: its result, the server's CPU seconds, the histogram's (count, sum)
+    before and after."""
+    before = served_metric(server, histogram, model)
+    cpu_before = server.cpu_seconds()
+    load = run_load(generator, server.url, request, concurrency, seconds, 300.0)
+    cpu = server.cpu_seconds() - cpu_before
+    return load, cpu, before, served_metric(server, histogram, model)
+
+
 def measure_service(
     plan: Plan, generator: str, repository: Path, work_dir: Path
 ) -> list[dict[str, Any]]:
@@ -240,11 +264,12 @@ def measure_service(
                 model, request, histogram = works[work]
                 check(server, request)
                 for c in plan.concurrency:
-                    before = served_metric(server, histogram, model)
-                    cpu_before = server.cpu_seconds()
-                    load = run_load(generator, server.url, request, c, plan.load_s, 300.0)
-                    cpu = server.cpu_seconds() - cpu_before
-                    after = served_metric(server, histogram, model)
+                    point = (server, histogram, model, request, c)
+                    load, cpu, before, after = _load_point(generator, *point, plan.load_s)
+                    each = 1 if plan.quick else MIN_REQUESTS_PER_CONNECTION  # smoke: any rate
+                    longer = longer_load_s(load, plan.load_s, each)
+                    if longer is not None:  # the first run warmed up
+                        load, cpu, before, after = _load_point(generator, *point, longer)
                     if load.errors or not load.requests:
                         raise RuntimeError(f"{work} {mode} c={c}: {load}\n{server.log_tail()}")
                     calls = after[0] - before[0]
