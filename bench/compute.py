@@ -38,13 +38,7 @@ import orjson
 from bench import cli
 from bench.generation import IMAGE_MODEL, LM, make_repository
 from bench.inprocess import time_calls
-from bench.loadgen import (
-    MIN_REQUESTS_PER_CONNECTION,
-    LoadResult,
-    Request,
-    longer_load_s,
-    run_load,
-)
+from bench.loadgen import LoadResult, Request, longer_load_s, run_load
 from bench.procs import Server, free_port, start_server, stop_server
 from service.runtime import Graph
 from service.settings import Settings
@@ -266,8 +260,7 @@ def measure_service(
                 for c in plan.concurrency:
                     point = (server, histogram, model, request, c)
                     load, cpu, before, after = _load_point(generator, *point, plan.load_s)
-                    each = 1 if plan.quick else MIN_REQUESTS_PER_CONNECTION  # smoke: any rate
-                    longer = longer_load_s(load, plan.load_s, each)
+                    longer = None if plan.quick else longer_load_s(load, plan.load_s)  # smoke: any
                     if longer is not None:  # the first run warmed up
                         load, cpu, before, after = _load_point(generator, *point, longer)
                     if load.errors or not load.requests:

@@ -35,7 +35,7 @@ import orjson
 from bench import cli
 from bench.decoding import generate_batch
 from bench.inprocess import time_calls
-from bench.loadgen import MIN_REQUESTS_PER_CONNECTION, Request, run_load
+from bench.loadgen import Request, longer_load_s, run_load
 from bench.procs import Server, free_port, start_server, stop_server
 from service.runtime import Graph
 from service.settings import Settings
@@ -325,8 +325,10 @@ def measure_service(
 
 def measure_point(plan: Plan, generator: str, server: Server, work: Work, c: int) -> dict[str, Any]:
     seconds = load_seconds(plan, work, c)
-    each = 1 if plan.quick else MIN_REQUESTS_PER_CONNECTION  # a smoke run's rates do not matter
-    load = run_load(generator, server.url, work.request, c, seconds, 300.0, each)
+    load = run_load(generator, server.url, work.request, c, seconds, 300.0)
+    longer = None if plan.quick else longer_load_s(load, seconds)  # a smoke run's rate: any
+    if longer is not None:  # the first run warmed up
+        load = run_load(generator, server.url, work.request, c, longer, 300.0)
     if load.errors or not load.requests:
         raise RuntimeError(f"{work.name} at {c}: {load}\n{server.log_tail()}")
     served = load.rps * work.units_per_request

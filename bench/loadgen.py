@@ -215,24 +215,6 @@ def run_load(
     concurrency: int,
     duration_s: float,
     timeout_s: float = 60.0,
-    min_per_connection: int = 0,
-) -> LoadResult:
-    """Load for `duration_s`; with `min_per_connection`, again for longer when `longer_load_s`
-    says so, the longer run being the result (the first one warmed up)."""
-    load = _run_once(generator, base_url, request, concurrency, duration_s, timeout_s)
-    longer = longer_load_s(load, duration_s, min_per_connection) if min_per_connection else None
-    if longer is None:
-        return load
-    return _run_once(generator, base_url, request, concurrency, longer, timeout_s)
-
-
-def _run_once(
-    generator: str,
-    base_url: str,
-    request: Request,
-    concurrency: int,
-    duration_s: float,
-    timeout_s: float,
 ) -> LoadResult:
     if generator == "wrk":
         return run_wrk(base_url, request, concurrency, duration_s, timeout_s)
