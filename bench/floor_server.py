@@ -40,17 +40,15 @@ class Batches:
 
     def __init__(self) -> None:
         self.waiting: list[tuple[Feeds, asyncio.Future[list[np.ndarray]]]] = []
-        self.running = False
-        self.task: asyncio.Future[None] | None = None
+        self.task: asyncio.Future[None] | None = None  # the dispatcher, while one runs
         self.calls = 0  # onnxruntime calls made, and requests answered in them
         self.requests = 0
 
     async def infer(self, feeds: Feeds) -> list[np.ndarray]:
         future: asyncio.Future[list[np.ndarray]] = asyncio.get_running_loop().create_future()
         self.waiting.append((feeds, future))
-        if not self.running:
-            self.running = True
-            self.task = asyncio.ensure_future(self._dispatch())  # held: the loop's is weak
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._dispatch())  # held: the loop's ref is weak
         return await future
 
     async def _dispatch(self) -> None:
@@ -66,7 +64,6 @@ class Batches:
                 rows = next(iter(feeds.values())).shape[0]
                 future.set_result([r[start : start + rows] for r in results])
                 start += rows
-        self.running = False
 
 
 batches = Batches()
